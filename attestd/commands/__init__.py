@@ -1,0 +1,1 @@
+"""Sub-commands of the ``attestd`` CLI (see ``attestd.cli``)."""

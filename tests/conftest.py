@@ -1,0 +1,20 @@
+"""Shared fixtures: paths to the project and to the team's shared test data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = Path(os.environ.get("ATTESTD_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+TESTDATA = SHARED_DIR / "testdata"
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    """The shared real-data directory (AMD certs, platform chains, KATs, OVMF)."""
+    if not TESTDATA.is_dir():
+        raise RuntimeError(f"shared test data not found at {TESTDATA}; set ATTESTD_SHARED_DIR")
+    return TESTDATA
