@@ -1,0 +1,160 @@
+"""The LAUNCH_START session (AMD SEV API #55766 §6.2; sev-protocol.md §5).
+
+The guest owner makes a fresh P-384 GODH key per launch, derives a shared secret
+with the platform's PDH key, wraps fresh transport keys (TEK, TIK) under keys
+derived from it and MACs the guest policy with the TIK. The firmware side of the
+same exchange (:func:`open_session`) is used by the software platform.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Self
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from attestd.errors import AttestationFailed, ParseError
+from attestd.sev._crypto import aes_ctr as _aes_ctr
+from attestd.sev._crypto import hmac_sha256 as _hmac
+from attestd.sev.kdf import kdf
+from attestd.sev.policy import policy_bytes
+
+Rng = Callable[[int], bytes]
+
+KEY_SIZE = 16
+NONCE_SIZE = 16
+SESSION_SIZE = 0x80
+
+_LABEL_MASTER = b"sev-master-secret"
+_LABEL_KEK = b"sev-kek"
+_LABEL_KIK = b"sev-kik"
+# Extra random bits beyond the P-384 order make the scalar's bias negligible
+# (FIPS 186-5 A.2.1, "extra random bits").
+_GODH_SEED_SIZE = 48 + 8
+_P384_ORDER = int(
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+    16,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportKeys:
+    """The per-launch transport encryption key (TEK) and integrity key (TIK)."""
+
+    tek: bytes = field(repr=False)
+    tik: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.tek) != KEY_SIZE or len(self.tik) != KEY_SIZE:
+            raise ParseError("TEK and TIK must be 16 bytes each")
+
+    @classmethod
+    def generate(cls, rng: Rng = os.urandom) -> Self:
+        """Fresh random transport keys."""
+        return cls(rng(KEY_SIZE), rng(KEY_SIZE))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Decode TEK || TIK (the layout of sev-tool's and libvirt's ``tk`` file)."""
+        if len(data) != 2 * KEY_SIZE:
+            raise ParseError("transport keys must be 32 bytes (TEK || TIK)")
+        return cls(data[:KEY_SIZE], data[KEY_SIZE:])
+
+    def to_bytes(self) -> bytes:
+        """Encode as TEK || TIK."""
+        return self.tek + self.tik
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBlob:
+    """The 0x80-byte LAUNCH_START session buffer (sev-protocol.md §5.1 step 9)."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<16s32s16s32s32s")
+
+    nonce: bytes
+    wrap_tk: bytes
+    wrap_iv: bytes
+    wrap_mac: bytes
+    policy_mac: bytes
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Self:
+        """Decode exactly 0x80 bytes."""
+        if len(buf) != cls.STRUCT.size:
+            raise ParseError(f"session blob must be {cls.STRUCT.size} bytes, got {len(buf)}")
+        return cls(*cls.STRUCT.unpack(buf))
+
+    def pack(self) -> bytes:
+        """Encode to 0x80 bytes."""
+        return self.STRUCT.pack(
+            self.nonce, self.wrap_tk, self.wrap_iv, self.wrap_mac, self.policy_mac
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchStart:
+    """Everything one launch needs: what goes to the host, and the keys that stay."""
+
+    godh_cert: bytes
+    session: bytes
+    policy: int
+    keys: TransportKeys = field(repr=False)
+
+
+def _kek_kik(shared: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+    master = kdf(shared, _LABEL_MASTER, nonce, KEY_SIZE)
+    return kdf(master, _LABEL_KEK, b"", KEY_SIZE), kdf(master, _LABEL_KIK, b"", KEY_SIZE)
+
+
+def policy_mac(tik: bytes, policy: int) -> bytes:
+    """HMAC-SHA256 of the u32 LE policy under the TIK."""
+    return _hmac(tik, policy_bytes(policy))
+
+
+def wrap_session(
+    shared: bytes, nonce: bytes, wrap_iv: bytes, keys: TransportKeys, policy: int
+) -> SessionBlob:
+    """Build the session blob from explicit inputs (deterministic; the KAT entry point)."""
+    if len(nonce) != NONCE_SIZE or len(wrap_iv) != NONCE_SIZE:
+        raise ParseError("nonce and wrap IV must be 16 bytes each")
+    kek, kik = _kek_kik(shared, nonce)
+    wrap_tk = _aes_ctr(kek, wrap_iv, keys.to_bytes())
+    return SessionBlob(nonce, wrap_tk, wrap_iv, _hmac(kik, wrap_tk), policy_mac(keys.tik, policy))
+
+
+def shared_secret(private: ec.EllipticCurvePrivateKey, peer: ec.EllipticCurvePublicKey) -> bytes:
+    """ECDH: the X coordinate of the shared point, 48 bytes big-endian."""
+    if not isinstance(private.curve, ec.SECP384R1) or not isinstance(peer.curve, ec.SECP384R1):
+        raise ParseError("SEV ECDH keys must be on P-384")
+    return private.exchange(ec.ECDH(), peer)
+
+
+def generate_godh_key(rng: Rng = os.urandom) -> ec.EllipticCurvePrivateKey:
+    """A fresh P-384 GODH private key whose scalar comes from ``rng``."""
+    seed = int.from_bytes(rng(_GODH_SEED_SIZE), "big")
+    return ec.derive_private_key(seed % (_P384_ORDER - 1) + 1, ec.SECP384R1())
+
+
+def open_session(
+    pdh_key: ec.EllipticCurvePrivateKey,
+    godh_key: ec.EllipticCurvePublicKey,
+    session: bytes,
+    policy: int,
+) -> TransportKeys:
+    """Firmware side of LAUNCH_START: unwrap TEK/TIK, verify the wrap and policy MACs.
+
+    Raises ``ParseError`` for a malformed blob and ``AttestationFailed`` when a MAC
+    does not verify (the message names which one, never any key material).
+    """
+    blob = SessionBlob.unpack(session)
+    kek, kik = _kek_kik(shared_secret(pdh_key, godh_key), blob.nonce)
+    if not hmac.compare_digest(_hmac(kik, blob.wrap_tk), blob.wrap_mac):
+        raise AttestationFailed("session wrap MAC does not verify")
+    keys = TransportKeys.from_bytes(_aes_ctr(kek, blob.wrap_iv, blob.wrap_tk))
+    if not hmac.compare_digest(policy_mac(keys.tik, policy), blob.policy_mac):
+        raise AttestationFailed("session policy MAC does not verify")
+    return keys
