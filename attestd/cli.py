@@ -15,7 +15,7 @@ from typing import cast
 from attestd import __version__
 from attestd.errors import AttestdError
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("attestd.commands.digest",)
 
 
 def build_parser() -> argparse.ArgumentParser:

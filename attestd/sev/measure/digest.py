@@ -1,0 +1,104 @@
+"""The launch digest a guest owner expects (sev-protocol.md §6.3).
+
+The launch digest is SHA-256 over everything QEMU passes to LAUNCH_UPDATE_DATA
+and LAUNCH_UPDATE_VMSA, in order:
+
+* ``sev``:   firmware image || padded kernel hashes table (direct boot only)
+* ``seves``: the same || VMSA(BSP) || VMSA(AP) * (vcpus - 1)
+
+SEV-SNP uses a different (SHA-384 page-chain) digest; it has its own mode value
+here so callers can name it, but is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+
+from attestd.errors import ParseError, Unsupported
+from attestd.sev.measure.ovmf import Ovmf
+from attestd.sev.measure.sev_hashes import KernelHashes
+from attestd.sev.measure.vmsa import VmsaFlavour, vcpu_signature, vmsa_pages
+
+#: KVM_MAX_VCPUS on current x86 kernels.
+MAX_VCPUS = 4096
+
+DIGEST_SIZE = 32
+
+
+class SevMode(StrEnum):
+    """Which SEV flavour the guest is launched with."""
+
+    SEV = "sev"
+    SEV_ES = "seves"
+    SEV_SNP = "snp"
+
+
+def parse_mode(mode: str) -> SevMode:
+    """Map ``"sev"`` / ``"seves"`` / ``"snp"`` to :class:`SevMode` (``ParseError`` otherwise)."""
+    try:
+        return SevMode(mode)
+    except ValueError:
+        raise ParseError(f"unknown SEV mode {mode!r} (expected sev or seves)") from None
+
+
+def launch_digest(
+    mode: str,
+    firmware: bytes,
+    *,
+    hashes: KernelHashes | None = None,
+    vcpus: int = 1,
+    vcpu_type: str = "EPYC-v4",
+    flavour: VmsaFlavour = VmsaFlavour.CURRENT,
+    vcpu_sig: int | None = None,
+) -> bytes:
+    """The 32-byte launch digest for a QEMU + OVMF guest.
+
+    ``hashes`` is given for a direct kernel boot (``-kernel``, ``kernel-hashes=on``)
+    and raises ``Unsupported`` if the firmware has no kernel hashes area.
+    ``vcpus``, ``vcpu_type`` (or an explicit CPUID ``vcpu_sig``) and ``flavour``
+    only matter for ``seves``.
+    """
+    return launch_digest_for(
+        parse_mode(mode),
+        Ovmf.from_bytes(firmware),
+        hashes=hashes,
+        vcpus=vcpus,
+        vcpu_type=vcpu_type,
+        flavour=flavour,
+        vcpu_sig=vcpu_sig,
+    )
+
+
+def launch_digest_for(
+    mode: SevMode,
+    ovmf: Ovmf,
+    *,
+    hashes: KernelHashes | None = None,
+    vcpus: int = 1,
+    vcpu_type: str = "EPYC-v4",
+    flavour: VmsaFlavour = VmsaFlavour.CURRENT,
+    vcpu_sig: int | None = None,
+) -> bytes:
+    """:func:`launch_digest` for an already parsed firmware image."""
+    if mode is SevMode.SEV_SNP:
+        raise Unsupported("SEV-SNP launch digests are not implemented yet")
+    digest = hashlib.sha256(ovmf.data)
+    if hashes is not None:
+        if not ovmf.supports_kernel_hashes:
+            raise Unsupported(
+                "this firmware does not support measured direct boot: its kernel hashes "
+                "area is missing or at address 0; boot without --kernel or use an "
+                "OVMF AmdSev build"
+            )
+        digest.update(hashes.table())
+    if mode is SevMode.SEV_ES:
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise ParseError(f"vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
+        ap_eip = ovmf.sev_es_reset_eip
+        if ap_eip is None:
+            raise Unsupported("this firmware has no SEV-ES reset block; it cannot boot SEV-ES")
+        sig = vcpu_signature(vcpu_type) if vcpu_sig is None else vcpu_sig
+        for page in vmsa_pages(vcpus, ap_eip, sig, flavour):
+            digest.update(page)
+    return digest.digest()
