@@ -23,8 +23,8 @@ from attestd.errors import Unsupported
 from attestd.sev.measure import KernelHashes, VmsaFlavour, launch_digest
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.sev.measure.vmsa import VCPU_TYPES, vcpu_signature, vmsa_pages
+from attestd.sev.measurement import FirmwareVersion, compute_measure
 from tests.conftest import TESTDATA
-from tests.digest_support import launch_measure
 
 SEV_SNP_MEASURE = Path(sys.executable).parent / "sev-snp-measure"
 VALIDATE = ("/usr/bin/python3", "/usr/bin/virt-qemu-sev-validate")
@@ -176,15 +176,8 @@ def _validate(
     tk = tmp_path / "tk.bin"
     tk.write_bytes(tek + tik)
     policy = POLICY[case.mode]
-    measure = launch_measure(
-        tik,
-        api_major=API_MAJOR,
-        api_minor=API_MINOR,
-        build_id=BUILD_ID,
-        policy=policy,
-        launch_digest=launch_digest_,
-        mnonce=mnonce,
-    )
+    version = FirmwareVersion(API_MAJOR, API_MINOR, BUILD_ID)
+    measure = compute_measure(tik, version, policy, launch_digest_, mnonce)
     argv = [*VALIDATE, "--debug", "--firmware", str(FIRMWARE[case.firmware])]
     argv += _boot_args(case, files, append="--cmdline")
     argv += ["--tk", str(tk), "--measurement", base64.b64encode(measure + mnonce).decode()]

@@ -14,7 +14,7 @@ import pytest
 from attestd.errors import ParseError, Unsupported
 from attestd.sev.measure import KernelHashes, SevMode, VmsaFlavour, launch_digest
 from attestd.sev.measure.digest import MAX_VCPUS, parse_mode
-from tests.digest_support import launch_measure
+from attestd.sev.measurement import FirmwareVersion, compute_measure
 
 DEBIAN_OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
@@ -98,15 +98,8 @@ def test_sevctl_measurement_vectors(testdata: Path) -> None:
                 assert len(hashes.table()) == vector["expected_hashes_table_len"]
             ld = launch_digest("sev", firmware, hashes=hashes)
         mnonce = expected[32:]
-        measure = launch_measure(
-            tik,
-            api_major=vector["api_major"],
-            api_minor=vector["api_minor"],
-            build_id=vector["build_id"],
-            policy=vector["policy_u32"],
-            launch_digest=ld,
-            mnonce=mnonce,
-        )
+        version = FirmwareVersion(vector["api_major"], vector["api_minor"], vector["build_id"])
+        measure = compute_measure(tik, version, vector["policy_u32"], ld, mnonce)
         assert measure + mnonce == expected, vector["name"]
         checked += 1
     assert checked == 3
