@@ -1,0 +1,231 @@
+"""The attestd ``<metadata>`` namespace in libvirt domain XML, and domain preparation.
+
+A domain is an *attestd domain* when its ``<metadata>`` holds one element in
+:data:`NAMESPACE`::
+
+    <metadata>
+      <attestd:launch xmlns:attestd="urn:attestd:libvirt:1"
+                      service="https://attest.example/v1"
+                      vm-id="9f0c…" simulate="no"/>
+    </metadata>
+
+libvirt keeps custom-namespace metadata verbatim and passes it to hooks on stdin
+(an unknown child of ``<launchSecurity>`` would be dropped). Only the standard
+library is used so that the hook stays light.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+from attestd.errors import ParseError
+
+NAMESPACE = "urn:attestd:libvirt:1"
+ELEMENT = "launch"
+PREFIX = "attestd"
+#: Written into ``<dhCert>``/``<session>`` so libvirt passes the file paths to QEMU;
+#: the hook replaces the files' content per launch. Left as is, LAUNCH_START fails.
+PLACEHOLDER = "AA=="
+#: The emulator wrapper's command name; a domain whose ``<emulator>`` ends with it
+#: is attested by the wrapper, any other by the host agent.
+WRAPPER_NAME = "attestd-qemu"
+
+ET.register_namespace(PREFIX, NAMESPACE)
+
+_TRUE = {"yes", "true", "1", "on"}
+_FALSE = {"no", "false", "0", "off", ""}
+
+
+def _flag(value: str | None, name: str) -> bool:
+    text = (value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ParseError(f"attestd metadata: {name}={value!r} is not yes/no")
+
+
+@dataclass(frozen=True, slots=True)
+class AttestdMetadata:
+    """The content of ``<attestd:launch>``."""
+
+    service: str
+    vm_id: UUID
+    simulate: bool = False
+    firmware: Path | None = None
+    sim_state: Path | None = None
+    vcpu_type: str | None = None
+    autostart: bool = False
+
+    def to_element(self) -> ET.Element:
+        """The metadata element (namespace-qualified)."""
+        attrs = {"service": self.service, "vm-id": str(self.vm_id)}
+        attrs["simulate"] = "yes" if self.simulate else "no"
+        if self.firmware is not None:
+            attrs["firmware"] = str(self.firmware)
+        if self.sim_state is not None:
+            attrs["sim-state"] = str(self.sim_state)
+        if self.vcpu_type is not None:
+            attrs["vcpu-type"] = self.vcpu_type
+        if self.autostart:
+            attrs["autostart"] = "yes"
+        return ET.Element(f"{{{NAMESPACE}}}{ELEMENT}", attrs)
+
+    @classmethod
+    def from_element(cls, element: ET.Element) -> AttestdMetadata:
+        """Parse ``<attestd:launch>``; the service URL and a valid VM id are required."""
+        service = (element.get("service") or "").strip()
+        if not service.startswith(("https://", "http://")):
+            raise ParseError("attestd metadata: service must be an http(s) URL")
+        try:
+            vm_id = UUID(element.get("vm-id") or "")
+        except ValueError as exc:
+            raise ParseError("attestd metadata: vm-id must be a UUID") from exc
+        firmware = element.get("firmware")
+        sim_state = element.get("sim-state")
+        return cls(
+            service=service.rstrip("/"),
+            vm_id=vm_id,
+            simulate=_flag(element.get("simulate"), "simulate"),
+            firmware=Path(firmware) if firmware else None,
+            sim_state=Path(sim_state) if sim_state else None,
+            vcpu_type=element.get("vcpu-type") or None,
+            autostart=_flag(element.get("autostart"), "autostart"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SevConfig:
+    """The parts of ``<launchSecurity type='sev'>`` attestd cares about."""
+
+    policy: int
+    has_dh_cert: bool
+    has_session: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """What the host side reads from a (live or inactive) domain XML."""
+
+    name: str
+    uuid: UUID
+    id: int | None
+    metadata: AttestdMetadata | None
+    emulator: str | None
+    loader: Path | None
+    vcpus: int
+    cpu_model: str | None
+    sev: SevConfig | None
+
+    @property
+    def uses_wrapper(self) -> bool:
+        """True when the domain's emulator is the attestd wrapper."""
+        return self.emulator is not None and Path(self.emulator).name == WRAPPER_NAME
+
+    @property
+    def short_name(self) -> str:
+        """libvirt's ``virDomainDefGetShortName``: ``<id>-<name[:20]>``."""
+        if self.id is None:
+            raise ParseError(f"domain {self.name} has no id (not a live definition)")
+        return f"{self.id}-{self.name[:20]}"
+
+
+def _parse_root(xml: str) -> ET.Element:
+    try:
+        root = ET.fromstring(xml)  # noqa: S314 - libvirt's XML, no entity expansion
+    except ET.ParseError as exc:
+        raise ParseError(f"domain XML does not parse: {exc}") from exc
+    if root.tag != "domain":
+        raise ParseError(f"not a domain XML (root element {root.tag!r})")
+    return root
+
+
+def _metadata_element(root: ET.Element) -> ET.Element | None:
+    return root.find(f"metadata/{{{NAMESPACE}}}{ELEMENT}")
+
+
+def mentions_attestd(xml: str) -> bool:
+    """Cheap pre-check used by the hook dispatcher before parsing anything."""
+    return NAMESPACE in xml
+
+
+def _int(text: str | None, what: str, *, base: int = 10) -> int:
+    try:
+        return int((text or "").strip(), base)
+    except ValueError as exc:
+        raise ParseError(f"domain XML: {what} {text!r} is not a number") from exc
+
+
+def parse_domain(xml: str) -> DomainInfo:
+    """Parse a domain XML into :class:`DomainInfo`."""
+    root = _parse_root(xml)
+    name = root.findtext("name") or ""
+    try:
+        uuid = UUID(root.findtext("uuid") or "")
+    except ValueError as exc:
+        raise ParseError("domain XML: missing or invalid <uuid>") from exc
+    dom_id = root.get("id")
+    meta_el = _metadata_element(root)
+    loader = root.findtext("os/loader")
+    sev_el = root.find("launchSecurity[@type='sev']")
+    sev = None
+    if sev_el is not None:
+        sev = SevConfig(
+            policy=_int(sev_el.findtext("policy"), "launchSecurity policy", base=16),
+            has_dh_cert=sev_el.find("dhCert") is not None,
+            has_session=sev_el.find("session") is not None,
+        )
+    vcpu_text = root.findtext("vcpu")
+    return DomainInfo(
+        name=name,
+        uuid=uuid,
+        id=_int(dom_id, "domain id") if dom_id is not None and dom_id != "-1" else None,
+        metadata=AttestdMetadata.from_element(meta_el) if meta_el is not None else None,
+        emulator=(root.findtext("devices/emulator") or "").strip() or None,
+        loader=Path(loader.strip()) if loader and loader.strip() else None,
+        vcpus=_int(vcpu_text, "vcpu") if vcpu_text is not None else 1,
+        cpu_model=(root.findtext("cpu/model") or "").strip() or None,
+        sev=sev,
+    )
+
+
+def prepare_domain(xml: str, metadata: AttestdMetadata, *, emulator: str | None) -> str:
+    """Return ``xml`` made into an attestd domain.
+
+    Adds (or replaces) the attestd metadata, the ``<dhCert>``/``<session>``
+    placeholders of a ``<launchSecurity type='sev'>`` and, when ``emulator`` is
+    given, points ``<emulator>`` at the wrapper.
+    """
+    root = _parse_root(xml)
+    sev_el = root.find("launchSecurity")
+    if metadata.simulate and sev_el is not None:
+        raise ParseError("a simulated-SEV domain must not have <launchSecurity>")
+    if not metadata.simulate:
+        if sev_el is None or sev_el.get("type") != "sev":
+            raise ParseError("domain has no <launchSecurity type='sev'> (use simulate for tests)")
+        for tag in ("dhCert", "session"):
+            if sev_el.find(tag) is None:
+                ET.SubElement(sev_el, tag).text = PLACEHOLDER
+    meta = root.find("metadata")
+    if meta is None:
+        meta = ET.Element("metadata")
+        # libvirt accepts <metadata> anywhere; put it after <uuid> as virsh does.
+        index = next((i + 1 for i, el in enumerate(root) if el.tag in ("uuid", "name")), 0)
+        root.insert(index, meta)
+    old = _metadata_element(root)
+    if old is not None:
+        meta.remove(old)
+    meta.append(metadata.to_element())
+    if emulator is not None:
+        devices = root.find("devices")
+        if devices is None:
+            devices = ET.SubElement(root, "devices")
+        emu = devices.find("emulator")
+        if emu is None:
+            emu = ET.Element("emulator")
+            devices.insert(0, emu)
+        emu.text = emulator
+    return ET.tostring(root, encoding="unicode") + "\n"

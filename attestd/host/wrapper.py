@@ -1,0 +1,268 @@
+"""``attestd-qemu``: the emulator wrapper that makes a plain ``virsh start`` attest.
+
+For any invocation that is not the launch of an attestd domain (capability
+probing, ``-version``, other domains) it execs the real QEMU unchanged. For an
+attestd domain (the hook left a launch state for its ``-uuid``) it:
+
+1. creates a private QMP socket next to libvirt's ``monitor.sock`` and gives that
+   one to QEMU in place of libvirt's monitor fd;
+2. forks the relay, which keeps libvirt's listening fd and relays every
+   connection to QEMU, holding the first ``cont`` until the launch driver has
+   measured, validated and injected;
+3. execs the real QEMU, so libvirt sees QEMU under the PID it started.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from attestd.errors import AttestdError, LaunchError
+from attestd.host.client import SecretPacket, ServiceClient
+from attestd.host.config import HostSettings, load_settings
+from attestd.host.driver import PlatformReport, complete_launch
+from attestd.host.qmp import RelayController, RelaySession, serve_relay
+from attestd.host.sim import SIM_RESULT_SUFFIX, SimulatedFirmware
+from attestd.host.state import PATH_WRAPPER, LaunchState, read_state
+
+logger = logging.getLogger("attestd.host.wrapper")
+
+RELAY_SOCKET_NAME = "attestd-qmp.sock"
+PR_SET_PDEATHSIG = 1
+
+
+def option_value(argv: Sequence[str], option: str) -> str | None:
+    """The value following ``option`` in a QEMU argv (last occurrence)."""
+    value = None
+    for i, arg in enumerate(argv[:-1]):
+        if arg == option:
+            value = argv[i + 1]
+    return value
+
+
+def _props(value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in value.split(","):
+        key, _, val = part.partition("=")
+        out.setdefault(key, val)
+    return out
+
+
+def monitor_chardev(argv: Sequence[str]) -> tuple[int, int] | None:
+    """(argv index, fd) of libvirt's ``-chardev socket,id=charmonitor,fd=N,...``."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg != "-chardev":
+            continue
+        value = argv[i + 1]
+        if not value.startswith("socket,"):
+            continue
+        props = _props(value)
+        if props.get("id") == "charmonitor" and props.get("fd", "").isdigit():
+            return i + 1, int(props["fd"])
+    return None
+
+
+def guest_name(argv: Sequence[str]) -> str | None:
+    """The domain name from ``-name guest=NAME,...``."""
+    value = option_value(argv, "-name")
+    if value is None:
+        return None
+    first = value.split(",", 1)[0]
+    return first.removeprefix("guest=")
+
+
+def replace_fd(chardev: str, fd: int) -> str:
+    """The chardev option with its ``fd=`` replaced."""
+    parts = [f"fd={fd}" if p.startswith("fd=") else p for p in chardev.split(",")]
+    return ",".join(parts)
+
+
+class QmpBackend:
+    """Measurement and injection through QEMU's SEV QMP commands."""
+
+    def __init__(self, session: RelaySession) -> None:
+        self.session = session
+
+    def measure(self) -> PlatformReport:
+        """``query-sev-launch-measure`` + ``query-sev``."""
+        import base64
+
+        measure = self.session.command("query-sev-launch-measure")
+        info = self.session.command("query-sev")
+        if not info.get("enabled"):
+            raise LaunchError("QEMU reports SEV not enabled for this guest")
+        return PlatformReport(
+            measurement=base64.b64decode(measure["data"]),
+            api_major=int(info["api-major"]),
+            api_minor=int(info["api-minor"]),
+            build_id=int(info["build-id"]),
+            policy=int(info["policy"]),
+        )
+
+    def inject(self, packet: SecretPacket) -> None:
+        """``sev-inject-launch-secret`` (address from OVMF's secret GUID entry)."""
+        import base64
+
+        self.session.command(
+            "sev-inject-launch-secret",
+            {
+                "packet-header": base64.b64encode(packet.header).decode(),
+                "secret": base64.b64encode(packet.secret).decode(),
+            },
+        )
+
+    def resume(self) -> None:
+        """Nothing: the relay forwards libvirt's held ``cont``."""
+
+    def abort(self, reason: str) -> None:
+        """Nothing: the relay refuses ``cont``; libvirt then stops QEMU."""
+
+
+class SimQmpBackend(QmpBackend):
+    """Simulated SEV: the simulator measures and takes the secret; QEMU only pauses."""
+
+    def __init__(self, session: RelaySession, state: LaunchState, result_file: Path) -> None:
+        super().__init__(session)
+        self.state = state
+        self.result_file = result_file
+        self.firmware: SimulatedFirmware | None = None
+
+    def measure(self) -> PlatformReport:
+        """Check QEMU is still paused, then let the simulator measure the firmware."""
+        status = self.session.command("query-status")
+        if status.get("running"):
+            raise LaunchError("guest CPUs already running before attestation")
+        if self.state.sim_state is None or self.state.firmware is None:
+            raise LaunchError("launch state lacks simulator settings")
+        godh, blob = self.state.sim_blobs()
+        self.firmware = SimulatedFirmware(
+            Path(self.state.sim_state), godh, blob, self.state.policy, Path(self.state.firmware)
+        )
+        data, major, minor, build, policy = self.firmware.measure()
+        return PlatformReport(data, major, minor, build, policy)
+
+    def inject(self, packet: SecretPacket) -> None:
+        """LAUNCH_SECRET in the simulator."""
+        if self.firmware is None:
+            raise LaunchError("inject before measure")
+        self.firmware.inject(packet, self.result_file)
+
+
+def _set_pdeathsig() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_relay(
+    settings: HostSettings, state: LaunchState, listener: socket.socket, qemu_path: str
+) -> None:
+    result_file = settings.state_dir / f"{state.domain_uuid}{SIM_RESULT_SUFFIX}"
+
+    def attest(session: RelaySession) -> None:
+        backend: QmpBackend
+        if state.simulate:
+            backend = SimQmpBackend(session, state, result_file)
+        else:
+            backend = QmpBackend(session)
+        complete_launch(state, backend, ServiceClient(state.service, settings))
+
+    serve_relay(listener, qemu_path, RelayController(on_first_cont=attest))
+
+
+def _exec_qemu(settings: HostSettings, argv: Sequence[str]) -> None:
+    binary = str(settings.qemu_binary)
+    os.execv(binary, [binary, *argv])  # noqa: S606 - argv list, no shell
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s attestd-qemu[%(process)d] %(levelname)s %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``attestd-qemu``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    uuid = option_value(args, "-uuid")
+    monitor = monitor_chardev(args)
+    if uuid is None or monitor is None:
+        _exec_qemu(load_settings_or_default(), args)
+        return 127  # pragma: no cover - execv does not return
+    try:
+        settings = load_settings()
+        state = read_state(settings.state_dir, uuid)
+    except AttestdError as exc:
+        print(f"attestd-qemu: {exc.message}", file=sys.stderr)
+        return 1
+    if state is None or state.path != PATH_WRAPPER:
+        _exec_qemu(settings, args)
+        return 127  # pragma: no cover
+    _configure_logging()
+    if guest_name(args) != state.domain:
+        print(
+            f"attestd-qemu: launch state is for {state.domain!r}, not {guest_name(args)!r}",
+            file=sys.stderr,
+        )
+        return 1
+    index, libvirt_fd = monitor
+    try:
+        listener = socket.socket(fileno=libvirt_fd)
+        libvirt_path = listener.getsockname()
+        if not isinstance(libvirt_path, str) or not libvirt_path:
+            raise LaunchError("libvirt's monitor fd is not a unix socket with a path")
+        qemu_path = str(Path(libvirt_path).with_name(RELAY_SOCKET_NAME))
+        Path(qemu_path).unlink(missing_ok=True)
+        private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        private.bind(qemu_path)
+        os.chmod(qemu_path, 0o600)
+        private.listen(4)
+    except (OSError, LaunchError) as exc:
+        print(f"attestd-qemu: cannot set up the QMP relay: {exc}", file=sys.stderr)
+        return 1
+    logger.info(
+        "domain=%s launch=%s: relaying QMP %s -> %s",
+        state.domain,
+        state.launch_id,
+        libvirt_path,
+        qemu_path,
+    )
+    pid = os.fork()
+    if pid == 0:  # the relay
+        code = 0
+        try:
+            _set_pdeathsig()
+            private.close()
+            _run_relay(settings, state, listener, qemu_path)
+        except BaseException:
+            logger.exception("relay failed")
+            code = 1
+        finally:
+            os._exit(code)
+    listener.close()
+    os.set_inheritable(private.fileno(), True)
+    args[index] = replace_fd(args[index], private.fileno())
+    _exec_qemu(settings, args)
+    return 127  # pragma: no cover
+
+
+def load_settings_or_default() -> HostSettings:
+    """Settings for a pass-through exec: a broken config must not break other domains."""
+    try:
+        return load_settings()
+    except AttestdError:
+        return HostSettings()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
