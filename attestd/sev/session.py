@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from attestd.errors import AttestationFailed, ParseError
 from attestd.sev._crypto import aes_ctr as _aes_ctr
 from attestd.sev._crypto import hmac_sha256 as _hmac
+from attestd.sev.certs import ecdh_cert_for_godh
 from attestd.sev.kdf import kdf
 from attestd.sev.policy import policy_bytes
 
@@ -158,3 +159,21 @@ def open_session(
     if not hmac.compare_digest(policy_mac(keys.tik, policy), blob.policy_mac):
         raise AttestationFailed("session policy MAC does not verify")
     return keys
+
+
+def start_launch(
+    pdh_key: ec.EllipticCurvePublicKey, policy: int, *, rng: Rng = os.urandom
+) -> LaunchStart:
+    """A fresh launch session for a **verified** PDH key.
+
+    Makes a new GODH key, nonce, wrap IV, TEK and TIK (all from ``rng``) and
+    returns the GODH certificate (0x824 bytes, both signature slots empty) and the
+    session blob for the host, plus the transport keys the guest owner keeps.
+    """
+    policy_bytes(policy)
+    godh = generate_godh_key(rng)
+    keys = TransportKeys.generate(rng)
+    nonce, wrap_iv = rng(NONCE_SIZE), rng(NONCE_SIZE)
+    blob = wrap_session(shared_secret(godh, pdh_key), nonce, wrap_iv, keys, policy)
+    godh_cert = ecdh_cert_for_godh(godh.public_key()).pack()
+    return LaunchStart(godh_cert, blob.pack(), policy, keys)

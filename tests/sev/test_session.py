@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attestd.errors import AttestationFailed, ParseError
+from attestd.sev.certs import SEV_CERT_SIZE, Algorithm, SevCertificate, Usage
 from attestd.sev.kdf import kdf
 from attestd.sev.session import (
     SESSION_SIZE,
@@ -22,6 +23,7 @@ from attestd.sev.session import (
     generate_godh_key,
     open_session,
     shared_secret,
+    start_launch,
     wrap_session,
 )
 from tests.sev.session_kat import vectors
@@ -173,3 +175,32 @@ def test_session_blob_parser_raises_only_parse_error(data: bytes) -> None:
         assert len(data) != SESSION_SIZE
     else:
         assert blob.pack() == data
+
+
+def test_start_launch_end_to_end_with_the_firmware_side() -> None:
+    pdh = ec.generate_private_key(ec.SECP384R1())
+    launch = start_launch(pdh.public_key(), 0x0001_0005)
+    assert len(launch.godh_cert) == SEV_CERT_SIZE and len(launch.session) == SESSION_SIZE
+    cert = SevCertificate.unpack(launch.godh_cert)
+    assert (cert.version, cert.usage, cert.algorithm) == (1, Usage.PDH, Algorithm.ECDH_SHA256)
+    assert all(slot.is_empty for slot in cert.signatures)
+    assert cert.pack() == launch.godh_cert
+    keys = open_session(pdh, cert.public_key(), launch.session, 0x0001_0005)
+    assert keys == launch.keys
+    assert launch.policy == 0x0001_0005
+    assert launch.keys.tek.hex() not in repr(launch) and str(launch.keys.tek) not in repr(launch)
+
+
+def test_start_launch_is_fresh_per_launch_and_driven_by_the_rng() -> None:
+    pdh = ec.generate_private_key(ec.SECP384R1()).public_key()
+    a, b = start_launch(pdh, 1), start_launch(pdh, 1)
+    assert a.godh_cert != b.godh_cert and a.session != b.session and a.keys != b.keys
+    c, d = start_launch(pdh, 1, rng=_counter_rng(7)), start_launch(pdh, 1, rng=_counter_rng(7))
+    assert c == d
+
+
+def test_start_launch_refuses_bad_inputs() -> None:
+    with pytest.raises(ParseError):
+        start_launch(ec.generate_private_key(ec.SECP384R1()).public_key(), 0x80)
+    with pytest.raises(ParseError):
+        start_launch(ec.generate_private_key(ec.SECP256R1()).public_key(), 1)
