@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attestd.sev.measure.digest import SevMode, launch_digest_for, parse_mode
+from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests, parse_mode
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VCPU_TYPES, VmsaFlavour
@@ -72,9 +72,8 @@ def run(args: argparse.Namespace) -> int:
         hashes = KernelHashes.from_content(kernel, initrd, args.cmdline)
     flavour = VmsaFlavour(args.vmsa_flavour)
     ovmf = Ovmf.from_bytes(firmware)
-    digest = launch_digest_for(
-        mode, ovmf, hashes=hashes, vcpus=args.vcpus, vcpu_type=args.vcpu_type, flavour=flavour
-    )
+    inputs = LaunchInputs(mode, hashes, args.vcpus, args.vcpu_type, flavour)
+    digest = launch_digests(ovmf, [inputs])[inputs]
     print(f"mode: {mode.value}")
     print(f"firmware: {args.firmware} ({len(firmware)} bytes)")
     if hashes is not None:

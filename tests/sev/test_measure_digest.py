@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from attestd.errors import ParseError, Unsupported
-from attestd.sev.measure import KernelHashes, SevMode, VmsaFlavour, launch_digest
+from attestd.sev.measure import (
+    KernelHashes,
+    LaunchInputs,
+    Ovmf,
+    SevMode,
+    VmsaFlavour,
+    launch_digest,
+    launch_digests,
+)
 from attestd.sev.measure.digest import MAX_VCPUS, parse_mode
 from attestd.sev.measurement import FirmwareVersion, compute_measure
 
@@ -159,3 +167,39 @@ def test_modes_and_vcpu_bounds(testdata: Path) -> None:
     assert launch_digest("seves", firmware, vcpus=2, vcpu_sig=0x00A00F11) == launch_digest(
         "seves", firmware, vcpus=2, vcpu_type="EPYC-Milan"
     )
+
+
+def test_launch_digests_batch_equals_single_calls(testdata: Path) -> None:
+    firmware = _read(testdata, "kat/sev-launch-digest/ovmf_AmdSev_suffix.bin")
+    hashes = KernelHashes.from_content(b"kernel", b"initrd", "quiet")
+    candidates = [
+        LaunchInputs(SevMode.SEV),
+        LaunchInputs(SevMode.SEV, hashes),
+        *(
+            LaunchInputs(SevMode.SEV_ES, hashes, vcpus, "EPYC-Milan", flavour)
+            for vcpus in (1, 2, 8)
+            for flavour in VmsaFlavour
+        ),
+    ]
+    batch = launch_digests(Ovmf.from_bytes(firmware), candidates)
+    assert list(batch) == candidates
+    for inputs, digest in batch.items():
+        single = launch_digest(
+            inputs.mode.value,
+            firmware,
+            hashes=inputs.hashes,
+            vcpus=inputs.vcpus,
+            vcpu_type=inputs.vcpu_type,
+            flavour=inputs.flavour,
+        )
+        assert digest == single
+    assert len(set(batch.values())) == len(candidates)
+    assert launch_digests(firmware, candidates) == batch
+
+
+def test_launch_digests_fails_closed() -> None:
+    hashes = KernelHashes.from_content(b"kernel", None, None)
+    with pytest.raises(Unsupported):
+        launch_digests(
+            DEBIAN_OVMF.read_bytes(), [LaunchInputs(SevMode.SEV), LaunchInputs(SevMode.SEV, hashes)]
+        )

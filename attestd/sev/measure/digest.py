@@ -13,6 +13,8 @@ here so callers can name it, but is not implemented yet.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 
 from attestd.errors import ParseError, Unsupported
@@ -42,6 +44,23 @@ def parse_mode(mode: str) -> SevMode:
         raise ParseError(f"unknown SEV mode {mode!r} (expected sev or seves)") from None
 
 
+@dataclass(frozen=True, slots=True)
+class LaunchInputs:
+    """One combination of launch parameters that determines a launch digest.
+
+    ``hashes`` is given for a direct kernel boot (``-kernel``, ``kernel-hashes=on``).
+    ``vcpus``, ``vcpu_type`` (or an explicit CPUID ``vcpu_sig``) and ``flavour`` only
+    matter for ``seves``.
+    """
+
+    mode: SevMode
+    hashes: KernelHashes | None = None
+    vcpus: int = 1
+    vcpu_type: str = "EPYC-v4"
+    flavour: VmsaFlavour = VmsaFlavour.CURRENT
+    vcpu_sig: int | None = None
+
+
 def launch_digest(
     mode: str,
     firmware: bytes,
@@ -52,53 +71,49 @@ def launch_digest(
     flavour: VmsaFlavour = VmsaFlavour.CURRENT,
     vcpu_sig: int | None = None,
 ) -> bytes:
-    """The 32-byte launch digest for a QEMU + OVMF guest.
+    """The 32-byte launch digest for a QEMU + OVMF guest (see :class:`LaunchInputs`).
 
-    ``hashes`` is given for a direct kernel boot (``-kernel``, ``kernel-hashes=on``)
-    and raises ``Unsupported`` if the firmware has no kernel hashes area.
-    ``vcpus``, ``vcpu_type`` (or an explicit CPUID ``vcpu_sig``) and ``flavour``
-    only matter for ``seves``.
+    Raises ``Unsupported`` if ``hashes`` are given but the firmware has no kernel
+    hashes area, or for ``seves`` on firmware without an SEV-ES reset block.
     """
-    return launch_digest_for(
-        parse_mode(mode),
-        Ovmf.from_bytes(firmware),
-        hashes=hashes,
-        vcpus=vcpus,
-        vcpu_type=vcpu_type,
-        flavour=flavour,
-        vcpu_sig=vcpu_sig,
-    )
+    inputs = LaunchInputs(parse_mode(mode), hashes, vcpus, vcpu_type, flavour, vcpu_sig)
+    return launch_digests(firmware, [inputs])[inputs]
 
 
-def launch_digest_for(
-    mode: SevMode,
-    ovmf: Ovmf,
-    *,
-    hashes: KernelHashes | None = None,
-    vcpus: int = 1,
-    vcpu_type: str = "EPYC-v4",
-    flavour: VmsaFlavour = VmsaFlavour.CURRENT,
-    vcpu_sig: int | None = None,
-) -> bytes:
-    """:func:`launch_digest` for an already parsed firmware image."""
-    if mode is SevMode.SEV_SNP:
+def launch_digests(
+    firmware: bytes | Ovmf, candidates: Iterable[LaunchInputs]
+) -> dict[LaunchInputs, bytes]:
+    """Launch digests of several input combinations for one firmware image.
+
+    The image is parsed and hashed once; use this to compute the candidates a
+    measurement is checked against (e.g. both VMSA flavours).
+    """
+    ovmf = firmware if isinstance(firmware, Ovmf) else Ovmf.from_bytes(firmware)
+    image_hash = hashlib.sha256(ovmf.data)
+    return {inputs: _finish(image_hash.copy(), ovmf, inputs) for inputs in candidates}
+
+
+def _finish(digest: hashlib._Hash, ovmf: Ovmf, inputs: LaunchInputs) -> bytes:
+    if inputs.mode is SevMode.SEV_SNP:
         raise Unsupported("SEV-SNP launch digests are not implemented yet")
-    digest = hashlib.sha256(ovmf.data)
-    if hashes is not None:
+    if inputs.hashes is not None:
         if not ovmf.supports_kernel_hashes:
             raise Unsupported(
                 "this firmware does not support measured direct boot: its kernel hashes "
                 "area is missing or at address 0; boot without --kernel or use an "
                 "OVMF AmdSev build"
             )
-        digest.update(hashes.table())
-    if mode is SevMode.SEV_ES:
+        digest.update(inputs.hashes.table())
+    if inputs.mode is SevMode.SEV_ES:
+        vcpus = inputs.vcpus
         if not 1 <= vcpus <= MAX_VCPUS:
             raise ParseError(f"vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
         ap_eip = ovmf.sev_es_reset_eip
         if ap_eip is None:
             raise Unsupported("this firmware has no SEV-ES reset block; it cannot boot SEV-ES")
-        sig = vcpu_signature(vcpu_type) if vcpu_sig is None else vcpu_sig
-        for page in vmsa_pages(vcpus, ap_eip, sig, flavour):
+        sig = inputs.vcpu_sig
+        if sig is None:
+            sig = vcpu_signature(inputs.vcpu_type)
+        for page in vmsa_pages(vcpus, ap_eip, sig, inputs.flavour):
             digest.update(page)
     return digest.digest()
