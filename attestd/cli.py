@@ -15,7 +15,7 @@ from typing import cast
 from attestd import __version__
 from attestd.errors import AttestdError
 
-COMMAND_MODULES: tuple[str, ...] = ("attestd.commands.digest",)
+COMMAND_MODULES: tuple[str, ...] = ("attestd.commands.digest", "attestd.commands.server")
 
 
 def build_parser() -> argparse.ArgumentParser:

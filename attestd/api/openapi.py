@@ -1,0 +1,219 @@
+"""The OpenAPI document of the v1 protocol, built from the marshmallow schemas.
+
+``schemas/openapi-v1.json`` is this document, committed; ``attestd openapi``
+prints it and a test fails when the two differ (or when a Flask route is missing).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema, fields
+
+from attestd import __version__
+from attestd.api import schemas as s
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One documented operation."""
+
+    path: str
+    method: str
+    summary: str
+    status: int
+    response: type[Schema] | None
+    request: type[Schema] | None = None
+    security: str | None = None
+    binary_body: bool = False
+    query: type[Schema] | None = None
+    produces: str = "application/json"
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("/v1/vm", "get", "List the owner's VMs", 200, s.VmListSchema, security="owner"),
+    Operation(
+        "/v1/vm/{uuid}", "post", "Register a VM", 201, s.VmViewSchema, s.RegistrationSchema, "owner"
+    ),
+    Operation(
+        "/v1/vm/{uuid}",
+        "put",
+        "Replace a registration",
+        200,
+        s.VmViewSchema,
+        s.RegistrationSchema,
+        "owner",
+    ),
+    Operation(
+        "/v1/vm/{uuid}",
+        "get",
+        "Show a registration (no secret values)",
+        200,
+        s.VmViewSchema,
+        security="owner",
+    ),
+    Operation(
+        "/v1/vm/{uuid}",
+        "delete",
+        "Delete a registration and its secrets",
+        204,
+        None,
+        security="owner",
+    ),
+    Operation(
+        "/v1/vm/{uuid}/events",
+        "get",
+        "Audit trail of a VM",
+        200,
+        s.EventListSchema,
+        security="owner",
+        query=s.EventQuerySchema,
+    ),
+    Operation(
+        "/v1/firmware",
+        "post",
+        "Upload a firmware image (content-addressed)",
+        201,
+        s.FirmwareSchema,
+        security="owner",
+        binary_body=True,
+    ),
+    Operation("/v1/openapi.json", "get", "This document", 200, None),
+    Operation("/healthz", "get", "Liveness and database check", 200, None),
+    Operation("/metrics", "get", "Prometheus metrics", 200, None, produces="text/plain"),
+)
+
+
+def _custom_fields(plugin: MarshmallowPlugin) -> None:
+    plugin.map_to_openapi_type(s.Base64Bytes, "string", "byte")  # type: ignore[no-untyped-call]
+
+    def extra(self: Any, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
+        if isinstance(field, s.Policy):
+            return {
+                "oneOf": [
+                    {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF},
+                    {"type": "string", "pattern": "^(0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10})$"},
+                ]
+            }
+        if isinstance(field, s.SecretField):
+            return {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/LuksPassphrase"},
+                    {"$ref": "#/components/schemas/Volume"},
+                    {"$ref": "#/components/schemas/Env"},
+                    {"$ref": "#/components/schemas/Raw"},
+                ]
+            }
+        return {}
+
+    plugin.converter.add_attribute_function(extra)  # type: ignore[union-attr]
+
+
+def build_spec() -> dict[str, Any]:
+    """The OpenAPI 3.0 document as a dict."""
+    plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
+    spec = APISpec(
+        title="attestd",
+        version=__version__,
+        openapi_version="3.0.3",
+        plugins=[plugin],
+        info={
+            "description": "Remote attestation service for AMD SEV / SEV-ES guests (protocol v1).",
+        },
+    )
+    _custom_fields(plugin)
+    spec.components.security_scheme("owner", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("host", {"type": "http", "scheme": "bearer"})
+    for name, schema in (
+        ("LuksPassphrase", s.LuksPassphraseSchema),
+        ("Volume", s.VolumeSchema),
+        ("Env", s.EnvSchema),
+        ("Raw", s.RawSchema),
+        ("Error", s.ErrorSchema),
+    ):
+        spec.components.schema(name, schema=schema)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    for path, operations in paths.items():
+        parameters = []
+        if "{uuid}" in path:
+            parameters.append(
+                {
+                    "name": "uuid",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uuid"},
+                }
+            )
+        spec.path(path=path, operations=operations, parameters=parameters)
+    document = spec.to_dict()
+    return json.loads(json.dumps(document, sort_keys=True))  # type: ignore[no-any-return]
+
+
+def _schema_name(schema: Any) -> str:
+    cls = schema if isinstance(schema, type) else type(schema)
+    name = cls.__name__
+    return name[: -len("Schema")] if name.endswith("Schema") else name
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": op.summary, "operationId": _operation_id(op)}
+    error = {
+        "description": "error envelope",
+        "content": {"application/json": {"schema": "Error"}},
+    }
+    if op.response is not None:
+        success: dict[str, Any] = {
+            "description": "success",
+            "content": {"application/json": {"schema": op.response}},
+        }
+    elif op.status == 204:
+        success = {"description": "done"}
+    elif op.produces == "text/plain":
+        success = {
+            "description": "success",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    else:
+        success = {
+            "description": "success",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    out["responses"] = {str(op.status): success, "default": error}
+    if op.path == "/v1/firmware":
+        out["responses"]["200"] = {
+            "description": "already uploaded",
+            "content": {"application/json": {"schema": op.response}},
+        }
+    if op.request is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": op.request}},
+        }
+    if op.binary_body:
+        out["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    if op.query is not None:
+        out["parameters"] = [{"in": "query", "schema": op.query}]
+    if op.security is not None:
+        out["security"] = [{op.security: []}]
+    return out
+
+
+def _operation_id(op: Operation) -> str:
+    words = [w for w in op.path.replace("{uuid}", "by-uuid").split("/") if w and w != "v1"]
+    return op.method + "".join(w.replace(".", "-").title().replace("-", "") for w in words)
+
+
+def render() -> str:
+    """The document as committed in ``schemas/openapi-v1.json``."""
+    return json.dumps(build_spec(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,94 @@
+"""Per-application state: the service objects, metrics and request helpers."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import current_app, request
+from marshmallow import Schema
+
+from attestd.config import Settings
+from attestd.errors import ParseError
+from attestd.service import Service
+from attestd.storage.ports import Principal
+from attestd.storage.sql import Database
+
+
+@dataclass
+class Metrics:
+    """Process-local counters for /metrics (Prometheus text)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    latency_sum: dict[str, float] = field(default_factory=dict)
+    latency_count: Counter[str] = field(default_factory=Counter)
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one request."""
+        with self.lock:
+            self.requests[(endpoint, method, status)] += 1
+            self.latency_sum[endpoint] = self.latency_sum.get(endpoint, 0.0) + seconds
+            self.latency_count[endpoint] += 1
+
+    def outcome(self, operation: str, result: str) -> None:
+        """Count one launch / validation outcome."""
+        with self.lock:
+            self.outcomes[(operation, result)] += 1
+
+
+@dataclass
+class AppState:
+    """Everything a view needs; stored in ``app.extensions["attestd"]``."""
+
+    settings: Settings
+    db: Database
+    service: Service
+    launches: Any
+    metrics: Metrics
+
+
+def state() -> AppState:
+    """The current application's state."""
+    value = current_app.extensions["attestd"]
+    assert isinstance(value, AppState)
+    return value
+
+
+def bearer_token() -> str | None:
+    """The bearer token of the request, if any."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def current_owner() -> Principal:
+    """The authenticated owner (401 otherwise)."""
+    return state().service.authenticate_owner(bearer_token())
+
+
+def load_json(schema: Schema) -> Any:
+    """Parse and validate the JSON body with ``schema``."""
+    limit = state().settings.max_request_size
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
+        raise _too_large(limit)
+    body = request.get_json(silent=True, force=True)
+    if body is None:
+        raise ParseError("the request body must be a JSON document")
+    if not isinstance(body, dict):
+        raise ParseError("the request body must be a JSON object")
+    return schema.load(body)
+
+
+def _too_large(limit: int) -> Exception:
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    return RequestEntityTooLarge(f"the request body exceeds {limit} bytes")

@@ -1,0 +1,138 @@
+"""Guest-owner endpoints: VM registration, firmware upload, audit events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from marshmallow import Schema
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from attestd.api.schemas import (
+    EventListSchema,
+    EventQuerySchema,
+    FirmwareSchema,
+    RegistrationSchema,
+    VmListSchema,
+    VmViewSchema,
+    vm_uuid,
+)
+from attestd.api.state import current_owner, load_json, state
+from attestd.errors import ParseError
+from attestd.storage.ports import VmRecord
+
+bp = Blueprint("owner", __name__)
+
+
+def _view(vm: VmRecord) -> dict[str, Any]:
+    return {
+        "uuid": vm.uuid,
+        "revision": vm.revision,
+        "launches_used": vm.launches_used,
+        "registration": json.loads(vm.registration),
+    }
+
+
+def _respond(payload: dict[str, Any], schema: type[Schema], status: int = 200) -> Response:
+    response = jsonify(schema().dump(payload))
+    response.status_code = status
+    return response
+
+
+@bp.post("/vm/<uuid>")
+def register(uuid: str) -> Response:
+    """Register a VM."""
+    owner = current_owner()
+    canonical = vm_uuid(uuid)
+    registration = load_json(RegistrationSchema())
+    vm = state().service.register(owner, canonical, registration)
+    return _respond(_view(vm), VmViewSchema, 201)
+
+
+@bp.put("/vm/<uuid>")
+def replace(uuid: str) -> Response:
+    """Replace a registration."""
+    owner = current_owner()
+    canonical = vm_uuid(uuid)
+    registration = load_json(RegistrationSchema())
+    vm = state().service.replace(owner, canonical, registration)
+    return _respond(_view(vm), VmViewSchema)
+
+
+@bp.get("/vm/<uuid>")
+def show(uuid: str) -> Response:
+    """A registration without secret values."""
+    owner = current_owner()
+    vm = state().service.get(owner, vm_uuid(uuid))
+    return _respond(_view(vm), VmViewSchema)
+
+
+@bp.delete("/vm/<uuid>")
+def remove(uuid: str) -> Response:
+    """Delete a registration and its secrets."""
+    owner = current_owner()
+    state().service.delete(owner, vm_uuid(uuid))
+    return Response(status=204)
+
+
+@bp.get("/vm")
+def index() -> Response:
+    """The owner's VMs."""
+    owner = current_owner()
+    vms = [
+        {
+            "uuid": vm.uuid,
+            "scheme": json.loads(vm.registration)["scheme"],
+            "revision": vm.revision,
+            "launches_used": vm.launches_used,
+            "updated_at": vm.updated_at,
+        }
+        for vm in state().service.list_vms(owner)
+    ]
+    return _respond({"vms": vms}, VmListSchema)
+
+
+@bp.get("/vm/<uuid>/events")
+def events(uuid: str) -> Response:
+    """The VM's audit trail."""
+    owner = current_owner()
+    canonical = vm_uuid(uuid)
+    query = EventQuerySchema().load(request.args.to_dict())
+    found = state().service.events(owner, canonical, after=query["after"], limit=query["limit"])
+    items = [
+        {
+            "id": ev.id,
+            "ts": ev.ts,
+            "kind": ev.kind,
+            "launch_id": ev.launch_id,
+            "outcome": ev.outcome,
+            "detail": json.loads(ev.detail),
+        }
+        for ev in found
+    ]
+    return _respond({"events": items}, EventListSchema)
+
+
+@bp.post("/firmware")
+def upload_firmware() -> Response:
+    """Upload a firmware image (raw bytes, content-addressed)."""
+    owner = current_owner()
+    settings = state().settings
+    if request.content_length is not None and request.content_length > settings.max_firmware_size:
+        raise RequestEntityTooLarge(
+            f"firmware images are limited to {settings.max_firmware_size} bytes"
+        )
+    data = request.get_data(cache=False)
+    if not data:
+        raise ParseError("the request body must be the firmware image")
+    if len(data) > settings.max_firmware_size:
+        raise RequestEntityTooLarge(
+            f"firmware images are limited to {settings.max_firmware_size} bytes"
+        )
+    info = state().service.upload_firmware(owner, data)
+    return _respond(
+        {"sha256": info.sha256, "size": info.size, "created": info.created},
+        FirmwareSchema,
+        201 if info.created else 200,
+    )

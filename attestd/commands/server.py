@@ -1,0 +1,178 @@
+"""Service administration: serve, owner/host create, db upgrade, keys rotate, openapi."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from attestd import config
+from attestd.config import Settings
+from attestd.errors import ParseError
+
+logger = logging.getLogger(__name__)
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = getattr(args, "config", None)
+    return config.load(Path(path) if path else None)
+
+
+def _check_name(name: str) -> str:
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ParseError(f"names match {NAME_PATTERN}")
+    return name
+
+
+def _service(settings: Settings) -> Any:
+    from attestd.api import open_database, open_keyring
+    from attestd.service import Service
+
+    db = open_database(settings)
+    db.upgrade()
+    return Service(settings, db, open_keyring(settings), clock=time.time)
+
+
+def cmd_owner_create(args: argparse.Namespace) -> int:
+    """Create a guest owner and print its token (last line)."""
+    service = _service(_settings(args))
+    token = service.create_owner(_check_name(args.name))
+    print(f"created owner {args.name}; its bearer token (shown only now):")
+    print(token)
+    return 0
+
+
+def cmd_host_create(args: argparse.Namespace) -> int:
+    """Create a host and print its token (last line)."""
+    service = _service(_settings(args))
+    token = service.create_host(_check_name(args.name))
+    print(f"created host {args.name}; its bearer token (shown only now):")
+    print(token)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Create or migrate the schema."""
+    from attestd.api import open_database
+
+    open_database(_settings(args)).upgrade(args.revision)
+    print(f"database at revision {args.revision}")
+    return 0
+
+
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    """Migrate the schema down."""
+    from attestd.api import open_database
+
+    open_database(_settings(args)).downgrade(args.revision)
+    print(f"database at revision {args.revision}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Add a new primary storage key and re-encrypt every stored value with it."""
+    from attestd.api import open_database, open_keyring
+    from attestd.storage.keys import KeyRing, add_primary_key, retire_old_keys
+
+    settings = _settings(args)
+    path = settings.effective_storage_key_file
+    open_keyring(settings)  # creates the dev key if that is what is configured
+    add_primary_key(path)
+    keyring = KeyRing.from_file(path)
+    db = open_database(settings)
+    count = db.rotate_encrypted(keyring.rotate)
+    if args.retire:
+        retire_old_keys(path)
+    print(f"re-encrypted {count} stored values under the new key in {path}")
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Print the OpenAPI document."""
+    from attestd.api.openapi import render
+
+    sys.stdout.write(render())
+    return 0
+
+
+def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str]) -> list[str]:
+    """The gunicorn command line of ``attestd serve``."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "--log-level",
+        settings.log_level.lower(),
+        "--access-logfile",
+        "-",
+        *extra,
+        "attestd.wsgi:app",
+    ]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Migrate the database, then exec gunicorn on ``attestd.wsgi:app``."""
+    settings = _settings(args)
+    if args.config:
+        os.environ["ATTESTD_CONFIG"] = str(Path(args.config).resolve())
+    from attestd.api import open_database, open_keyring
+
+    open_database(settings).upgrade()
+    open_keyring(settings)
+    os.environ["ATTESTD_AUTO_MIGRATE"] = "0"
+    argv = gunicorn_argv(
+        settings, args.bind or settings.bind, args.workers or settings.workers, args.gunicorn
+    )
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # noqa: S606 (fixed argv, no shell)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the service sub-commands."""
+
+    def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--config", help="TOML file (default $ATTESTD_CONFIG)")
+        return parser
+
+    serve = with_config(subparsers.add_parser("serve", help="run the REST service (gunicorn)"))
+    serve.add_argument("--bind", help="HOST:PORT (default from the configuration)")
+    serve.add_argument("--workers", type=int, help="gunicorn worker processes")
+    serve.add_argument("gunicorn", nargs=argparse.REMAINDER, help="extra gunicorn options after --")
+    serve.set_defaults(func=cmd_serve)
+
+    for kind, func in (("owner", cmd_owner_create), ("host", cmd_host_create)):
+        group = subparsers.add_parser(kind, help=f"manage {kind} tokens")
+        sub = group.add_subparsers(dest=f"{kind}_command", metavar="COMMAND", required=True)
+        create = with_config(sub.add_parser("create", help=f"create a {kind}; prints its token"))
+        create.add_argument("name")
+        create.set_defaults(func=func)
+
+    db = subparsers.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    up = with_config(db_sub.add_parser("upgrade", help="create or migrate the schema"))
+    up.add_argument("--revision", default="head")
+    up.set_defaults(func=cmd_db_upgrade)
+    down = with_config(db_sub.add_parser("downgrade", help="migrate the schema down"))
+    down.add_argument("revision")
+    down.set_defaults(func=cmd_db_downgrade)
+
+    keys = subparsers.add_parser("keys", help="storage encryption keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    rotate = with_config(keys_sub.add_parser("rotate", help="new primary key; re-encrypt all"))
+    rotate.add_argument("--retire", action="store_true", help="then drop the old keys")
+    rotate.set_defaults(func=cmd_keys_rotate)
+
+    openapi = subparsers.add_parser("openapi", help="print the OpenAPI document")
+    openapi.set_defaults(func=cmd_openapi)

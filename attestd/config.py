@@ -1,0 +1,186 @@
+"""Service configuration: defaults < TOML file < ``ATTESTD_*`` environment.
+
+One frozen :class:`Settings` is built by the entry point (``create_app``, a CLI
+command) and passed down; nothing reads configuration at import time.
+
+The file is ``$ATTESTD_CONFIG`` or ``/etc/attestd/attestd.toml`` (when it exists).
+Keys in the file are the field names below (``data_dir = "/var/lib/attestd"``);
+each has an environment override ``ATTESTD_<FIELD>`` (``ATTESTD_DATA_DIR``).
+Secrets are never given inline: the storage key comes from ``storage_key_file``
+(or ``$CREDENTIALS_DIRECTORY/storage.key``, systemd ``LoadCredential=``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attestd.errors import ParseError
+
+DEFAULT_CONFIG_FILE = Path("/etc/attestd/attestd.toml")
+DEFAULT_DATA_DIR = Path("/var/lib/attestd")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service needs to run; see ``examples/attestd.toml``."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    #: SQLAlchemy URL; empty means ``sqlite:///<data_dir>/attestd.sqlite3``.
+    database_url: str = ""
+    #: Extra trust anchors (``<dir>/<name>/{ark,ask}.cert``) next to the pinned AMD roots.
+    trust_anchors_dir: Path | None = None
+    #: Storage-encryption key file (MultiFernet, one key per line, first encrypts).
+    storage_key_file: Path | None = None
+    #: Signed-CEK cache; empty means ``<data_dir>/cek``.
+    cek_cache_dir: Path | None = None
+    #: Never contact AMD's key server; only cached / imported CEKs are used.
+    kds_offline: bool = False
+    kds_url: str = "https://kdsintf.amd.com"
+    #: Size of the firmware's secret area the table must fit (bytes).
+    secret_area_size: int = 3072
+    #: Seconds a launch session stays valid.
+    launch_ttl: int = 600
+    #: Require ``Authorization: Bearer <host token>`` on /launch and /validate.
+    require_host_token: bool = False
+    #: Largest accepted firmware upload (bytes).
+    max_firmware_size: int = 16 * 1024 * 1024
+    #: Largest accepted JSON request body (bytes).
+    max_request_size: int = 256 * 1024
+    #: Database connection pool (PostgreSQL only).
+    pool_size: int = 5
+    max_overflow: int = 10
+    #: Create / upgrade the schema when the app starts (``attestd db upgrade`` otherwise).
+    auto_migrate: bool = True
+    log_level: str = "INFO"
+    #: gunicorn defaults for ``attestd serve``.
+    bind: str = "127.0.0.1:8080"
+    workers: int = 2
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL or the SQLite file under the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'attestd.sqlite3'}"
+
+    @property
+    def effective_cek_cache_dir(self) -> Path:
+        """Where signed CEKs are cached."""
+        return self.cek_cache_dir or self.data_dir / "cek"
+
+    @property
+    def effective_storage_key_file(self) -> Path:
+        """The configured key file, a systemd credential, or the dev key in the data dir."""
+        if self.storage_key_file is not None:
+            return self.storage_key_file
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / "storage.key").is_file():
+            return Path(creds) / "storage.key"
+        return self.data_dir / "storage.key"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (for tests and CLI flags)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: object, default: object) -> object:
+    """Coerce a file or environment value to the type of the field's default."""
+    kind = _FIELD_KINDS[name]
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ParseError(f"configuration {name}: expected a boolean")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise ParseError(f"configuration {name}: expected an integer")
+        try:
+            value = int(str(raw), 0) if isinstance(raw, str) else int(raw)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ParseError(f"configuration {name}: expected an integer") from None
+        if value < 0:
+            raise ParseError(f"configuration {name}: must not be negative")
+        return value
+    if kind is Path:
+        text = str(raw)
+        return Path(text) if text else (None if default is None else Path(text))
+    return str(raw)
+
+
+_FIELD_KINDS: dict[str, type] = {
+    "data_dir": Path,
+    "database_url": str,
+    "trust_anchors_dir": Path,
+    "storage_key_file": Path,
+    "cek_cache_dir": Path,
+    "kds_offline": bool,
+    "kds_url": str,
+    "secret_area_size": int,
+    "launch_ttl": int,
+    "require_host_token": bool,
+    "max_firmware_size": int,
+    "max_request_size": int,
+    "pool_size": int,
+    "max_overflow": int,
+    "auto_migrate": bool,
+    "log_level": str,
+    "bind": str,
+    "workers": int,
+}
+
+
+def load(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build :class:`Settings` from defaults, the TOML file, the environment and ``overrides``."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        configured = env.get("ATTESTD_CONFIG")
+        path = Path(configured) if configured else DEFAULT_CONFIG_FILE
+        required = bool(configured)
+    else:
+        required = True
+    values: dict[str, object] = {}
+    defaults = Settings()
+    if path.is_file():
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ParseError(f"configuration file {path} is not valid TOML: {exc}") from None
+        section = document.get("attestd", document)
+        if not isinstance(section, dict):
+            raise ParseError(f"configuration file {path}: [attestd] must be a table")
+        for key, raw in section.items():
+            name = key.replace("-", "_")
+            if name not in _FIELD_KINDS:
+                raise ParseError(f"configuration file {path}: unknown key {key!r}")
+            values[name] = _convert(name, raw, getattr(defaults, name))
+    elif required:
+        raise ParseError(f"configuration file {path} does not exist")
+    for name in _FIELD_KINDS:
+        raw_env = env.get(f"ATTESTD_{name.upper()}")
+        if raw_env is not None:
+            values[name] = _convert(name, raw_env, getattr(defaults, name))
+    values.update(overrides)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.secret_area_size < 64:
+        raise ParseError("configuration secret_area_size: too small for a secret table")
+    if settings.launch_ttl < 1:
+        raise ParseError("configuration launch_ttl: must be at least one second")
+    return settings

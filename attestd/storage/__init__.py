@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy Core (SQLite or PostgreSQL), alembic migrations, encryption at rest."""

@@ -1,0 +1,556 @@
+"""SQLAlchemy Core repository over SQLite (default) or PostgreSQL.
+
+Every state change that must be atomic across service processes is a single
+conditional ``UPDATE`` whose row count decides the winner (launch budget, launch
+claim), so several nodes sharing one PostgreSQL behave as one service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from attestd.errors import Conflict, StorageUnavailable
+from attestd.storage import tables as t
+from attestd.storage.ports import EventRecord, LaunchRecord, LaunchState, Principal, VmRecord
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
+class Database:
+    """The attestd tables behind one SQLAlchemy engine."""
+
+    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10) -> None:
+        self.url = url
+        try:
+            if url.startswith("sqlite"):
+                self.engine: Engine = create_engine(
+                    url, poolclass=NullPool, connect_args={"timeout": 30}
+                )
+                self._sqlite_setup(self.engine)
+            else:
+                self.engine = create_engine(
+                    url,
+                    pool_size=pool_size,
+                    max_overflow=max_overflow,
+                    pool_pre_ping=True,
+                )
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise StorageUnavailable(f"cannot use database: {type(exc).__name__}") from None
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @staticmethod
+    def _sqlite_setup(engine: Engine) -> None:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # Take the write lock up front: no lock-upgrade deadlocks between processes.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def dispose(self) -> None:
+        """Close pooled connections (after fork, at shutdown)."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except OperationalError as exc:
+            logger.error("database error: %s", type(exc.orig).__name__)
+            raise StorageUnavailable("the database is unavailable") from None
+
+    def _run(self, fn: Callable[[Connection], T]) -> T:
+        with self._tx() as conn:
+            return fn(conn)
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _alembic(self, conn: Connection) -> Config:
+        cfg = Config()
+        location = resources.files("attestd.storage") / "migrations"
+        cfg.set_main_option("script_location", str(location))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Create or migrate the schema to ``revision``."""
+        with self._tx() as conn:
+            command.upgrade(self._alembic(conn), revision)
+
+    def downgrade(self, revision: str) -> None:
+        """Migrate the schema down to ``revision`` (``base`` drops everything)."""
+        with self._tx() as conn:
+            command.downgrade(self._alembic(conn), revision)
+
+    def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` unless the database answers."""
+        self._run(lambda conn: conn.execute(select(1)).scalar_one())
+
+    # -- principals ---------------------------------------------------------------------
+
+    def _create_principal(self, table: Any, name: str, token_hash: str, now: float) -> int:
+        try:
+            with self._tx() as conn:
+                result = conn.execute(
+                    insert(table).values(name=name, token_hash=token_hash, created_at=now)
+                )
+                key = result.inserted_primary_key
+                assert key is not None
+                return int(key[0])
+        except IntegrityError:
+            raise Conflict(f"{name!r} already exists") from None
+
+    def create_owner(self, name: str, token_hash: str, now: float) -> int:
+        """Insert an owner; :class:`Conflict` when the name exists."""
+        return self._create_principal(t.owners, name, token_hash, now)
+
+    def create_host(self, name: str, token_hash: str, now: float) -> int:
+        """Insert a host; :class:`Conflict` when the name exists."""
+        return self._create_principal(t.hosts, name, token_hash, now)
+
+    def _principal(self, table: Any, token_hash: str) -> Principal | None:
+        row = self._run(
+            lambda conn: conn.execute(
+                select(table.c.id, table.c.name).where(table.c.token_hash == token_hash)
+            ).first()
+        )
+        return None if row is None else Principal(id=row.id, name=row.name)
+
+    def owner_by_token_hash(self, token_hash: str) -> Principal | None:
+        """The owner holding this token, if any."""
+        return self._principal(t.owners, token_hash)
+
+    def host_by_token_hash(self, token_hash: str) -> Principal | None:
+        """The host holding this token, if any."""
+        return self._principal(t.hosts, token_hash)
+
+    def count_hosts(self) -> int:
+        """How many host tokens exist."""
+        return self._run(
+            lambda conn: int(conn.execute(select(func.count()).select_from(t.hosts)).scalar_one())
+        )
+
+    # -- firmware -----------------------------------------------------------------------
+
+    def put_firmware(self, owner_id: int, sha256: str, data: bytes, now: float) -> bool:
+        """Store ``data`` under its hash and link it to the owner; True when newly linked."""
+
+        def txn(conn: Connection) -> bool:
+            blob = conn.execute(
+                select(t.firmware_blobs.c.sha256).where(t.firmware_blobs.c.sha256 == sha256)
+            ).first()
+            if blob is None:
+                conn.execute(
+                    insert(t.firmware_blobs).values(
+                        sha256=sha256, size=len(data), data=data, created_at=now
+                    )
+                )
+            link = conn.execute(
+                select(t.owner_firmware.c.sha256).where(
+                    and_(
+                        t.owner_firmware.c.owner_id == owner_id,
+                        t.owner_firmware.c.sha256 == sha256,
+                    )
+                )
+            ).first()
+            if link is not None:
+                return False
+            conn.execute(
+                insert(t.owner_firmware).values(owner_id=owner_id, sha256=sha256, created_at=now)
+            )
+            return True
+
+        try:
+            return self._run(txn)
+        except IntegrityError:
+            # A concurrent upload of the same image won the insert; it is there now.
+            return self._run(txn)
+
+    def firmware(self, owner_id: int, sha256: str) -> bytes | None:
+        """The image with this hash if the owner uploaded it."""
+        query = (
+            select(t.firmware_blobs.c.data)
+            .join(t.owner_firmware, t.owner_firmware.c.sha256 == t.firmware_blobs.c.sha256)
+            .where(
+                and_(t.owner_firmware.c.owner_id == owner_id, t.firmware_blobs.c.sha256 == sha256)
+            )
+        )
+        row = self._run(lambda conn: conn.execute(query).first())
+        return None if row is None else bytes(row.data)
+
+    def list_firmware(self, owner_id: int) -> list[tuple[str, int]]:
+        """(sha256, size) of the owner's images."""
+        query = (
+            select(t.firmware_blobs.c.sha256, t.firmware_blobs.c.size)
+            .join(t.owner_firmware, t.owner_firmware.c.sha256 == t.firmware_blobs.c.sha256)
+            .where(t.owner_firmware.c.owner_id == owner_id)
+            .order_by(t.firmware_blobs.c.sha256)
+        )
+        return self._run(lambda conn: [(r.sha256, r.size) for r in conn.execute(query)])
+
+    # -- VMs ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _vm(row: Any) -> VmRecord:
+        return VmRecord(
+            id=row.id,
+            uuid=row.uuid,
+            owner_id=row.owner_id,
+            revision=row.revision,
+            registration=row.registration,
+            secrets_enc=bytes(row.secrets_enc),
+            launches_used=row.launches_used,
+            max_launches=row.max_launches,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def vm(self, uuid: str) -> VmRecord | None:
+        """The VM registered under ``uuid`` (any owner)."""
+        row = self._run(
+            lambda conn: conn.execute(select(t.vms).where(t.vms.c.uuid == uuid)).first()
+        )
+        return None if row is None else self._vm(row)
+
+    def list_vms(self, owner_id: int) -> list[VmRecord]:
+        """The owner's VMs by UUID."""
+        query = select(t.vms).where(t.vms.c.owner_id == owner_id).order_by(t.vms.c.uuid)
+        return self._run(lambda conn: [self._vm(r) for r in conn.execute(query)])
+
+    def insert_vm(
+        self,
+        *,
+        uuid: str,
+        owner_id: int,
+        registration: str,
+        secrets_enc: bytes,
+        max_launches: int | None,
+        now: float,
+        event: dict[str, Any],
+    ) -> VmRecord:
+        """Register a new VM; :class:`Conflict` when the UUID is taken."""
+
+        def txn(conn: Connection) -> None:
+            conn.execute(
+                insert(t.vms).values(
+                    uuid=uuid,
+                    owner_id=owner_id,
+                    revision=1,
+                    registration=registration,
+                    secrets_enc=secrets_enc,
+                    launches_used=0,
+                    max_launches=max_launches,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            conn.execute(insert(t.events).values(**event))
+
+        try:
+            self._run(txn)
+        except IntegrityError:
+            raise Conflict(f"VM {uuid} is already registered", reasons=["uuid_taken"]) from None
+        record = self.vm(uuid)
+        assert record is not None
+        return record
+
+    def replace_vm(
+        self,
+        vm: VmRecord,
+        *,
+        registration: str,
+        secrets_enc: bytes,
+        max_launches: int | None,
+        now: float,
+        event: dict[str, Any],
+    ) -> VmRecord:
+        """Replace a registration if nobody changed it since ``vm`` was read."""
+
+        def txn(conn: Connection) -> int:
+            result = conn.execute(
+                update(t.vms)
+                .where(and_(t.vms.c.id == vm.id, t.vms.c.revision == vm.revision))
+                .values(
+                    revision=vm.revision + 1,
+                    registration=registration,
+                    secrets_enc=secrets_enc,
+                    max_launches=max_launches,
+                    updated_at=now,
+                )
+            )
+            if _rowcount(result) == 1:
+                conn.execute(insert(t.events).values(**event))
+            return _rowcount(result)
+
+        if self._run(txn) != 1:
+            raise Conflict("the registration changed concurrently; retry")
+        record = self.vm(vm.uuid)
+        assert record is not None
+        return record
+
+    def delete_vm(self, vm: VmRecord, *, event: dict[str, Any]) -> None:
+        """Remove a VM, its secrets and its launches."""
+
+        def txn(conn: Connection) -> None:
+            conn.execute(delete(t.launches).where(t.launches.c.vm_id == vm.id))
+            conn.execute(delete(t.vms).where(t.vms.c.id == vm.id))
+            conn.execute(insert(t.events).values(**event))
+
+        self._run(txn)
+
+    # -- launches -----------------------------------------------------------------------
+
+    @staticmethod
+    def _launch(row: Any) -> LaunchRecord:
+        return LaunchRecord(
+            id=row.id,
+            vm_id=row.vm_id,
+            vm_revision=row.vm_revision,
+            state=LaunchState(row.state),
+            policy=int(row.policy),
+            keys_enc=None if row.keys_enc is None else bytes(row.keys_enc),
+            chip_id=row.chip_id,
+            pdh_sha256=row.pdh_sha256,
+            generation=row.generation,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            finished_at=row.finished_at,
+        )
+
+    def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: dict[str, Any]) -> bool:
+        """Spend one launch of the budget and store ``launch``; False when none is left."""
+
+        def txn(conn: Connection) -> bool:
+            spent = conn.execute(
+                update(t.vms)
+                .where(
+                    and_(
+                        t.vms.c.id == vm.id,
+                        t.vms.c.revision == launch.vm_revision,
+                        or_(
+                            t.vms.c.max_launches.is_(None),
+                            t.vms.c.launches_used < t.vms.c.max_launches,
+                        ),
+                    )
+                )
+                .values(launches_used=t.vms.c.launches_used + 1)
+            )
+            if _rowcount(spent) != 1:
+                return False
+            conn.execute(
+                insert(t.launches).values(
+                    id=launch.id,
+                    vm_id=launch.vm_id,
+                    vm_revision=launch.vm_revision,
+                    state=launch.state.value,
+                    policy=launch.policy,
+                    keys_enc=launch.keys_enc,
+                    chip_id=launch.chip_id,
+                    pdh_sha256=launch.pdh_sha256,
+                    generation=launch.generation,
+                    created_at=launch.created_at,
+                    expires_at=launch.expires_at,
+                    finished_at=None,
+                )
+            )
+            conn.execute(insert(t.events).values(**event))
+            return True
+
+        return self._run(txn)
+
+    def launch(self, launch_id: str) -> LaunchRecord | None:
+        """A launch by id."""
+        row = self._run(
+            lambda conn: conn.execute(
+                select(t.launches).where(t.launches.c.id == launch_id)
+            ).first()
+        )
+        return None if row is None else self._launch(row)
+
+    def claim_launch(self, launch_id: str, vm_id: int, now: float) -> LaunchRecord | None:
+        """Move a pending, unexpired launch to ``validating``; None if someone else did."""
+
+        def txn(conn: Connection) -> LaunchRecord | None:
+            result = conn.execute(
+                update(t.launches)
+                .where(
+                    and_(
+                        t.launches.c.id == launch_id,
+                        t.launches.c.vm_id == vm_id,
+                        t.launches.c.state == LaunchState.PENDING.value,
+                        t.launches.c.expires_at > now,
+                    )
+                )
+                .values(state=LaunchState.VALIDATING.value)
+            )
+            if _rowcount(result) != 1:
+                return None
+            row = conn.execute(select(t.launches).where(t.launches.c.id == launch_id)).one()
+            return self._launch(row)
+
+        return self._run(txn)
+
+    def finish_launch(
+        self, launch_id: str, state: LaunchState, now: float, *, event: dict[str, Any]
+    ) -> None:
+        """Record the outcome and forget the transport keys."""
+
+        def txn(conn: Connection) -> None:
+            conn.execute(
+                update(t.launches)
+                .where(t.launches.c.id == launch_id)
+                .values(state=state.value, keys_enc=None, finished_at=now)
+            )
+            conn.execute(insert(t.events).values(**event))
+
+        self._run(txn)
+
+    def purge_expired_keys(self, now: float) -> int:
+        """Drop TEK/TIK of pending launches that expired; returns how many."""
+
+        def txn(conn: Connection) -> int:
+            result = conn.execute(
+                update(t.launches)
+                .where(
+                    and_(
+                        t.launches.c.state == LaunchState.PENDING.value,
+                        t.launches.c.expires_at <= now,
+                        t.launches.c.keys_enc.is_not(None),
+                    )
+                )
+                .values(keys_enc=None)
+            )
+            return _rowcount(result)
+
+        return self._run(txn)
+
+    # -- events -------------------------------------------------------------------------
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        """Append an audit event."""
+        self._run(lambda conn: conn.execute(insert(t.events).values(**event)))
+
+    def events(
+        self, owner_id: int, vm_uuid: str, *, after: int = 0, limit: int = 100
+    ) -> list[EventRecord]:
+        """The owner's events for one VM, oldest first."""
+        query = (
+            select(t.events)
+            .where(
+                and_(
+                    t.events.c.owner_id == owner_id,
+                    t.events.c.vm_uuid == vm_uuid,
+                    t.events.c.id > after,
+                )
+            )
+            .order_by(t.events.c.id)
+            .limit(limit)
+        )
+        return self._run(
+            lambda conn: [
+                EventRecord(
+                    id=r.id,
+                    vm_uuid=r.vm_uuid,
+                    ts=r.ts,
+                    kind=r.kind,
+                    launch_id=r.launch_id,
+                    outcome=r.outcome,
+                    detail=r.detail,
+                )
+                for r in conn.execute(query)
+            ]
+        )
+
+    # -- maintenance --------------------------------------------------------------------
+
+    def rotate_encrypted(self, rotate: Callable[[bytes], bytes]) -> int:
+        """Re-encrypt every ``*_enc`` value with ``rotate``; returns how many."""
+
+        def txn(conn: Connection) -> int:
+            count = 0
+            for row in conn.execute(select(t.vms.c.id, t.vms.c.secrets_enc)).all():
+                conn.execute(
+                    update(t.vms)
+                    .where(t.vms.c.id == row.id)
+                    .values(secrets_enc=rotate(bytes(row.secrets_enc)))
+                )
+                count += 1
+            query = select(t.launches.c.id, t.launches.c.keys_enc).where(
+                t.launches.c.keys_enc.is_not(None)
+            )
+            for row in conn.execute(query).all():
+                conn.execute(
+                    update(t.launches)
+                    .where(t.launches.c.id == row.id)
+                    .values(keys_enc=rotate(bytes(row.keys_enc)))
+                )
+                count += 1
+            return count
+
+        return self._run(txn)
+
+    def stats(self) -> dict[str, int]:
+        """Counts for /metrics."""
+
+        def txn(conn: Connection) -> dict[str, int]:
+            out = {
+                "owners": int(
+                    conn.execute(select(func.count()).select_from(t.owners)).scalar_one()
+                ),
+                "vms": int(conn.execute(select(func.count()).select_from(t.vms)).scalar_one()),
+            }
+            for state in LaunchState:
+                out[f"launches_{state.value}"] = int(
+                    conn.execute(
+                        select(func.count())
+                        .select_from(t.launches)
+                        .where(t.launches.c.state == state.value)
+                    ).scalar_one()
+                )
+            return out
+
+        return self._run(txn)

@@ -1,0 +1,107 @@
+"""The database schema (SQLAlchemy Core). Migrations in ``migrations/`` create it.
+
+Times are UNIX seconds (float) so SQLite and PostgreSQL compare them alike.
+Columns ending in ``_enc`` hold Fernet tokens (see ``attestd.storage.keys``);
+no other column holds secret material.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+owners = Table(
+    "owners",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+firmware_blobs = Table(
+    "firmware_blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+owner_firmware = Table(
+    "owner_firmware",
+    metadata,
+    Column("owner_id", Integer, ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True),
+    Column("sha256", String(64), ForeignKey("firmware_blobs.sha256"), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
+vms = Table(
+    "vms",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("owner_id", Integer, ForeignKey("owners.id", ondelete="CASCADE"), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("registration", Text, nullable=False),
+    Column("secrets_enc", LargeBinary, nullable=False),
+    Column("launches_used", Integer, nullable=False),
+    Column("max_launches", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_vms_owner_id", vms.c.owner_id)
+
+launches = Table(
+    "launches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("vm_id", Integer, ForeignKey("vms.id", ondelete="CASCADE"), nullable=False),
+    Column("vm_revision", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("policy", BigInteger, nullable=False),
+    Column("keys_enc", LargeBinary, nullable=True),
+    Column("chip_id", String(128), nullable=False),
+    Column("pdh_sha256", String(64), nullable=False),
+    Column("generation", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+)
+Index("ix_launches_vm_id", launches.c.vm_id)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner_id", Integer, ForeignKey("owners.id", ondelete="CASCADE"), nullable=False),
+    Column("vm_uuid", String(36), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("launch_id", String(64), nullable=True),
+    Column("outcome", String(16), nullable=True),
+    Column("detail", Text, nullable=False),
+)
+Index("ix_events_owner_vm", events.c.owner_id, events.c.vm_uuid, events.c.id)

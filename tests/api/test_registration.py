@@ -1,0 +1,222 @@
+"""Registration, listing, deletion, owner isolation, secret-area limit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.servicefix import sev_registration
+
+VM = "57f669c2-c427-4132-bc7a-26f56b6a718c"
+
+
+def _secrets() -> list[dict[str, Any]]:
+    return [
+        {"type": "luks-passphrase", "passphrase": "grub-unlocks-root"},
+        {
+            "type": "volume",
+            "name": "data",
+            "device": "virtio:data-disk",
+            "generate": True,
+            "mount-point": "/data",
+        },
+        {"type": "volume", "name": "logs", "device": "/dev/vdc", "passphrase": "logs-pass-1"},
+        {"type": "env", "name": "app.env", "values": {"APP_MODE": "production"}},
+        {"type": "secret-file", "name": "credentials.env", "values": {"DB_PASSWORD": "s3cret-db"}},
+        {"type": "raw", "guid": "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10", "data": "cmF3LXNlY3JldA=="},
+    ]
+
+
+def test_register_get_list_delete(client: FlaskClient, alice: dict[str, str]) -> None:
+    body = sev_registration(secrets=_secrets(), **{"user-id": "owner-42", "max-launches": 3})
+    created = client.post(f"/v1/vm/{VM}", json=body, headers=alice)
+    assert created.status_code == 201, created.json
+    assert created.json["uuid"] == VM
+    assert created.json["revision"] == 1
+
+    shown = client.get(f"/v1/vm/{VM}", headers=alice)
+    assert shown.status_code == 200
+    text = json.dumps(shown.json)
+    for secret in ("grub-unlocks-root", "logs-pass-1", "production", "s3cret-db", "cmF3LXNlY3JldA"):
+        assert secret not in text
+    reg = shown.json["registration"]
+    assert reg["policy"] == 1 and reg["max-launches"] == 3 and reg["user-id"] == "owner-42"
+    kinds = [s["type"] for s in reg["secrets"]]
+    assert kinds == ["luks-passphrase", "volume", "volume", "env", "secret-file", "raw"]
+    assert reg["secrets"][1] == {
+        "type": "volume",
+        "name": "data",
+        "device": "virtio:data-disk",
+        "mount-point": "/data",
+        "generate": True,
+    }
+    assert reg["secrets"][3]["keys"] == ["APP_MODE"]
+
+    listed = client.get("/v1/vm", headers=alice)
+    assert [vm["uuid"] for vm in listed.json["vms"]] == [VM]
+
+    assert client.delete(f"/v1/vm/{VM}", headers=alice).status_code == 204
+    assert client.get(f"/v1/vm/{VM}", headers=alice).status_code == 404
+    assert client.get("/v1/vm", headers=alice).json["vms"] == []
+    kinds = [e["kind"] for e in client.get(f"/v1/vm/{VM}/events", headers=alice).json["events"]]
+    assert kinds == ["registered", "deleted"]
+
+
+def test_hex_policy_and_uppercase_uuid(client: FlaskClient, alice: dict[str, str]) -> None:
+    resp = client.post(f"/v1/vm/{VM.upper()}", json=sev_registration(policy="0x3"), headers=alice)
+    assert resp.status_code == 201
+    assert resp.json["uuid"] == VM
+    assert resp.json["registration"]["policy"] == 3
+
+
+def test_duplicate_registration_conflicts(
+    client: FlaskClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    assert client.post(f"/v1/vm/{VM}", json=sev_registration(), headers=alice).status_code == 201
+    again = client.post(f"/v1/vm/{VM}", json=sev_registration(), headers=alice)
+    assert again.status_code == 409
+    assert again.json["errors"]["reason"] == "conflict"
+    assert client.post(f"/v1/vm/{VM}", json=sev_registration(), headers=bob).status_code == 409
+
+
+def test_owner_isolation(client: FlaskClient, alice: dict[str, str], bob: dict[str, str]) -> None:
+    assert client.post(f"/v1/vm/{VM}", json=sev_registration(), headers=alice).status_code == 201
+    assert client.get(f"/v1/vm/{VM}", headers=bob).status_code == 404
+    assert (
+        client.put(f"/v1/vm/{VM}", json=sev_registration(policy=3), headers=bob).status_code == 404
+    )
+    assert client.delete(f"/v1/vm/{VM}", headers=bob).status_code == 404
+    assert client.get(f"/v1/vm/{VM}/events", headers=bob).status_code == 404
+    assert client.get("/v1/vm", headers=bob).json["vms"] == []
+    assert client.get(f"/v1/vm/{VM}", headers=alice).json["registration"]["policy"] == 1
+
+
+def test_authentication_required(client: FlaskClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer ato_nope"}, {"Authorization": "Basic eDp5"}):
+        resp = client.get("/v1/vm", headers=headers)
+        assert resp.status_code == 401
+        assert resp.json["errors"]["reason"] == "unauthenticated"
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_put_replaces_and_keeps_generated(
+    app: Flask, client: FlaskClient, alice: dict[str, str]
+) -> None:
+    body = sev_registration(secrets=_secrets())
+    assert client.post(f"/v1/vm/{VM}", json=body, headers=alice).status_code == 201
+    service = app.extensions["attestd"].service
+    first = service.stored_secrets(service.db.vm(VM))
+    body["policy"] = 3
+    body["secrets"] = body["secrets"][1:2]
+    replaced = client.put(f"/v1/vm/{VM}", json=body, headers=alice)
+    assert replaced.status_code == 200 and replaced.json["revision"] == 2
+    second = service.stored_secrets(service.db.vm(VM))
+    assert len(second) == 1
+    assert second[0]["passphrase"] == first[1]["passphrase"]
+    assert len(second[0]["passphrase"]) >= 40
+    assert client.put(f"/v1/vm/{VM.replace('5', '6')}", json=body, headers=alice).status_code == 404
+
+
+def test_secret_area_limit(app: Flask, client: FlaskClient, alice: dict[str, str]) -> None:
+    many = {f"K{i}": "v" * 200 for i in range(20)}
+    body = sev_registration(secrets=[{"type": "secret-file", "name": "big", "values": many}])
+    resp = client.post(f"/v1/vm/{VM}", json=body, headers=alice)
+    assert resp.status_code == 413
+    assert resp.json["errors"]["reason"] == "secret_too_large"
+    assert client.get(f"/v1/vm/{VM}", headers=alice).status_code == 404
+    small = sev_registration(secrets=[{"type": "secret-file", "name": "ok", "values": {"K": "v"}}])
+    assert client.post(f"/v1/vm/{VM}", json=small, headers=alice).status_code == 201
+
+
+def test_invalid_registrations(client: FlaskClient, alice: dict[str, str]) -> None:
+    bad: list[dict[str, Any]] = [
+        sev_registration(scheme="amd-sev-snp"),
+        sev_registration(policy=4),  # ES bit on a plain SEV registration
+        {**sev_registration(scheme="amd-sev-es"), "policy": 1},
+        sev_registration(policy=0x40),  # reserved bit
+        sev_registration(policy="zz"),
+        sev_registration(policy=True),
+        sev_registration(**{"firmware-hashes": ["AB" * 32]}),
+        sev_registration(**{"firmware-hashes": []}),
+        sev_registration(**{"initrd-hash": "00" * 32}),
+        sev_registration(**{"cpu-count": 0}),
+        sev_registration(**{"cloud-cert": "AAAA"}),
+        sev_registration(unknown=1),
+        sev_registration(secrets=[{"type": "volume", "name": "data", "device": "virtio:x"}]),
+        sev_registration(
+            secrets=[{"type": "volume", "name": "Data", "device": "virtio:x", "generate": True}]
+        ),
+        sev_registration(
+            secrets=[{"type": "volume", "name": "d", "device": "/etc/passwd", "generate": True}]
+        ),
+        sev_registration(
+            secrets=[
+                {
+                    "type": "volume",
+                    "name": "d",
+                    "device": "virtio:x",
+                    "generate": True,
+                    "mount-point": "/a/../b",
+                }
+            ]
+        ),
+        sev_registration(secrets=[{"type": "env", "name": "../x", "values": {}}]),
+        sev_registration(secrets=[{"type": "env", "name": "x", "values": {"A": "a\nb"}}]),
+        sev_registration(secrets=[{"type": "env", "name": "x", "values": {"1A": "a"}}]),
+        sev_registration(
+            secrets=[
+                {"type": "raw", "guid": "736869e5-84f0-4973-92ec-06879ce3da0b", "data": "AA=="}
+            ]
+        ),
+        sev_registration(secrets=[{"type": "raw", "guid": "not-a-guid", "data": "AA=="}]),
+        sev_registration(
+            secrets=[{"type": "raw", "guid": "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10", "data": "%%%"}]
+        ),
+        sev_registration(secrets=[{"type": "nope"}]),
+        sev_registration(secrets=["x"]),
+        sev_registration(secrets=[{"type": "luks-passphrase", "passphrase": "a"}] * 2),
+    ]
+    for body in bad:
+        resp = client.post(f"/v1/vm/{VM}", json=body, headers=alice)
+        assert resp.status_code == 422, (body, resp.json)
+        assert resp.json["errors"]["reason"] == "invalid_request"
+    assert (
+        client.post("/v1/vm/not-a-uuid", json=sev_registration(), headers=alice).status_code == 422
+    )
+    for raw in (b"{", b"[]", b"null", b"\xff"):
+        resp = client.post(f"/v1/vm/{VM}", data=raw, headers=alice, content_type="application/json")
+        assert resp.status_code == 400, raw
+        assert resp.json["errors"]["reason"] == "malformed_input"
+    assert client.get("/v1/vm", headers=alice).json["vms"] == []
+
+
+def test_firmware_upload_is_content_addressed(
+    client: FlaskClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    import hashlib
+
+    image = b"\x90" * 4096
+    first = client.post(
+        "/v1/firmware", data=image, headers=alice, content_type="application/octet-stream"
+    )
+    assert first.status_code == 201
+    assert first.json == {
+        "sha256": hashlib.sha256(image).hexdigest(),
+        "size": 4096,
+        "created": True,
+    }
+    again = client.post(
+        "/v1/firmware", data=image, headers=alice, content_type="application/octet-stream"
+    )
+    assert again.status_code == 200 and again.json["created"] is False
+    assert (
+        client.post(
+            "/v1/firmware", data=image, headers=bob, content_type="application/octet-stream"
+        ).status_code
+        == 201
+    )
+    assert client.post("/v1/firmware", data=b"", headers=alice).status_code == 400
+    assert client.post("/v1/firmware", data=image).status_code == 401

@@ -1,0 +1,143 @@
+"""A throw-away PostgreSQL cluster for the tests (Debian's postgresql package).
+
+``PgServer.start()`` runs ``initdb`` and ``pg_ctl`` as the ``postgres`` user in a
+temporary directory, listening only on a unix socket in that directory. Each
+test gets a fresh database (``create_database``). Set ``ATTESTD_TEST_PG_URL`` to
+use an existing server instead (its user must be allowed to create databases).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("ATTESTD_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def available() -> bool:
+    """True when a server can be started or one is configured."""
+    if os.environ.get("ATTESTD_TEST_PG_URL"):
+        return True
+    return (PG_BIN / "initdb").is_file() and _pg_user() is not None
+
+
+def _pg_user() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        return None
+
+
+def _as_postgres(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    user = _pg_user()
+    if os.geteuid() == 0 and user is not None:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+
+
+@dataclass
+class PgServer:
+    """One running cluster."""
+
+    root: Path
+    socket_dir: Path
+    port: int
+    external: str | None = None
+    databases: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls) -> PgServer:
+        """initdb + pg_ctl start (or wrap ``ATTESTD_TEST_PG_URL``)."""
+        external = os.environ.get("ATTESTD_TEST_PG_URL")
+        if external:
+            return cls(root=Path(), socket_dir=Path(), port=0, external=external)
+        root = Path(tempfile.mkdtemp(prefix="attestd-pg-"))
+        user = _pg_user()
+        assert user is not None
+        os.chmod(root, 0o700)
+        if os.geteuid() == 0:
+            os.chown(root, user.pw_uid, user.pw_gid)
+        data = root / "data"
+        result = _as_postgres(
+            [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+        )
+        if result.returncode != 0:
+            raise RuntimeError("initdb failed: " + result.stderr[-2000:])
+        port = 20000 + (os.getpid() % 20000)
+        options = f"-k {root} -c listen_addresses='' -p {port} -c fsync=off -c max_connections=200"
+        result = _as_postgres(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-w",
+                "-l",
+                str(root / "log"),
+                "start",
+            ]
+        )
+        if result.returncode != 0:
+            log = (root / "log").read_text() if (root / "log").exists() else ""
+            raise RuntimeError("pg_ctl start failed: " + result.stderr[-2000:] + log[-2000:])
+        return cls(root=root, socket_dir=root, port=port)
+
+    def url(self, database: str = "postgres") -> str:
+        """SQLAlchemy URL of ``database``."""
+        if self.external:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.external).set(database=database).render_as_string(False)
+        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}&port={self.port}"
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        conninfo = self.url().replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    def create_database(self) -> str:
+        """A new empty database; returns its URL."""
+        name = "t_" + uuid.uuid4().hex[:16]
+        self._admin(f"CREATE DATABASE {name}")
+        self.databases.append(name)
+        return self.url(name)
+
+    def dump(self, url: str) -> bytes:
+        """``pg_dump`` of a database (plain SQL, data included)."""
+        from sqlalchemy.engine import make_url
+
+        name = make_url(url).database or ""
+        result = subprocess.run(
+            [
+                str(PG_BIN / "pg_dump"),
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                name,
+            ],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        return result.stdout
+
+    def stop(self) -> None:
+        """Stop the cluster and remove its files."""
+        if self.external:
+            return
+        _as_postgres(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"]
+        )
+        shutil.rmtree(self.root, ignore_errors=True)

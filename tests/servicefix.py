@@ -1,0 +1,92 @@
+"""Shared fixtures of the service suites: one app per test on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from attestd.api import create_app
+from attestd.config import Settings
+from tests import pgserver
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[pgserver.PgServer]:
+    """One PostgreSQL cluster per test process."""
+    server = pgserver.PgServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which database the test runs on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of the chosen backend."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'attestd.sqlite3'}"
+    server: pgserver.PgServer = request.getfixturevalue("pg")
+    return server.create_database()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings of a fresh service instance under ``tmp_path``."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    return Settings(data_dir=data, database_url=database_url, kds_offline=True)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    """The application under test."""
+    application = create_app(settings)
+    yield application
+    application.extensions["attestd"].db.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client."""
+    return app.test_client()
+
+
+def make_owner(app: Flask, name: str) -> dict[str, str]:
+    """Create an owner; returns its Authorization header."""
+    token = app.extensions["attestd"].service.create_owner(name)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def alice(app: Flask) -> dict[str, str]:
+    """Authorization header of owner alice."""
+    return make_owner(app, "alice")
+
+
+@pytest.fixture
+def bob(app: Flask) -> dict[str, str]:
+    """Authorization header of owner bob."""
+    return make_owner(app, "bob")
+
+
+def sev_registration(**extra: Any) -> dict[str, Any]:
+    """A minimal valid plain-SEV registration."""
+    body: dict[str, Any] = {
+        "scheme": "amd-sev",
+        "policy": 1,
+        "firmware-hashes": ["ab" * 32],
+        "secrets": [{"type": "luks-passphrase", "passphrase": "correct horse battery"}],
+    }
+    body.update(extra)
+    return body
