@@ -1,6 +1,7 @@
 """The one launch driver shared by the hook, the emulator wrapper and the host agent.
 
-``begin_launch`` (hook, ``start begin``): platform data → ``POST /launch`` → the
+``begin_launch`` (hook, ``start begin``): cached platform data (``attestd-host
+refresh-platform``, also for the simulator) → ``POST /launch`` → the
 per-launch GODH cert and session go into the files libvirt created for QEMU (or,
 simulated, into the launch state) → launch state for the next step.
 
@@ -21,11 +22,10 @@ from pathlib import Path
 from typing import Protocol
 
 from attestd.errors import AttestdError, LaunchError
-from attestd.host import sim as simhost
 from attestd.host.client import LaunchReport, LaunchSession, SecretPacket, ServiceClient
 from attestd.host.config import HostSettings
 from attestd.host.domain import DomainInfo
-from attestd.host.platform import PlatformData, read_cache
+from attestd.host.platform import read_cache
 from attestd.host.state import PATH_AGENT, PATH_WRAPPER, LaunchState, write_state
 
 logger = logging.getLogger(__name__)
@@ -98,13 +98,6 @@ def firmware_file(domain: DomainInfo) -> Path | None:
     return domain.loader
 
 
-def _platform_data(settings: HostSettings, domain: DomainInfo) -> PlatformData:
-    meta = domain.metadata
-    if meta is not None and meta.simulate:
-        return simhost.platform_data(meta.sim_state or settings.sim_state_dir)
-    return read_cache(settings.platform_cache)
-
-
 def _install_session(settings: HostSettings, domain: DomainInfo, session: LaunchSession) -> None:
     sev = domain.sev
     if sev is None or not (sev.has_dh_cert and sev.has_session):
@@ -139,7 +132,7 @@ def begin_launch(
         raise LaunchError(
             "simulated SEV needs the firmware to measure: <os><loader> or attestd firmware="
         )
-    platform = _platform_data(settings, domain)
+    platform = read_cache(settings.platform_cache)
     client = client_factory(meta.service)
     session = client.launch(meta.vm_id, platform)
     log = launch_log(domain.name, session.launch_id)

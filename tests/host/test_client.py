@@ -1,0 +1,107 @@
+"""The service client: retries, timeouts, TLS, token, error envelope (outbound HTTP mocked)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+import pytest
+import responses
+
+from attestd.errors import LaunchError
+from attestd.host.client import LaunchReport, ServiceClient
+from attestd.host.config import HostSettings, parse_settings
+from attestd.host.platform import PlatformData
+
+VM = uuid.UUID("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+BASE = "https://attest.example/v1"
+PLATFORM = PlatformData(pdh=b"P" * 0x824, cert_chain=b"C" * (3 * 0x824), chip_id=b"I" * 64)
+REPORT = LaunchReport(measurement=b"M" * 48, api_major=1, api_minor=55, build_id=21, policy=1)
+
+
+def client(**kw: object) -> ServiceClient:
+    return ServiceClient(BASE, HostSettings(retries=2, timeout=3.0, **kw))  # type: ignore[arg-type]
+
+
+@responses.activate
+def test_launch_and_validate_round_trip() -> None:
+    responses.post(
+        f"{BASE}/vm/{VM}/launch",
+        json={"launch-id": "L9", "owner-cert": base64.b64encode(b"g").decode(),
+              "session": base64.b64encode(b"s").decode(), "policy": "0x1"},
+    )  # fmt: skip
+    responses.post(
+        f"{BASE}/vm/{VM}/validate",
+        json={"secret-header": base64.b64encode(b"h" * 52).decode(),
+              "secret-table": base64.b64encode(b"t" * 64).decode()},
+    )  # fmt: skip
+    c = client()
+    session = c.launch(VM, PLATFORM)
+    assert (session.launch_id, session.godh_cert, session.session, session.policy) == (
+        "L9", b"g", b"s", 1,
+    )  # fmt: skip
+    packet = c.validate(VM, "L9", REPORT)
+    assert packet.header == b"h" * 52 and packet.secret == b"t" * 64
+    assert "t" * 10 not in repr(packet)  # never printed
+    sent = responses.calls[1].request.body
+    assert sent is not None and b'"launch-id": "L9"' in sent and b'"api-minor": 55' in sent
+
+
+@responses.activate
+def test_transient_errors_are_retried_then_reported() -> None:
+    url = f"{BASE}/vm/{VM}/validate"
+    responses.post(url, status=503, json={"message": "db down"})
+    responses.post(url, status=503, json={"message": "db down"})
+    responses.post(
+        url,
+        json={"secret-header": base64.b64encode(b"h").decode(),
+              "secret-table": base64.b64encode(b"t").decode()},
+    )  # fmt: skip
+    assert client().validate(VM, "L", REPORT).secret == b"t"
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_attestation_failure_is_not_retried_and_carries_the_reason() -> None:
+    responses.post(
+        f"{BASE}/vm/{VM}/validate",
+        status=403,
+        json={"code": 403, "status": "Forbidden", "message": "launch measurement does not verify",
+              "errors": {"reason": "measurement_mismatch",
+                         "reasons": ["firmware sha256:ab.. x 1 vCPU: no match"]}},
+    )  # fmt: skip
+    with pytest.raises(LaunchError) as info:
+        client().validate(VM, "L", REPORT)
+    assert len(responses.calls) == 1
+    assert info.value.message == (
+        f"service refused /vm/{VM}/validate: HTTP 403 measurement_mismatch: launch measurement "
+        "does not verify (firmware sha256:ab.. x 1 vCPU: no match)"
+    )
+
+
+def test_plain_http_needs_explicit_permission() -> None:
+    with pytest.raises(LaunchError, match="allow_http"):
+        ServiceClient("http://attest.example/v1", HostSettings())
+    ServiceClient("http://attest.example/v1", HostSettings(allow_http=True))
+
+
+def test_tls_verification_and_token_from_config(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("tok\n")
+    settings = parse_settings(
+        f'ca_bundle = "{tmp_path / "ca.pem"}"\ntoken_file = "{tmp_path / "token"}"\n'
+    )
+    c = ServiceClient(BASE, settings)
+    assert c.session.verify == str(tmp_path / "ca.pem")
+    assert c.session.headers["Authorization"] == "Bearer tok"
+    assert ServiceClient(BASE, HostSettings()).session.verify is True
+
+
+@pytest.mark.parametrize(
+    "text", ["timeout = 'x'\n", "nope = 1\n", "allow_http = 1\n", "state_dir = 3\n", "= broken"]
+)
+def test_bad_host_config_is_rejected(text: str) -> None:
+    from attestd.errors import ParseError
+
+    with pytest.raises(ParseError, match="host config"):
+        parse_settings(text)
