@@ -1,0 +1,206 @@
+"""``attestd-guest``: bootstrap, status, rotate and serve.
+
+Exit codes: 0 success/ready, 1 one or more volumes failed, 2 usage, 3 malformed
+payload or secret source, 4 conflict (different input while ready, busy),
+5 authentication failed (old passphrase), 6 other error. Results are JSON on stdout;
+logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from attestd.guest.agent import (
+    DEFAULT_DEV_DIR,
+    DEFAULT_MOUNTINFO,
+    DEFAULT_RUN_DIR,
+    Agent,
+    GuestConfig,
+)
+from attestd.guest.errors import (
+    AuthenticationFailed,
+    ConflictError,
+    GuestError,
+    PayloadError,
+    SecretSourceError,
+)
+from attestd.guest.payload import PAYLOAD_GUID, parse_json, parse_payload, validate_rotation
+from attestd.guest.runner import SubprocessRunner
+from attestd.guest.secrets import SECURITYFS_DIR, DirectorySource, SecretSource, TableFileSource
+
+EXIT_OK = 0
+EXIT_VOLUMES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INVALID = 3
+EXIT_CONFLICT = 4
+EXIT_AUTH = 5
+EXIT_ERROR = 6
+
+logger = logging.getLogger("attestd.guest")
+
+
+def _pbkdf_args(args: argparse.Namespace) -> tuple[str, ...]:
+    out: list[str] = []
+    if args.pbkdf_memory is not None:
+        out.append(f"--pbkdf-memory={args.pbkdf_memory}")
+    if args.pbkdf_parallel is not None:
+        out.append(f"--pbkdf-parallel={args.pbkdf_parallel}")
+    if args.pbkdf_force_iterations is not None:
+        out.append(f"--pbkdf-force-iterations={args.pbkdf_force_iterations}")
+    return tuple(out)
+
+
+def config_from_args(args: argparse.Namespace) -> GuestConfig:
+    """The agent configuration the command line describes."""
+    return GuestConfig(
+        run_dir=args.run_dir,
+        dev_dir=args.dev_dir,
+        mountinfo=args.mountinfo,
+        pbkdf_args=_pbkdf_args(args),
+    )
+
+
+def source_from_args(args: argparse.Namespace) -> SecretSource:
+    """The secret source: ``--secret-table`` file, else ``--secrets-dir`` (securityfs)."""
+    if args.secret_table is not None:
+        return TableFileSource(args.secret_table)
+    return DirectorySource(args.secrets_dir)
+
+
+def _emit(doc: dict[str, Any]) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    """Read the payload from the secret source and bootstrap; delete consumed entries."""
+    source = source_from_args(args)
+    guid = uuid.UUID(PAYLOAD_GUID)
+    data = source.read(guid)
+    if data is None:
+        raise SecretSourceError(f"no attestd payload entry {guid} in {source.describe()}")
+    payload = parse_payload(data)
+    agent = Agent(config_from_args(args), SubprocessRunner())
+    outcome = agent.bootstrap(payload)
+    doc = outcome.full()
+    if outcome.ok:
+        doc["status"] = "ready"
+        if not args.keep_secrets:
+            source.consume(guid)
+    _emit(doc)
+    return EXIT_OK if outcome.ok else EXIT_VOLUMES_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print status; exit 0 when ready, 1 otherwise."""
+    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent.recover()
+    _emit(agent.describe())
+    return EXIT_OK if agent.status == "ready" else EXIT_VOLUMES_FAILED
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    """Rotate passphrases from a cvm-control ``PUT /api/v1/passphrase`` JSON body."""
+    raw = sys.stdin.buffer.read() if str(args.request) == "-" else args.request.read_bytes()
+    specs = validate_rotation(parse_json(raw))
+    agent = Agent(config_from_args(args), SubprocessRunner())
+    if not agent.recover():
+        raise ConflictError("not bootstrapped (no state record with all volumes mounted)")
+    outcome = agent.rotate(specs)
+    _emit(outcome.full())
+    return EXIT_OK if outcome.ok else EXIT_VOLUMES_FAILED
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the cvm-control-compatible HTTPS API until shut down."""
+    from attestd.guest.server import serve
+
+    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent.recover()
+    serve(agent, args.address, args.port, args.tls_cn)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``attestd-guest`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="attestd-guest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    parser.add_argument("--dev-dir", type=Path, default=DEFAULT_DEV_DIR, help=argparse.SUPPRESS)
+    parser.add_argument("--mountinfo", type=Path, default=DEFAULT_MOUNTINFO, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    cost = parser.add_argument_group("PBKDF cost for new keyslots (tests; default: cryptsetup's)")
+    cost.add_argument("--pbkdf-memory", type=int, metavar="KIB")
+    cost.add_argument("--pbkdf-parallel", type=int, metavar="N")
+    cost.add_argument("--pbkdf-force-iterations", type=int, metavar="N")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    boot = sub.add_parser("bootstrap", help="unlock and mount the volumes of the injected payload")
+    where = boot.add_mutually_exclusive_group()
+    where.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=SECURITYFS_DIR,
+        help="directory of GUID-named entries (default: efi_secret securityfs)",
+    )
+    where.add_argument("--secret-table", type=Path, help="one raw EFI secret table file")
+    boot.add_argument(
+        "--keep-secrets", action="store_true", help="do not delete the consumed entry after success"
+    )
+    boot.set_defaults(func=cmd_bootstrap)
+
+    st = sub.add_parser("status", help="recover from the state record and print the status")
+    st.set_defaults(func=cmd_status)
+
+    rot = sub.add_parser("rotate", help="add new passphrases (cvm-control PUT /api/v1/passphrase)")
+    rot.add_argument("request", type=Path, help="JSON request file, or - for stdin")
+    rot.set_defaults(func=cmd_rotate)
+
+    srv = sub.add_parser("serve", help="the cvm-control-compatible HTTPS API")
+    srv.add_argument("--address", default="0.0.0.0")  # noqa: S104 - cvm-control's default
+    srv.add_argument("--port", type=int, default=9443)
+    srv.add_argument("--tls-cn", default="attestd-guest")
+    srv.set_defaults(func=cmd_serve)
+    return parser
+
+
+_EXIT_FOR: tuple[tuple[type[GuestError], int], ...] = (
+    (PayloadError, EXIT_INVALID),
+    (SecretSourceError, EXIT_INVALID),
+    (ConflictError, EXIT_CONFLICT),
+    (AuthenticationFailed, EXIT_AUTH),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``attestd-guest`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="attestd-guest: %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except GuestError as exc:
+        code = next((c for t, c in _EXIT_FOR if isinstance(exc, t)), EXIT_ERROR)
+        _emit({"status": "error", "code": exc.code, "error": exc.message})
+        logger.error("%s", exc.message)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
