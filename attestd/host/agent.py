@@ -101,7 +101,12 @@ class SimLibvirtBackend(LibvirtBackend):
             raise LaunchError("launch state lacks simulator settings")
         godh, blob = self.state.sim_blobs()
         self.firmware = SimulatedFirmware(
-            Path(self.state.sim_state), godh, blob, self.state.policy, Path(self.state.firmware)
+            Path(self.state.sim_state),
+            godh,
+            blob,
+            self.state.policy,
+            Path(self.state.firmware),
+            self.result_file,
         )
         data, major, minor, build, policy = self.firmware.measure()
         return PlatformReport(data, major, minor, build, policy)
@@ -110,7 +115,13 @@ class SimLibvirtBackend(LibvirtBackend):
         """LAUNCH_SECRET in the simulator."""
         if self.firmware is None:
             raise LaunchError("inject before measure")
-        self.firmware.inject(packet, self.result_file)
+        self.firmware.inject(packet)
+
+    def resume(self) -> None:
+        """LAUNCH_FINISH in the simulator, then ``virDomainResume``."""
+        if self.firmware is not None:
+            self.firmware.finish()
+        self.dom.resume()
 
 
 @contextmanager

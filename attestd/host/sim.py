@@ -9,8 +9,12 @@ metadata; QEMU itself runs without SEV.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +24,7 @@ from attestd.host.platform import PlatformData
 
 #: Next to the launch state: which simulator handle a launch used (public).
 SIM_RESULT_SUFFIX = ".sim.json"
+LOCK_NAME = ".attestd-host.lock"
 
 
 class _Platform(Protocol):
@@ -32,6 +37,7 @@ class _Platform(Protocol):
     def launch_update_data(self, handle: int, data: bytes) -> None: ...
     def launch_measure(self, handle: int) -> bytes: ...
     def launch_secret(self, handle: int, header: bytes, ciphertext: bytes) -> None: ...
+    def launch_finish(self, handle: int) -> None: ...
     def save(self, directory: Path) -> None: ...
 
 
@@ -61,30 +67,58 @@ def platform_data(directory: Path) -> PlatformData:
 
 
 class SimulatedFirmware:
-    """Measurement and injection by the simulator (used inside a LaunchBackend)."""
+    """One simulated launch (LAUNCH_START … FINISH), persisted after every step.
+
+    Every step loads the platform, acts and saves it under an exclusive lock on
+    the state directory, so that other processes (the service's tests, a second
+    launch) see each step.
+    """
 
     def __init__(
-        self, directory: Path, godh_cert: bytes, session: bytes, policy: int, firmware: Path
+        self,
+        directory: Path,
+        godh_cert: bytes,
+        session: bytes,
+        policy: int,
+        firmware: Path,
+        result_file: Path | None = None,
     ) -> None:
         self.directory = directory
-        self.platform = load_platform(directory)
-        self.handle = self.platform.launch_start(godh_cert, session, policy)
+        self.policy = policy
+        self.result_file = result_file
         try:
             image = firmware.read_bytes()
         except OSError as exc:
             raise LaunchError(f"cannot read firmware {firmware}: {exc.strerror}") from exc
-        self.platform.launch_update_data(self.handle, image)
-        self.policy = policy
-
-    def measure(self) -> tuple[bytes, int, int, int, int]:
-        """(measure||mnonce, api_major, api_minor, build_id, policy)."""
-        data = self.platform.launch_measure(self.handle)
-        p = self.platform
-        return data, p.api_major, p.api_minor, p.build_id, self.policy
-
-    def inject(self, packet: SecretPacket, result_file: Path | None) -> None:
-        """LAUNCH_SECRET in the simulator; persist it so other processes can check."""
-        self.platform.launch_secret(self.handle, packet.header, packet.secret)
-        self.platform.save(self.directory)
+        with self._locked() as platform:
+            self.handle = platform.launch_start(godh_cert, session, policy)
+            platform.launch_update_data(self.handle, image)
         if result_file is not None:
             result_file.write_text(json.dumps({"handle": self.handle}) + "\n", encoding="utf-8")
+
+    @contextmanager
+    def _locked(self) -> Iterator[_Platform]:
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            platform = load_platform(self.directory)
+            yield platform
+            platform.save(self.directory)
+        finally:
+            os.close(fd)
+
+    def measure(self) -> tuple[bytes, int, int, int, int]:
+        """LAUNCH_MEASURE: (measure||mnonce, api_major, api_minor, build_id, policy)."""
+        with self._locked() as p:
+            data = p.launch_measure(self.handle)
+            return data, p.api_major, p.api_minor, p.build_id, self.policy
+
+    def inject(self, packet: SecretPacket) -> None:
+        """LAUNCH_SECRET."""
+        with self._locked() as p:
+            p.launch_secret(self.handle, packet.header, packet.secret)
+
+    def finish(self) -> None:
+        """LAUNCH_FINISH (what QEMU does on the first ``cont``)."""
+        with self._locked() as p:
+            p.launch_finish(self.handle)

@@ -142,7 +142,12 @@ class SimQmpBackend(QmpBackend):
             raise LaunchError("launch state lacks simulator settings")
         godh, blob = self.state.sim_blobs()
         self.firmware = SimulatedFirmware(
-            Path(self.state.sim_state), godh, blob, self.state.policy, Path(self.state.firmware)
+            Path(self.state.sim_state),
+            godh,
+            blob,
+            self.state.policy,
+            Path(self.state.firmware),
+            self.result_file,
         )
         data, major, minor, build, policy = self.firmware.measure()
         return PlatformReport(data, major, minor, build, policy)
@@ -151,7 +156,12 @@ class SimQmpBackend(QmpBackend):
         """LAUNCH_SECRET in the simulator."""
         if self.firmware is None:
             raise LaunchError("inject before measure")
-        self.firmware.inject(packet, self.result_file)
+        self.firmware.inject(packet)
+
+    def resume(self) -> None:
+        """LAUNCH_FINISH in the simulator; the relay then forwards ``cont``."""
+        if self.firmware is not None:
+            self.firmware.finish()
 
 
 def _set_pdeathsig() -> None:

@@ -22,6 +22,7 @@ def host_settings(root: Path) -> HostSettings:
         state_dir=root / "state",
         platform_cache=root / "platform.json",
         sim_state_dir=root / "sim",
+        token_file=root / "attestd" / "host-token",
         allow_http=True,
         timeout=5.0,
         retries=1,
@@ -33,6 +34,7 @@ def write_host_config(root: Path, settings: HostSettings) -> None:
         f'state_dir = "{settings.state_dir}"\n'
         f'platform_cache = "{settings.platform_cache}"\n'
         f'sim_state_dir = "{settings.sim_state_dir}"\n'
+        f'token_file = "{settings.token_file}"\n'
         "allow_http = true\ntimeout = 5.0\nretries = 1\n",
         encoding="utf-8",
     )
@@ -44,6 +46,7 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Libvirtd]:
     root = tmp_path_factory.mktemp("libvirt")
     prepare_root(root)
     write_host_config(root, host_settings(root))
+    (root / "attestd" / "host-token").write_text("")  # no host token until a test sets one
     subprocess.run(
         [str(VENV_BIN / "attestd-host"), "install-hook", "--dir", str(root / "etc/hooks/qemu.d")],
         check=True,

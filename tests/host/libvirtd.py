@@ -71,6 +71,11 @@ class Libvirtd:
             raise AssertionError(f"virsh {' '.join(args)} failed: {result.stderr}")
         return result
 
+    def restart(self) -> None:
+        """Stop the daemon (domains keep running) and start a new one on the same dirs."""
+        self.stop()
+        self.proc = start_libvirtd(self.root).proc
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
