@@ -105,10 +105,11 @@ def start_libvirtd(root: Path, *, path_env: str | None = None, timeout: float = 
     for mount in MOUNTS.values():
         os.makedirs(mount, exist_ok=True)
     binds = " && ".join(f"mount --bind {root / name} {mount}" for name, mount in MOUNTS.items())
+    pidfile = root / "run" / "libvirtd.pid"  # /run/libvirtd.pid would clash with other daemons
     env = {"PATH": path_env or "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
     proc = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private",
-         "sh", "-c", f"{binds} && exec /usr/sbin/libvirtd"],
+         "sh", "-c", f"{binds} && exec /usr/sbin/libvirtd --pid-file {pidfile}"],
         env=env, stdin=subprocess.DEVNULL,
         stdout=open(root / "libvirtd.log", "ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
