@@ -14,6 +14,7 @@ from attestd.sev.measure import KernelHashes, VmsaFlavour, launch_digest
 
 BIN = Path(sys.executable).parent
 DEBIAN_OVMF = "/usr/share/ovmf/OVMF.fd"
+DEBIAN_OVMF_CODE_4M = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 
 
 @pytest.fixture
@@ -100,8 +101,27 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], amdsev: Path, tmp_path
     status, _, err = _main(capsys, "--mode", "seves", "--firmware", str(amdsev), "--vcpus", "0")
     assert status == 1 and "vcpus" in err
     with pytest.raises(SystemExit) as exc:
-        cli.main(["digest", "--mode", "snp", "--firmware", str(amdsev)])
+        cli.main(["digest", "--mode", "tdx", "--firmware", str(amdsev)])
     assert exc.value.code == 2
+
+
+def test_snp(capsys: pytest.CaptureFixture[str], amdsev: Path, kernel: Path) -> None:
+    status, out, _ = _main(
+        capsys,
+        *("--mode", "snp", "--firmware", str(amdsev), "--kernel", str(kernel)),
+        *("--vcpus", "2", "--guest-features", "0x21"),
+    )
+    assert status == 0
+    expected = launch_digest(
+        "snp",
+        amdsev.read_bytes(),
+        hashes=KernelHashes.from_content(kernel.read_bytes(), None, None),
+        vcpus=2,
+        guest_features=0x21,
+    )
+    assert out.splitlines()[-1] == expected.hex()
+    status, _, err = _main(capsys, "--mode", "snp", "--firmware", DEBIAN_OVMF_CODE_4M)
+    assert status == 1 and "SEV metadata" in err
 
 
 def test_console_script_matches_sev_snp_measure(amdsev: Path, kernel: Path) -> None:

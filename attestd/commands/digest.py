@@ -1,5 +1,7 @@
 """``attestd digest``: the expected launch digest of a guest, computed offline.
 
+SHA-256 for sev and seves, SHA-384 for snp.
+
 Guest owners run it on their own machine (no service needed) and register the
 printed digest. The last line of the output is the digest in hex.
 """
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--mode", required=True, choices=["sev", "seves"])
+    parser.add_argument("--mode", required=True, choices=[m.value for m in SevMode])
     parser.add_argument("--firmware", required=True, type=Path, help="OVMF image file")
     parser.add_argument("--kernel", type=Path, help="kernel for measured direct boot")
     parser.add_argument("--initrd", type=Path, help="initrd (requires --kernel)")
@@ -42,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         choices=[f.value for f in VmsaFlavour],
         default=VmsaFlavour.CURRENT.value,
         help="VMSA as built by host kernels >= 6.10 (current) or older ones (legacy)",
+    )
+    parser.add_argument(
+        "--guest-features",
+        type=lambda text: int(text, 0),
+        default=0x1,
+        metavar="VALUE",
+        help="SEV_FEATURES of the VMSA (snp only; QEMU's default is 0x1)",
     )
     parser.set_defaults(func=run)
 
@@ -72,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         hashes = KernelHashes.from_content(kernel, initrd, args.cmdline)
     flavour = VmsaFlavour(args.vmsa_flavour)
     ovmf = Ovmf.from_bytes(firmware)
-    inputs = LaunchInputs(mode, hashes, args.vcpus, args.vcpu_type, flavour)
+    inputs = LaunchInputs(
+        mode, hashes, args.vcpus, args.vcpu_type, flavour, guest_features=args.guest_features
+    )
     digest = launch_digests(ovmf, [inputs])[inputs]
     print(f"mode: {mode.value}")
     print(f"firmware: {args.firmware} ({len(firmware)} bytes)")
@@ -80,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"kernel sha256: {hashes.kernel.hex()}")
         print(f"initrd sha256: {hashes.initrd.hex()}")
         print(f"cmdline sha256: {hashes.cmdline.hex()}")
-    if mode is SevMode.SEV_ES:
+    if mode is not SevMode.SEV:
         print(f"vcpus: {args.vcpus} x {args.vcpu_type}, VMSA flavour {flavour.value}")
+    if mode is SevMode.SEV_SNP:
+        print(f"guest features: {args.guest_features:#x}")
     print(digest.hex())
     return 0

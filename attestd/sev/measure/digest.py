@@ -6,8 +6,8 @@ and LAUNCH_UPDATE_VMSA, in order:
 * ``sev``:   firmware image || padded kernel hashes table (direct boot only)
 * ``seves``: the same || VMSA(BSP) || VMSA(AP) * (vcpus - 1)
 
-SEV-SNP uses a different (SHA-384 page-chain) digest; it has its own mode value
-here so callers can name it, but is not implemented yet.
+* ``snp``:   a SHA-384 page chain over firmware, metadata pages and VMSAs
+  (48 bytes, see :mod:`attestd.sev.measure.snp`)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from enum import StrEnum
 from attestd.errors import ParseError, Unsupported
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.sev.measure.sev_hashes import KernelHashes
+from attestd.sev.measure.snp import snp_launch_digest
 from attestd.sev.measure.vmsa import VmsaFlavour, vcpu_signature, vmsa_pages
 
 #: KVM_MAX_VCPUS on current x86 kernels.
@@ -41,7 +42,7 @@ def parse_mode(mode: str) -> SevMode:
     try:
         return SevMode(mode)
     except ValueError:
-        raise ParseError(f"unknown SEV mode {mode!r} (expected sev or seves)") from None
+        raise ParseError(f"unknown SEV mode {mode!r} (expected sev, seves or snp)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,8 @@ class LaunchInputs:
 
     ``hashes`` is given for a direct kernel boot (``-kernel``, ``kernel-hashes=on``).
     ``vcpus``, ``vcpu_type`` (or an explicit CPUID ``vcpu_sig``) and ``flavour`` only
-    matter for ``seves``.
+    matter for ``seves`` and ``snp``; ``guest_features`` (the VMSA SEV_FEATURES,
+    QEMU's default 0x1) only for ``snp``.
     """
 
     mode: SevMode
@@ -59,6 +61,7 @@ class LaunchInputs:
     vcpu_type: str = "EPYC-v4"
     flavour: VmsaFlavour = VmsaFlavour.CURRENT
     vcpu_sig: int | None = None
+    guest_features: int = 0x1
 
 
 def launch_digest(
@@ -70,13 +73,18 @@ def launch_digest(
     vcpu_type: str = "EPYC-v4",
     flavour: VmsaFlavour = VmsaFlavour.CURRENT,
     vcpu_sig: int | None = None,
+    guest_features: int = 0x1,
 ) -> bytes:
-    """The 32-byte launch digest for a QEMU + OVMF guest (see :class:`LaunchInputs`).
+    """The launch digest for a QEMU + OVMF guest (see :class:`LaunchInputs`).
+
+    32 bytes (SHA-256) for ``sev`` and ``seves``, 48 bytes (SHA-384) for ``snp``.
 
     Raises ``Unsupported`` if ``hashes`` are given but the firmware has no kernel
     hashes area, or for ``seves`` on firmware without an SEV-ES reset block.
     """
-    inputs = LaunchInputs(parse_mode(mode), hashes, vcpus, vcpu_type, flavour, vcpu_sig)
+    inputs = LaunchInputs(
+        parse_mode(mode), hashes, vcpus, vcpu_type, flavour, vcpu_sig, guest_features
+    )
     return launch_digests(firmware, [inputs])[inputs]
 
 
@@ -93,9 +101,22 @@ def launch_digests(
     return {inputs: _finish(image_hash.copy(), ovmf, inputs) for inputs in candidates}
 
 
+def _vcpu_sig(inputs: LaunchInputs) -> int:
+    if not 1 <= inputs.vcpus <= MAX_VCPUS:
+        raise ParseError(f"vcpus must be between 1 and {MAX_VCPUS}, got {inputs.vcpus}")
+    return vcpu_signature(inputs.vcpu_type) if inputs.vcpu_sig is None else inputs.vcpu_sig
+
+
 def _finish(digest: hashlib._Hash, ovmf: Ovmf, inputs: LaunchInputs) -> bytes:
     if inputs.mode is SevMode.SEV_SNP:
-        raise Unsupported("SEV-SNP launch digests are not implemented yet")
+        return snp_launch_digest(
+            ovmf,
+            hashes=inputs.hashes,
+            vcpus=inputs.vcpus,
+            vcpu_sig=_vcpu_sig(inputs),
+            guest_features=inputs.guest_features,
+            flavour=inputs.flavour,
+        )
     if inputs.hashes is not None:
         if not ovmf.supports_kernel_hashes:
             raise Unsupported(
@@ -105,15 +126,10 @@ def _finish(digest: hashlib._Hash, ovmf: Ovmf, inputs: LaunchInputs) -> bytes:
             )
         digest.update(inputs.hashes.table())
     if inputs.mode is SevMode.SEV_ES:
-        vcpus = inputs.vcpus
-        if not 1 <= vcpus <= MAX_VCPUS:
-            raise ParseError(f"vcpus must be between 1 and {MAX_VCPUS}, got {vcpus}")
+        sig = _vcpu_sig(inputs)
         ap_eip = ovmf.sev_es_reset_eip
         if ap_eip is None:
             raise Unsupported("this firmware has no SEV-ES reset block; it cannot boot SEV-ES")
-        sig = inputs.vcpu_sig
-        if sig is None:
-            sig = vcpu_signature(inputs.vcpu_type)
-        for page in vmsa_pages(vcpus, ap_eip, sig, inputs.flavour):
+        for page in vmsa_pages(inputs.vcpus, ap_eip, sig, inputs.flavour):
             digest.update(page)
     return digest.digest()

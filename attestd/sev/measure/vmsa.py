@@ -204,12 +204,23 @@ def _seg(selector: int, attrib: int, base: int = 0) -> VmcbSeg:
     return VmcbSeg(selector=selector, attrib=attrib, limit=0xFFFF, base=base)
 
 
-def build_vmsa(eip: int, vcpu_sig: int, flavour: VmsaFlavour = VmsaFlavour.CURRENT) -> bytes:
-    """One 4 KiB SEV-ES VMSA page for a QEMU vCPU starting at ``eip``."""
+def build_vmsa(
+    eip: int,
+    vcpu_sig: int,
+    flavour: VmsaFlavour = VmsaFlavour.CURRENT,
+    *,
+    sev_features: int = 0,
+) -> bytes:
+    """One 4 KiB VMSA page for a QEMU vCPU starting at ``eip``.
+
+    ``sev_features`` is 0 for SEV-ES and the guest features (SEV_FEATURES) for SEV-SNP.
+    """
     if not 0 <= eip <= 0xFFFFFFFF:
         raise ParseError(f"reset address {eip:#x} is not a 32-bit address")
     if not 0 <= vcpu_sig <= 0xFFFFFFFF:
         raise ParseError(f"vCPU signature {vcpu_sig:#x} is not 32-bit")
+    if not 0 <= sev_features < 1 << 64:
+        raise ParseError("SEV features must be a 64-bit value")
     data = 0x93  # present, writable, accessed data segment
     area = SevEsSaveArea(
         es=_seg(0, data),
@@ -231,6 +242,7 @@ def build_vmsa(eip: int, vcpu_sig: int, flavour: VmsaFlavour = VmsaFlavour.CURRE
         rip=eip & 0xFFFF,
         g_pat=0x0007040600070406,
         rdx=vcpu_sig,
+        sev_features=sev_features,
         xcr0=0x1,
     )
     if flavour is VmsaFlavour.CURRENT:
@@ -240,13 +252,18 @@ def build_vmsa(eip: int, vcpu_sig: int, flavour: VmsaFlavour = VmsaFlavour.CURRE
 
 
 def vmsa_pages(
-    vcpus: int, ap_eip: int, vcpu_sig: int, flavour: VmsaFlavour = VmsaFlavour.CURRENT
+    vcpus: int,
+    ap_eip: int,
+    vcpu_sig: int,
+    flavour: VmsaFlavour = VmsaFlavour.CURRENT,
+    *,
+    sev_features: int = 0,
 ) -> list[bytes]:
     """The VMSA pages in launch order: the BSP, then ``vcpus - 1`` identical AP pages."""
     if vcpus < 1:
         raise ParseError("SEV-ES needs at least one vCPU")
-    bsp = build_vmsa(BSP_RESET_EIP, vcpu_sig, flavour)
+    bsp = build_vmsa(BSP_RESET_EIP, vcpu_sig, flavour, sev_features=sev_features)
     if vcpus == 1:
         return [bsp]
-    ap = build_vmsa(ap_eip, vcpu_sig, flavour)
+    ap = build_vmsa(ap_eip, vcpu_sig, flavour, sev_features=sev_features)
     return [bsp] + [ap] * (vcpus - 1)
