@@ -15,7 +15,11 @@ from typing import cast
 from attestd import __version__
 from attestd.errors import AttestdError
 
-COMMAND_MODULES: tuple[str, ...] = ("attestd.commands.digest", "attestd.commands.server")
+COMMAND_MODULES: tuple[str, ...] = (
+    "attestd.commands.digest",
+    "attestd.commands.server",
+    "attestd.commands.chain",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestd.errors import ChainInvalid, ParseError
-from attestd.sev.certs import Algorithm, AmdCaCertificate, SevCertificate, Usage
+from attestd.sev.certs import Algorithm, SevCertificate, Usage
 from attestd.sev.chain import (
     PlatformChain,
     TrustAnchor,
@@ -18,6 +17,7 @@ from attestd.sev.chain import (
     verify_chain,
 )
 from tests.conftest import TESTDATA
+from tests.sev.minted import minted
 
 PLATFORM = TESTDATA / "sev" / "platform"
 ANCHORS = builtin_anchors()
@@ -244,46 +244,6 @@ def test_from_export_rejects_wrong_sizes() -> None:
 
 
 # -- minted chains (own test anchor) --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Minted:
-    anchor: TrustAnchor
-    chain: PlatformChain
-    signed_cek: SevCertificate
-
-
-@functools.cache
-def minted() -> Minted:
-    ark_key = rsa.generate_private_key(65537, 2048)
-    ask_key = rsa.generate_private_key(65537, 2048)
-    ark = AmdCaCertificate.create(
-        ark_key, key_id=b"\x01" * 16, certifying_id=b"\x01" * 16, usage=Usage.ARK, signer=ark_key
-    )
-    ask = AmdCaCertificate.create(
-        ask_key, key_id=b"\x02" * 16, certifying_id=b"\x01" * 16, usage=Usage.ASK, signer=ark_key
-    )
-    keys = {u: ec.generate_private_key(ec.SECP384R1()) for u in (Usage.CEK, Usage.OCA, Usage.PEK)}
-    pdh_key = ec.generate_private_key(ec.SECP384R1())
-
-    def new(usage: Usage, key: ec.EllipticCurvePrivateKey, algo: Algorithm) -> SevCertificate:
-        return SevCertificate.from_public_key(key.public_key(), usage, algo, 1, 55)
-
-    cek = new(Usage.CEK, keys[Usage.CEK], Algorithm.ECDSA_SHA256)
-    oca = new(Usage.OCA, keys[Usage.OCA], Algorithm.ECDSA_SHA256).sign_ecdsa(
-        keys[Usage.OCA], Usage.OCA, 0
-    )
-    pek = (
-        new(Usage.PEK, keys[Usage.PEK], Algorithm.ECDSA_SHA256)
-        .sign_ecdsa(keys[Usage.OCA], Usage.OCA, 0)
-        .sign_ecdsa(keys[Usage.CEK], Usage.CEK, 1)
-    )
-    pdh = new(Usage.PDH, pdh_key, Algorithm.ECDH_SHA256).sign_ecdsa(keys[Usage.PEK], Usage.PEK, 0)
-    return Minted(
-        TrustAnchor("sim", ark, ask),
-        PlatformChain(pdh, pek, oca, cek),
-        cek.sign_rsa(ask_key),
-    )
 
 
 def test_minted_chain_verifies_only_with_its_anchor_and_signed_cek() -> None:

@@ -1,0 +1,149 @@
+"""``attestd chain verify`` and ``attestd cek import|fetch``: the platform chain, offline.
+
+``chain verify`` checks a host's SEV certificate chain (as libvirt ``virsh
+nodesevinfo`` / QEMU ``query-sev-capabilities`` or sevctl export it, raw or base64)
+against the pinned AMD roots plus any extra anchors, printing the generation and
+each verified link, or the first failing link. Exit status 0 only for a fully
+anchored chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from attestd import config
+from attestd.errors import ParseError
+from attestd.kds import CekStore, chip_id_hex, parse_chip_id
+from attestd.sev._binary import raw_or_base64
+from attestd.sev.certs import SevCertificate
+from attestd.sev.chain import PlatformChain, check_chain
+from attestd.trust import load_anchors
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``chain`` and ``cek`` sub-commands."""
+    chain = subparsers.add_parser("chain", help="verify an SEV platform certificate chain")
+    chain_sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND", required=True)
+    verify = chain_sub.add_parser(
+        "verify",
+        help="verify PDH, PEK, OCA and CEK up to a pinned AMD root",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("--pdh", required=True, type=Path, help="PDH certificate (raw or base64)")
+    verify.add_argument(
+        "--cert-chain",
+        required=True,
+        type=Path,
+        help="PEK||OCA||CEK as libvirt/QEMU export it (raw or base64)",
+    )
+    verify.add_argument("--cek", type=Path, help="ASK-signed CEK from AMD KDS (raw or base64)")
+    verify.add_argument(
+        "--chip-id",
+        metavar="HEX|FILE",
+        help="take the signed CEK from the CEK cache / AMD KDS for this chip id",
+    )
+    verify.add_argument("--cache", type=Path, help="CEK cache directory (with --chip-id)")
+    verify.add_argument("--offline", action="store_true", help="never contact AMD KDS")
+    verify.add_argument("--oca", type=Path, help="pin the OCA: the owner's OCA certificate")
+    verify.add_argument("--generation", help="require this anchor (e.g. milan)")
+    verify.add_argument(
+        "--trust-anchors",
+        type=Path,
+        metavar="DIR",
+        help="extra anchors <DIR>/<name>/{ark,ask}.cert (default: $ATTESTD_TRUST_ANCHORS_DIR)",
+    )
+    verify.set_defaults(func=run_verify)
+
+    cek = subparsers.add_parser("cek", help="manage the cache of ASK-signed CEKs")
+    cek_sub = cek.add_subparsers(dest="cek_command", metavar="COMMAND", required=True)
+    imp = cek_sub.add_parser("import", help="import a signed CEK obtained elsewhere (offline)")
+    imp.add_argument("--chip-id", required=True, metavar="HEX|FILE", help="GET_ID chip id")
+    imp.add_argument("--cek", required=True, type=Path, help="signed CEK file (raw or base64)")
+    imp.add_argument("--cache", type=Path, help="CEK cache directory")
+    imp.set_defaults(func=run_import)
+    fetch = cek_sub.add_parser("fetch", help="get a chip's signed CEK (cache, then AMD KDS)")
+    fetch.add_argument("--chip-id", required=True, metavar="HEX|FILE", help="GET_ID chip id")
+    fetch.add_argument("--cache", type=Path, help="CEK cache directory")
+    fetch.add_argument("--kds-url", help="AMD KDS base URL")
+    fetch.add_argument("--out", type=Path, help="also write the CEK to this file")
+    fetch.set_defaults(func=run_fetch)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ParseError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return raw_or_base64(data)
+    except ParseError as exc:
+        raise ParseError(f"{what} {path}: {exc.message}") from None
+
+
+def _chip_id(value: str) -> bytes:
+    path = Path(value)
+    if len(value) != 128 and path.is_file():
+        return parse_chip_id(path.read_bytes())
+    return parse_chip_id(value)
+
+
+def _store(args: argparse.Namespace, settings: config.Settings) -> CekStore:
+    return CekStore(
+        args.cache or settings.effective_cek_cache_dir,
+        base_url=getattr(args, "kds_url", None) or settings.kds_url,
+        offline=getattr(args, "offline", False) or settings.kds_offline,
+    )
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Verify and print; 0 only for a fully anchored chain, 1 otherwise."""
+    settings = config.load()
+    anchors = load_anchors(args.trust_anchors or settings.trust_anchors_dir)
+    chain = PlatformChain.from_export(_read(args.pdh, "PDH"), _read(args.cert_chain, "cert chain"))
+    signed_cek = None
+    if args.cek is not None:
+        signed_cek = SevCertificate.unpack(_read(args.cek, "CEK"))
+    elif args.chip_id is not None:
+        signed_cek = _store(args, settings).get(_chip_id(args.chip_id))
+    pinned_oca = None if args.oca is None else SevCertificate.unpack(_read(args.oca, "OCA"))
+    report = check_chain(
+        chain, anchors, signed_cek=signed_cek, pinned_oca=pinned_oca, generation=args.generation
+    )
+    if report.generation is not None:
+        print(f"generation: {report.generation}")
+    for link in report.links:
+        print(f"ok:   {link}")
+    if report.failure is not None:
+        print(f"FAIL: {report.failure}")
+        print("chain NOT verified")
+        return 1
+    print(f"chain verified: {report.generation}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Store a signed CEK in the cache."""
+    store = _store(args, config.load())
+    chip_id = _chip_id(args.chip_id)
+    store.put(chip_id, _read(args.cek, "CEK"))
+    print(f"imported CEK for chip {chip_id_hex(chip_id)} into {store.path_for(chip_id)}")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    """Get a signed CEK (cache first, then AMD KDS) and optionally write it out."""
+    store = _store(args, config.load())
+    chip_id = _chip_id(args.chip_id)
+    cek = store.get(chip_id)
+    if args.out is not None:
+        try:
+            args.out.write_bytes(cek.pack())
+        except OSError as exc:
+            print(f"attestd: error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 1
+    print(f"CEK for chip {chip_id_hex(chip_id)} is at {store.path_for(chip_id)}")
+    return 0

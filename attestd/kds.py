@@ -1,0 +1,172 @@
+"""The ASK-signed CEK from AMD's key distribution server, with a persistent cache.
+
+The firmware exports its CEK unsigned; AMD serves the ASK-signed copy at
+``https://kdsintf.amd.com/cek/id/<GET_ID as 128 upper-case hex digits>``. Fetched
+and imported CEKs are kept in a cache directory (one ``<ID>.cek`` file per chip),
+so hosts without Internet access can be served from an offline import. The CEK's
+signature is not trusted here: chain verification checks it against the pinned ASKs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import requests
+
+from attestd.errors import CekUnavailable, ParseError
+from attestd.sev.certs import SEV_CERT_SIZE, SevCertificate, Usage
+
+logger = logging.getLogger(__name__)
+
+KDS_URL = "https://kdsintf.amd.com"
+CHIP_ID_SIZE = 64
+DEFAULT_TIMEOUT = (5.0, 30.0)
+
+_HEX_ID = re.compile(r"[0-9A-Fa-f]{128}")
+_IMPORT_HINT = "; import the CEK offline with `attestd cek import`"
+
+
+def chip_id_hex(chip_id: bytes) -> str:
+    """The chip id as AMD's KDS spells it: 128 upper-case hex digits."""
+    if len(chip_id) != CHIP_ID_SIZE:
+        raise ParseError(f"chip id: expected {CHIP_ID_SIZE} bytes, got {len(chip_id)}")
+    return chip_id.hex().upper()
+
+
+def parse_chip_id(data: bytes | str) -> bytes:
+    """A chip id as 128 hex digits (sev-tool), base64 (libvirt ``cpu0-id``) or 64 raw bytes."""
+    if isinstance(data, bytes) and len(data) == CHIP_ID_SIZE and not data.isascii():
+        return data
+    try:
+        text = data.decode("ascii") if isinstance(data, bytes) else data
+    except UnicodeDecodeError:
+        raise ParseError("chip id: not hex, base64 or 64 raw bytes") from None
+    text = "".join(text.split())
+    if _HEX_ID.fullmatch(text):
+        return bytes.fromhex(text)
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) == CHIP_ID_SIZE:
+        return decoded
+    raise ParseError("chip id: expected 128 hex digits, base64 of 64 bytes, or 64 raw bytes")
+
+
+def parse_signed_cek(data: bytes) -> SevCertificate:
+    """Parse a KDS CEK: a 0x824 SEV certificate of usage CEK with an ASK signature slot."""
+    cek = SevCertificate.unpack(data)
+    if cek.usage is not Usage.CEK:
+        raise ParseError(f"not a CEK: the certificate has usage {cek.usage.name}")
+    if not any(s.usage == Usage.ASK and not s.is_empty for s in cek.signatures):
+        raise ParseError("the CEK has no ASK signature (the firmware's export is unsigned)")
+    return cek
+
+
+class CekStore:
+    """Signed CEKs by chip id: cache directory first, then AMD KDS (unless offline)."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        session: requests.Session | None = None,
+        base_url: str = KDS_URL,
+        offline: bool = False,
+        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.session = session or requests.Session()
+        self.base_url = base_url.rstrip("/")
+        self.offline = offline
+        self.timeout = timeout
+
+    def path_for(self, chip_id: bytes) -> Path:
+        """The cache file of a chip's CEK."""
+        return self.cache_dir / f"{chip_id_hex(chip_id)}.cek"
+
+    def cached(self, chip_id: bytes) -> SevCertificate | None:
+        """The cached CEK, or None if there is none (or the file is unusable)."""
+        path = self.path_for(chip_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            logger.warning("cannot read cached CEK %s: %s", path, exc)
+            return None
+        try:
+            return parse_signed_cek(data)
+        except ParseError as exc:
+            logger.warning("ignoring unusable cached CEK %s: %s", path, exc.message)
+            return None
+
+    def get(self, chip_id: bytes) -> SevCertificate:
+        """The ASK-signed CEK of ``chip_id``; raises ``CekUnavailable`` if there is none."""
+        cek = self.cached(chip_id)
+        if cek is not None:
+            return cek
+        if self.offline:
+            raise CekUnavailable(
+                f"no cached CEK for chip {chip_id_hex(chip_id)[:16]}... and AMD KDS is disabled "
+                "(offline); import it with `attestd cek import`"
+            )
+        return self.fetch(chip_id)
+
+    def fetch(self, chip_id: bytes) -> SevCertificate:
+        """Download the CEK from AMD KDS (ignoring the cache) and cache it."""
+        data = self._download(chip_id)
+        try:
+            cek = parse_signed_cek(data)
+        except ParseError as exc:
+            raise CekUnavailable(
+                f"AMD KDS returned an unusable CEK: {exc.message}{_IMPORT_HINT}"
+            ) from None
+        self._write(chip_id, data)
+        return cek
+
+    def put(self, chip_id: bytes, cek: bytes) -> None:
+        """Import a signed CEK obtained elsewhere (offline import); ``ParseError`` if unusable."""
+        parse_signed_cek(cek)
+        self._write(chip_id, cek)
+
+    def _download(self, chip_id: bytes) -> bytes:
+        url = f"{self.base_url}/cek/id/{chip_id_hex(chip_id)}"
+        hint = _IMPORT_HINT
+        logger.info("fetching CEK from %s", url)
+        try:
+            with self.session.get(url, timeout=self.timeout, stream=True) as response:
+                if response.status_code == 404:
+                    raise CekUnavailable(f"AMD KDS has no CEK for this chip id (HTTP 404){hint}")
+                if response.status_code != 200:
+                    raise CekUnavailable(f"AMD KDS answered HTTP {response.status_code}{hint}")
+                body = b""
+                for chunk in response.iter_content(4096):
+                    body += chunk
+                    if len(body) > SEV_CERT_SIZE:
+                        raise CekUnavailable(f"AMD KDS answer is larger than a CEK{hint}")
+        except requests.Timeout:
+            raise CekUnavailable(f"AMD KDS did not answer in time{hint}") from None
+        except requests.RequestException as exc:
+            raise CekUnavailable(f"AMD KDS is unreachable ({type(exc).__name__}){hint}") from None
+        return body
+
+    def _write(self, chip_id: bytes, data: bytes) -> None:
+        path = self.path_for(chip_id)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".cek-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        logger.info("cached CEK for chip %s at %s", chip_id_hex(chip_id)[:16], path)

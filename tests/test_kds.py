@@ -1,0 +1,159 @@
+"""attestd.kds: signed CEKs from AMD KDS (HTTP mocked with responses), cache, offline import."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import requests
+import responses
+
+from attestd.errors import CekUnavailable, ParseError
+from attestd.kds import CekStore, chip_id_hex, parse_chip_id
+from attestd.sev.chain import PlatformChain, builtin_anchors, verify_chain
+from tests.conftest import TESTDATA
+
+PLATFORM = TESTDATA / "sev" / "platform"
+CHIP_HEX = (PLATFORM / "naos-api1.51/getid_s0_out.txt").read_text().strip()
+CHIP_ID = bytes.fromhex(CHIP_HEX)
+URL = f"https://kdsintf.amd.com/cek/id/{CHIP_HEX.upper()}"
+SIGNED_CEK = (PLATFORM / "naples/cek.cert").read_bytes()
+UNSIGNED_CEK = (PLATFORM / "naples/cek.uns.cert").read_bytes()
+
+
+def store(tmp_path: Path, **kwargs: object) -> CekStore:
+    return CekStore(tmp_path / "cache", **kwargs)  # type: ignore[arg-type]
+
+
+def test_chip_id_forms() -> None:
+    assert len(CHIP_ID) == 64
+    assert chip_id_hex(CHIP_ID) == CHIP_HEX.upper()
+    assert len(chip_id_hex(CHIP_ID)) == 128
+    assert parse_chip_id(CHIP_HEX) == CHIP_ID
+    assert parse_chip_id(CHIP_HEX.upper() + "\n") == CHIP_ID
+    assert parse_chip_id(base64.b64encode(CHIP_ID)) == CHIP_ID
+    assert parse_chip_id(CHIP_ID) == CHIP_ID
+    for bad in ("abcd", CHIP_HEX[:-2], base64.b64encode(CHIP_ID[:32]).decode(), b"\xff\xfe"):
+        with pytest.raises(ParseError):
+            parse_chip_id(bad)
+    with pytest.raises(ParseError):
+        chip_id_hex(CHIP_ID[:63])
+
+
+@responses.activate
+def test_fetch_caches_and_second_get_uses_cache(tmp_path: Path) -> None:
+    responses.get(URL, body=SIGNED_CEK)
+    cek_store = store(tmp_path)
+    assert cek_store.get(CHIP_ID).pack() == SIGNED_CEK
+    assert cek_store.path_for(CHIP_ID).read_bytes() == SIGNED_CEK
+    assert cek_store.path_for(CHIP_ID).name == f"{CHIP_HEX.upper()}.cek"
+    assert store(tmp_path).get(CHIP_ID).pack() == SIGNED_CEK
+    assert len(responses.calls) == 1
+    assert responses.calls[0].request.url == URL
+
+
+@responses.activate
+def test_fetched_cek_anchors_the_unsigned_export(tmp_path: Path) -> None:
+    responses.get(URL, body=SIGNED_CEK)
+    read = lambda name: (PLATFORM / "naples" / name).read_bytes()  # noqa: E731
+    chain = PlatformChain.from_export(
+        read("pdh.cert"), read("pek.cert") + read("oca.cert") + UNSIGNED_CEK
+    )
+    verified = verify_chain(chain, builtin_anchors(), signed_cek=store(tmp_path).get(CHIP_ID))
+    assert verified.generation == "naples"
+
+
+@responses.activate
+def test_custom_base_url_and_session(tmp_path: Path) -> None:
+    responses.get(f"http://kds.test/cek/id/{CHIP_HEX.upper()}", body=SIGNED_CEK)
+    session = requests.Session()
+    cek_store = store(tmp_path, base_url="http://kds.test/", session=session)
+    assert cek_store.get(CHIP_ID).pack() == SIGNED_CEK
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"status": 404}, "no CEK for this chip id (HTTP 404)"),
+        ({"status": 503}, "HTTP 503"),
+        ({"body": requests.exceptions.ConnectTimeout()}, "did not answer in time"),
+        ({"body": requests.exceptions.ReadTimeout()}, "did not answer in time"),
+        ({"body": requests.exceptions.ConnectionError()}, "unreachable (ConnectionError)"),
+        ({"body": SIGNED_CEK + b"x"}, "larger than a CEK"),
+        ({"body": UNSIGNED_CEK}, "unusable CEK: the CEK has no ASK signature"),
+        ({"body": SIGNED_CEK[:100]}, "unusable CEK: SEV certificate: expected 2084 bytes"),
+        ({"body": (PLATFORM / "naples/pek.cert").read_bytes()}, "not a CEK"),
+    ],
+)
+@responses.activate
+def test_kds_failures_are_cek_unavailable_and_not_cached(
+    tmp_path: Path, answer: dict[str, object], message: str
+) -> None:
+    responses.get(URL, **answer)  # type: ignore[arg-type]
+    cek_store = store(tmp_path)
+    with pytest.raises(CekUnavailable) as exc:
+        cek_store.get(CHIP_ID)
+    assert message in exc.value.message
+    assert "attestd cek import" in exc.value.message
+    assert not cek_store.path_for(CHIP_ID).exists()
+
+
+@responses.activate
+def test_timeout_is_passed_to_requests(tmp_path: Path) -> None:
+    seen: list[object] = []
+
+    def callback(request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
+        seen.append(request.req_kwargs["timeout"])  # type: ignore[attr-defined]
+        return 200, {}, SIGNED_CEK
+
+    responses.add_callback(responses.GET, URL, callback=callback)
+    store(tmp_path, timeout=(1.5, 2.5)).get(CHIP_ID)
+    assert seen == [(1.5, 2.5)]
+
+
+@responses.activate
+def test_offline_never_touches_the_network(tmp_path: Path) -> None:
+    cek_store = store(tmp_path, offline=True)
+    with pytest.raises(CekUnavailable, match="offline"):
+        cek_store.get(CHIP_ID)
+    assert len(responses.calls) == 0
+    cek_store.put(CHIP_ID, SIGNED_CEK)
+    assert cek_store.get(CHIP_ID).pack() == SIGNED_CEK
+    assert len(responses.calls) == 0
+
+
+def test_import_rejects_unusable_ceks(tmp_path: Path) -> None:
+    cek_store = store(tmp_path, offline=True)
+    with pytest.raises(ParseError, match="no ASK signature"):
+        cek_store.put(CHIP_ID, UNSIGNED_CEK)
+    with pytest.raises(ParseError, match="usage PDH"):
+        cek_store.put(CHIP_ID, (PLATFORM / "rome/pdh.cert").read_bytes())
+    with pytest.raises(ParseError):
+        cek_store.put(CHIP_ID, b"garbage")
+    with pytest.raises(ParseError, match="chip id"):
+        cek_store.put(CHIP_ID[:10], SIGNED_CEK)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@responses.activate
+def test_corrupt_cache_entry_is_refetched(tmp_path: Path) -> None:
+    responses.get(URL, body=SIGNED_CEK)
+    cek_store = store(tmp_path)
+    cek_store.cache_dir.mkdir(parents=True)
+    cek_store.path_for(CHIP_ID).write_bytes(b"corrupt")
+    assert cek_store.cached(CHIP_ID) is None
+    assert cek_store.get(CHIP_ID).pack() == SIGNED_CEK
+    assert cek_store.path_for(CHIP_ID).read_bytes() == SIGNED_CEK
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_fetch_refreshes_the_cache(tmp_path: Path) -> None:
+    rome_cek = (PLATFORM / "rome/cek.cert").read_bytes()
+    responses.get(URL, body=rome_cek)
+    cek_store = store(tmp_path)
+    cek_store.put(CHIP_ID, SIGNED_CEK)
+    assert cek_store.fetch(CHIP_ID).pack() == rome_cek
+    assert cek_store.get(CHIP_ID).pack() == rome_cek
+    assert [p.name for p in cek_store.cache_dir.iterdir()] == [f"{CHIP_HEX.upper()}.cek"]
