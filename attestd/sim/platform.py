@@ -38,6 +38,7 @@ from attestd.sev.certs import (
     SevCertificate,
     Usage,
 )
+from attestd.sev.chain import TrustAnchor
 from attestd.sev.measurement import FirmwareVersion, LaunchMeasurement, compute_measure
 from attestd.sev.policy import GuestPolicy, PolicyFlags
 from attestd.sev.secrets import LaunchSecret, SecretHeader, check_secret_size, open_launch_secret
@@ -220,6 +221,10 @@ class SimulatedPlatform:
             chip_id=self.chip_id,
             signed_cek=self._certs["cek.signed"].pack(),
         )
+
+    def trust_anchor(self) -> TrustAnchor:
+        """This platform's test ARK/ASK as a trust anchor named after the platform."""
+        return TrustAnchor(self.name, self.ark, self.ask)
 
     def write_trust_anchor(self, directory: Path) -> Path:
         """Write ``<directory>/<name>/{ark,ask}.cert`` (the trust-anchor directory layout)."""
