@@ -17,6 +17,7 @@ from typing import ClassVar, Self
 from uuid import UUID
 
 from attestd.errors import ParseError
+from attestd.sev._binary import enum_value, unpack_exact
 
 OVMF_TABLE_FOOTER_GUID = UUID("96b582de-1fb2-45f7-baea-a366c55a082d")
 SEV_HASH_TABLE_RV_GUID = UUID("7255371f-3a3b-4b04-927b-1da6efa8d454")
@@ -43,9 +44,7 @@ class FooterEntryHeader:
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
         """Decode exactly ``STRUCT.size`` bytes."""
-        if len(buf) != cls.STRUCT.size:
-            raise ParseError(f"OVMF table entry header must be {cls.STRUCT.size} bytes")
-        size, guid = cls.STRUCT.unpack(buf)
+        size, guid = unpack_exact(cls.STRUCT, buf, "OVMF table entry header")
         return cls(size=size, guid=UUID(bytes_le=guid))
 
     def pack(self) -> bytes:
@@ -69,9 +68,7 @@ class GpaArea:
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
         """Decode exactly 8 bytes."""
-        if len(buf) != cls.STRUCT.size:
-            raise ParseError(f"OVMF area entry must be {cls.STRUCT.size} bytes, got {len(buf)}")
-        base, size = cls.STRUCT.unpack(buf)
+        base, size = unpack_exact(cls.STRUCT, buf, "OVMF area entry")
         return cls(base=base, size=size)
 
     def pack(self) -> bytes:
@@ -103,9 +100,7 @@ class SevMetadataHeader:
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
         """Decode exactly 16 bytes; signature and version are checked."""
-        if len(buf) != cls.STRUCT.size:
-            raise ParseError("SEV metadata header truncated")
-        signature, size, version, num_items = cls.STRUCT.unpack(buf)
+        signature, size, version, num_items = unpack_exact(cls.STRUCT, buf, "SEV metadata header")
         if signature != cls.SIGNATURE:
             raise ParseError("SEV metadata signature is not ASEV")
         if version != 1:
@@ -130,13 +125,8 @@ class SevMetadataSection:
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
         """Decode exactly 12 bytes; unknown section types raise ``ParseError``."""
-        if len(buf) != cls.STRUCT.size:
-            raise ParseError("SEV metadata section truncated")
-        gpa, size, raw_type = cls.STRUCT.unpack(buf)
-        try:
-            section_type = SectionType(raw_type)
-        except ValueError:
-            raise ParseError(f"unknown SEV metadata section type {raw_type:#x}") from None
+        gpa, size, raw_type = unpack_exact(cls.STRUCT, buf, "SEV metadata section")
+        section_type = enum_value(SectionType, raw_type, "SEV metadata section type")
         return cls(gpa=gpa, size=size, section_type=section_type)
 
     def pack(self) -> bytes:

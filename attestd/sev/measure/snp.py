@@ -16,6 +16,7 @@ from enum import IntEnum
 from typing import ClassVar, Self
 
 from attestd.errors import ParseError, Unsupported
+from attestd.sev._binary import enum_value, unpack_exact
 from attestd.sev.measure.ovmf import Ovmf, SectionType
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour, vmsa_pages
@@ -58,17 +59,13 @@ class PageInfo:
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
         """Decode exactly 0x70 bytes (length, page type and reserved bits are checked)."""
-        if len(buf) != cls.STRUCT.size:
-            raise ParseError(f"PAGE_INFO must be {cls.STRUCT.size} bytes")
-        cur, contents, length, raw_type, imi, v3, v2, v1, reserved, gpa = cls.STRUCT.unpack(buf)
+        fields = unpack_exact(cls.STRUCT, buf, "PAGE_INFO")
+        cur, contents, length, raw_type, imi, v3, v2, v1, reserved, gpa = fields
         if length != cls.LENGTH:
             raise ParseError(f"PAGE_INFO length {length:#x} is not {cls.LENGTH:#x}")
         if imi > 1 or reserved != 0:
             raise ParseError("PAGE_INFO reserved bits are not zero")
-        try:
-            page_type = PageType(raw_type)
-        except ValueError:
-            raise ParseError(f"unknown PAGE_INFO page type {raw_type}") from None
+        page_type = enum_value(PageType, raw_type, "PAGE_INFO page type")
         return cls(cur, contents, page_type, gpa, imi, v3, v2, v1)
 
     def pack(self) -> bytes:
