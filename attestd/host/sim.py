@@ -10,48 +10,28 @@ metadata; QEMU itself runs without SEV.
 from __future__ import annotations
 
 import fcntl
-import importlib
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
 
 from attestd.errors import LaunchError
 from attestd.host.client import SecretPacket
 from attestd.host.platform import PlatformData
+from attestd.sim.platform import SimulatedPlatform
 
 #: Next to the launch state: which simulator handle a launch used (public).
 SIM_RESULT_SUFFIX = ".sim.json"
 LOCK_NAME = ".attestd-host.lock"
 
 
-class _Platform(Protocol):
-    api_major: int
-    api_minor: int
-    build_id: int
-
-    def export(self) -> Any: ...
-    def launch_start(self, godh_cert: bytes, session: bytes, policy: int) -> int: ...
-    def launch_update_data(self, handle: int, data: bytes) -> None: ...
-    def launch_measure(self, handle: int) -> bytes: ...
-    def launch_secret(self, handle: int, header: bytes, ciphertext: bytes) -> None: ...
-    def launch_finish(self, handle: int) -> None: ...
-    def save(self, directory: Path) -> None: ...
-
-
-def load_platform(directory: Path) -> _Platform:
+def load_platform(directory: Path) -> SimulatedPlatform:
     """Load the simulator's persisted platform."""
     try:
-        module = importlib.import_module("attestd.sim.platform")
-    except ImportError as exc:
-        raise LaunchError("simulated SEV mode needs attestd.sim (not installed)") from exc
-    try:
-        platform: _Platform = module.SimulatedPlatform.load(directory)
+        return SimulatedPlatform.load(directory)
     except FileNotFoundError as exc:
-        raise LaunchError(f"no simulated platform in {directory} (run attestd-sim init)") from exc
-    return platform
+        raise LaunchError(f"no simulated platform in {directory}") from exc
 
 
 def platform_data(directory: Path) -> PlatformData:
@@ -97,7 +77,7 @@ class SimulatedFirmware:
             result_file.write_text(json.dumps({"handle": self.handle}) + "\n", encoding="utf-8")
 
     @contextmanager
-    def _locked(self) -> Iterator[_Platform]:
+    def _locked(self) -> Iterator[SimulatedPlatform]:
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
