@@ -16,6 +16,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +83,10 @@ class JsonSplitter:
         self._scan = i
 
 
-def _recv_tokens(sock: socket.socket) -> Iterator[tuple[str, bytes]]:
+def _recv_tokens(sock: socket.socket, initial: bytes = b"") -> Iterator[tuple[str, bytes]]:
     splitter = JsonSplitter()
+    if initial:
+        yield from splitter.feed(initial)
     while True:
         try:
             data = sock.recv(65536)
@@ -186,7 +189,9 @@ class RelaySession:
         controller: RelayController,
         *,
         command_timeout: float = 60.0,
+        initial: bytes = b"",
     ) -> None:
+        self.initial = initial
         self.client = client
         self.qemu = qemu
         self.controller = controller
@@ -210,7 +215,7 @@ class RelaySession:
     def _pump_from_qemu(self) -> None:
         forward_ws = True
         try:
-            for kind, raw in _recv_tokens(self.qemu):
+            for kind, raw in _recv_tokens(self.qemu, self.initial):
                 if kind == "ws":
                     if forward_ws:
                         self._to_client(raw)
@@ -316,6 +321,36 @@ class RelaySession:
         self.qemu.close()
 
 
+def connect_qemu(
+    path: str, *, attempts: int = 50, delay: float = 0.1, greeting_timeout: float = 30.0
+) -> tuple[socket.socket, bytes] | None:
+    """Connect to QEMU's monitor and read the start of its greeting.
+
+    QEMU serves one monitor client at a time and drops a connection it accepts
+    before it has noticed the previous client left; such a connection is retried.
+    Returns None when the socket is gone (QEMU exited).
+    """
+    for _ in range(attempts):
+        qemu = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            qemu.connect(path)
+        except OSError as exc:
+            logger.info("QEMU monitor gone (%s)", exc.strerror)
+            qemu.close()
+            return None
+        qemu.settimeout(greeting_timeout)
+        try:
+            first = qemu.recv(65536)
+        except OSError:
+            first = b""
+        if first:
+            qemu.settimeout(None)
+            return qemu, first
+        qemu.close()
+        time.sleep(delay)
+    return None
+
+
 def serve_relay(listener: socket.socket, qemu_path: str, controller: RelayController) -> None:
     """Accept libvirt connections forever; relay each to a fresh QEMU connection.
 
@@ -323,13 +358,11 @@ def serve_relay(listener: socket.socket, qemu_path: str, controller: RelayContro
     """
     while True:
         client, _ = listener.accept()
-        qemu = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            qemu.connect(qemu_path)
-        except OSError as exc:
-            logger.info("QEMU monitor gone (%s); relay exits", exc.strerror)
+        connected = connect_qemu(qemu_path)
+        if connected is None:
             client.close()
-            qemu.close()
+            logger.info("relay exits")
             return
+        qemu, first = connected
         logger.debug("relaying a monitor connection")
-        RelaySession(client, qemu, controller).run()
+        RelaySession(client, qemu, controller, initial=first).run()
