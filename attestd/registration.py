@@ -11,7 +11,6 @@ kept across ``PUT``); :func:`payload_entries` builds the secret-table entries
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import secrets as _secrets
 from collections.abc import Mapping, Sequence
@@ -19,12 +18,21 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from attestd.sev.measure.sev_hashes import cmdline_digest
+from attestd.sev.secrets import (
+    ATTESTD_PAYLOAD_GUID,
+    LUKS_KEY_GUID,
+    NULL_GUID,
+    SECRET_TABLE_GUID,
+    SecretEntry,
+    build_secret_table,
+)
+
 SCHEMES = ("amd-sev", "amd-sev-es")
 PAYLOAD_VERSION = 1
-PAYLOAD_GUID = UUID("dcfb7d9b-597b-4a66-98d6-ce0ed5fb8cde")
-LUKS_GUID = UUID("736869e5-84f0-4973-92ec-06879ce3da0b")
-SECRET_TABLE_GUID = UUID("1e74f542-71dd-4d66-963e-ef4287ff173b")
-RESERVED_GUIDS = frozenset({PAYLOAD_GUID, LUKS_GUID, SECRET_TABLE_GUID})
+PAYLOAD_GUID = ATTESTD_PAYLOAD_GUID
+LUKS_GUID = LUKS_KEY_GUID
+RESERVED_GUIDS = frozenset({PAYLOAD_GUID, LUKS_GUID, SECRET_TABLE_GUID, NULL_GUID})
 #: Characters of a generated passphrase (base64url of 32 random bytes).
 GENERATED_PASSPHRASE_LEN = 43
 
@@ -36,7 +44,7 @@ def generate_passphrase() -> str:
 
 def cmdline_sha256(cmdline: str) -> str:
     """The SEV kernel-hashes digest of a command line (QEMU hashes it with its NUL)."""
-    return hashlib.sha256(cmdline.encode("utf-8") + b"\x00").hexdigest()
+    return cmdline_digest(cmdline).hex()
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,14 @@ def payload_document(user_id: str, stored: Sequence[Mapping[str, Any]]) -> dict[
         volumes[entry["name"]] = volume
     doc["volumes"] = volumes
     return doc
+
+
+def secret_table(
+    user_id: str, stored: Sequence[Mapping[str, Any]], *, max_size: int | None = None
+) -> bytes:
+    """The EFI secret table delivered to the guest (``SecretTooLarge`` past ``max_size``)."""
+    entries = [SecretEntry(guid, data) for guid, data in payload_entries(user_id, stored)]
+    return build_secret_table(entries, max_size=max_size)
 
 
 def payload_entries(user_id: str, stored: Sequence[Mapping[str, Any]]) -> list[tuple[UUID, bytes]]:

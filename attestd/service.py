@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 from attestd.config import Settings
 from attestd.errors import AuthenticationError, NotFound, SecretTooLarge
-from attestd.registration import Registration, payload_entries, resolve_secrets
+from attestd.registration import Registration, resolve_secrets, secret_table
 from attestd.storage.keys import KeyRing
 from attestd.storage.ports import EventRecord, Principal, VmRecord
 from attestd.storage.sql import Database
@@ -40,12 +39,6 @@ def hash_token(token: str) -> str:
 def new_token(prefix: str) -> str:
     """A fresh bearer token."""
     return prefix + _secrets.token_urlsafe(32)
-
-
-def table_size(entries: Sequence[tuple[UUID, bytes]]) -> int:
-    """Size of the EFI secret table holding ``entries`` (header + entries, padded to 16)."""
-    size = 20 + sum(20 + len(data) for _guid, data in entries)
-    return (size + 15) // 16 * 16
 
 
 def event_row(
@@ -149,13 +142,14 @@ class Service:
         self, uuid: str, registration: Registration, previous: Sequence[Mapping[str, Any]]
     ) -> tuple[str, bytes]:
         stored = resolve_secrets(registration.secrets, previous)
-        size = table_size(payload_entries(registration.user_id or uuid, stored))
-        if size > self.settings.secret_area_size:
+        limit = self.settings.secret_area_size
+        try:
+            secret_table(registration.user_id or uuid, stored, max_size=limit)
+        except SecretTooLarge as exc:
             raise SecretTooLarge(
-                f"the secret table would take {size} bytes; the secret area holds "
-                f"{self.settings.secret_area_size}",
-                reasons=[f"table_size={size}", f"limit={self.settings.secret_area_size}"],
-            )
+                f"the secret table would not fit the {limit}-byte secret area",
+                reasons=[exc.message, *exc.reasons],
+            ) from None
         sealed = self.keyring.encrypt(json.dumps(stored, sort_keys=True).encode("utf-8"))
         return json.dumps(registration.public(), sort_keys=True), sealed
 

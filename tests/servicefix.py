@@ -90,3 +90,65 @@ def sev_registration(**extra: Any) -> dict[str, Any]:
     }
     body.update(extra)
     return body
+
+
+@pytest.fixture(scope="session")
+def platform() -> Any:
+    """The simulated SEV platform the tests launch on (trusted via trust_anchors_dir)."""
+    from attestd.sim.platform import SimulatedPlatform
+
+    return SimulatedPlatform.create(name="sim-trusted", rsa_bits=2048)
+
+
+@pytest.fixture(scope="session")
+def rogue_platform() -> Any:
+    """A simulated platform whose root nobody trusts."""
+    from attestd.sim.platform import SimulatedPlatform
+
+    return SimulatedPlatform.create(name="sim-rogue", rsa_bits=2048)
+
+
+@pytest.fixture(scope="session")
+def anchors_dir(tmp_path_factory: pytest.TempPathFactory, platform: Any) -> Path:
+    """ATTESTD_TRUST_ANCHORS_DIR holding only the trusted simulator's ARK/ASK."""
+    directory = tmp_path_factory.mktemp("anchors")
+    platform.write_trust_anchor(directory)
+    return directory
+
+
+@pytest.fixture
+def host_settings(settings: Settings, anchors_dir: Path) -> Settings:
+    """Settings that trust the simulator."""
+    return settings.replace(trust_anchors_dir=anchors_dir)
+
+
+class Clock:
+    """A settable clock for expiry tests."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The clock of ``host_app``."""
+    return Clock()
+
+
+@pytest.fixture
+def host_app(host_settings: Settings, clock: Clock) -> Iterator[Flask]:
+    """An app that trusts the simulator, with a settable clock."""
+    application = create_app(host_settings, clock=clock)
+    yield application
+    application.extensions["attestd"].db.dispose()
+
+
+@pytest.fixture(scope="session")
+def ovmf(testdata: Path) -> bytes:
+    """The real OVMF AmdSev build (kernel hashes, SEV-ES reset block, secret area)."""
+    return (testdata / "ovmf" / "OVMF.amdsev.fd").read_bytes()

@@ -10,6 +10,7 @@ from attestd import config
 from attestd.api import errors
 from attestd.api.state import AppState, Metrics
 from attestd.config import Settings
+from attestd.launch import LaunchService
 from attestd.service import Clock, Service
 from attestd.storage.keys import KeyRing
 from attestd.storage.sql import Database
@@ -49,15 +50,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
         settings=settings,
         db=db,
         service=service,
-        launches=None,
+        launches=LaunchService(service),
         metrics=Metrics(),
     )
     errors.init_app(app)
 
     from attestd.api import ops
-    from attestd.api.v1 import owner
+    from attestd.api.v1 import host, owner
 
     app.register_blueprint(owner.bp, url_prefix="/v1")
+    app.register_blueprint(host.bp, url_prefix="/v1")
     app.register_blueprint(ops.bp)
 
     @app.before_request

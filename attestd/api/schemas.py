@@ -21,6 +21,7 @@ from marshmallow import (
 )
 
 from attestd.registration import RESERVED_GUIDS, SCHEMES, Registration, cmdline_sha256
+from attestd.sev.measure.vmsa import VCPU_TYPES
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX96 = re.compile(r"^[0-9a-f]{96}$")
@@ -225,7 +226,7 @@ class RegistrationSchema(_Strict):
         data_key="cpu-count", load_default=1, validate=validate.Range(1, 512)
     )
     vcpu_types = fields.List(
-        fields.String(validate=validate.Regexp(VCPU_TYPE)),
+        fields.String(validate=validate.OneOf(sorted(VCPU_TYPES))),
         data_key="vcpu-types",
         load_default=lambda: ["EPYC-v4"],
         validate=validate.Length(min=1, max=16),

@@ -30,7 +30,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from attestd.errors import Conflict, StorageUnavailable
 from attestd.storage import tables as t
@@ -54,7 +53,10 @@ class Database:
         try:
             if url.startswith("sqlite"):
                 self.engine: Engine = create_engine(
-                    url, poolclass=NullPool, connect_args={"timeout": 30}
+                    url,
+                    pool_size=pool_size,
+                    max_overflow=max_overflow,
+                    connect_args={"timeout": 30},
                 )
                 self._sqlite_setup(self.engine)
             else:
@@ -81,6 +83,7 @@ class Database:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         @event.listens_for(engine, "begin")

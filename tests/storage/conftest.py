@@ -2,6 +2,38 @@
 
 from __future__ import annotations
 
-from tests.servicefix import alice, app, backend, bob, client, database_url, pg, settings
+from tests.servicefix import (
+    alice,
+    anchors_dir,
+    app,
+    backend,
+    bob,
+    client,
+    clock,
+    database_url,
+    host_app,
+    host_settings,
+    ovmf,
+    pg,
+    platform,
+    rogue_platform,
+    settings,
+)
 
-__all__ = ["alice", "app", "backend", "bob", "client", "database_url", "pg", "settings"]
+__all__ = [
+    "alice",
+    "anchors_dir",
+    "app",
+    "backend",
+    "bob",
+    "client",
+    "clock",
+    "database_url",
+    "host_app",
+    "host_settings",
+    "ovmf",
+    "pg",
+    "platform",
+    "rogue_platform",
+    "settings",
+]

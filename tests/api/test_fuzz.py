@@ -1,0 +1,173 @@
+"""Fuzzing: schemathesis against the OpenAPI document, hypothesis on request bodies.
+
+Bounded (a few dozen examples per operation) so the suite stays quick; the
+property is that no input yields a 500 and every response matches the document.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from attestd.api import create_app
+from attestd.config import Settings
+from tests.servicefix import make_owner
+
+VM = "3a3b3c3d-4e4f-4a5b-8c6d-7e7f8a8b8c8d"
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, dict[str, str]]]:
+    data: Path = tmp_path_factory.mktemp("fuzz")
+    app = create_app(Settings(data_dir=data, kds_offline=True))
+    owner = make_owner(app, "fuzzer")
+    body = {"scheme": "amd-sev", "policy": 1, "firmware-hashes": ["ab" * 32]}
+    assert app.test_client().post(f"/v1/vm/{VM}", json=body, headers=owner).status_code == 201
+    yield app, owner
+    app.extensions["attestd"].db.dispose()
+
+
+def _operations(app: Flask) -> list[Any]:
+    schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", app)
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+def test_openapi_fuzz(fuzz_app: tuple[Flask, dict[str, str]]) -> None:
+    """schemathesis: every documented operation, generated requests, documented responses."""
+    app, owner = fuzz_app
+    operations = _operations(app)
+    assert len(operations) >= 11
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+        def run(case: Any) -> None:
+            params = case.path_parameters or {}
+            if "uuid" in params and len(str(case.body)) % 2 == 0:
+                params["uuid"] = VM  # half the cases reach the registered VM
+            case.call_and_validate(headers=owner, checks=CHECKS)
+
+        run()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+keys = st.sampled_from(
+    [
+        "scheme",
+        "policy",
+        "cpu-count",
+        "firmware-hashes",
+        "kernel-hash",
+        "cmdline",
+        "secrets",
+        "launch-digests",
+        "max-launches",
+        "cloud-cert",
+        "user-id",
+        "vcpu-types",
+        "pdh",
+        "cert-chain",
+        "cpu-id",
+        "cek",
+        "launch-id",
+        "api-major",
+        "api-minor",
+        "build-id",
+        "measurement",
+        "firmware-hash",
+        "type",
+        "passphrase",
+        "generate",
+        "name",
+        "device",
+        "values",
+        "guid",
+        "data",
+    ]
+) | st.text(max_size=10)
+secrets_entries = st.fixed_dictionaries(
+    {"type": st.sampled_from(["luks-passphrase", "volume", "env", "secret-file", "raw", "x"])},
+    optional={
+        "passphrase": json_values,
+        "name": json_values,
+        "device": json_values,
+        "generate": json_values,
+        "values": json_values,
+        "guid": json_values,
+        "data": json_values,
+        "mount-point": json_values,
+    },
+)
+bodies = st.dictionaries(keys, json_values | st.lists(secrets_entries, max_size=3), max_size=10)
+
+
+@given(
+    body=bodies,
+    target=st.sampled_from(["", "/launch", "/validate"]),
+    method=st.sampled_from(["post", "put"]),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+def test_hypothesis_bodies_never_500(
+    fuzz_app: tuple[Flask, dict[str, str]], body: dict[str, Any], target: str, method: str
+) -> None:
+    app, owner = fuzz_app
+    client = app.test_client()
+    if target and method == "put":
+        method = "post"
+    resp = getattr(client, method)(f"/v1/vm/{VM}{target}", json=body, headers=owner)
+    assert resp.status_code < 500, resp.json
+    assert set(resp.json) >= ({"code", "message", "errors"} if resp.status_code >= 400 else set())
+
+
+@given(raw=st.binary(max_size=300))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_hypothesis_raw_bytes_never_500(fuzz_app: tuple[Flask, dict[str, str]], raw: bytes) -> None:
+    app, owner = fuzz_app
+    client = app.test_client()
+    for path in (f"/v1/vm/{VM}", f"/v1/vm/{VM}/launch", f"/v1/vm/{VM}/validate"):
+        resp = client.post(path, data=raw, headers=owner, content_type="application/json")
+        assert resp.status_code < 500
+
+
+@given(
+    pdh=st.binary(min_size=0x824, max_size=0x824),
+    chain=st.binary(min_size=3 * 0x824, max_size=3 * 0x824),
+)
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_random_certificates_never_500(
+    fuzz_app: tuple[Flask, dict[str, str]], pdh: bytes, chain: bytes
+) -> None:
+    app, _owner = fuzz_app
+    body = {
+        "pdh": base64.b64encode(pdh).decode(),
+        "cert-chain": base64.b64encode(chain).decode(),
+        "cek": base64.b64encode(pdh).decode(),
+    }
+    resp = app.test_client().post(f"/v1/vm/{VM}/launch", json=body)
+    assert resp.status_code in (400, 403, 422, 503), resp.json
