@@ -1,0 +1,172 @@
+"""A gunicorn service killed with SIGKILL mid-launch loses nothing and leaves no half state."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from attestd.sim.platform import SimulatedPlatform
+from tests.api.simhost import Boot, launch_body, measure, validate_body
+from tests.api.test_launch import VM, sev
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``attestd serve`` in its own process group."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = open(Path(env["ATTESTD_DATA_DIR"]) / "serve.log", "ab")  # noqa: SIM115
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "attestd.cli",
+                "serve",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "2",
+            ],
+            env=self.env,
+            start_new_session=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/healthz", timeout=10).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("attestd serve did not come up")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def env(tmp_path: Path, anchors_dir: Path, database_url: str) -> dict[str, str]:
+    values = dict(os.environ)
+    values.update(
+        {
+            "ATTESTD_DATA_DIR": str(tmp_path / "data"),
+            "ATTESTD_DATABASE_URL": database_url,
+            "ATTESTD_TRUST_ANCHORS_DIR": str(anchors_dir),
+            "ATTESTD_KDS_OFFLINE": "1",
+            "ATTESTD_CONFIG": "",
+        }
+    )
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return values
+
+
+@pytest.fixture
+def server(env: dict[str, str]) -> Iterator[Server]:
+    srv = Server(env)
+    yield srv
+    if srv.proc is not None and srv.proc.poll() is None:
+        srv.kill()
+
+
+def test_sigkill_mid_launches(
+    server: Server, env: dict[str, str], platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    created = subprocess.run(
+        [sys.executable, "-m", "attestd.cli", "owner", "create", "alice"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    owner = {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
+    server.start()
+    resp = requests.post(f"{server.url}/v1/vm/{VM}", json=sev(ovmf), headers=owner, timeout=30)
+    assert resp.status_code == 201
+    sim_lock = threading.Lock()
+    stop = threading.Event()
+    pending: list[dict[str, Any]] = []  # validate requests whose answer never arrived
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def host() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                grant = session.post(
+                    f"{server.url}/v1/vm/{VM}/launch", json=launch_body(platform), timeout=30
+                )
+            except requests.RequestException:
+                return
+            if grant.status_code != 200:
+                with lock:
+                    done.append(grant.status_code)
+                continue
+            with sim_lock:
+                _handle, measurement = measure(platform, grant.json(), Boot(firmware=ovmf))
+            body = validate_body(platform, grant.json(), measurement, Boot(firmware=ovmf))
+            try:
+                answer = session.post(f"{server.url}/v1/vm/{VM}/validate", json=body, timeout=30)
+            except requests.RequestException:
+                with lock:
+                    pending.append(body)
+                return
+            with lock:
+                done.append(answer.status_code)
+
+    threads = [threading.Thread(target=host) for _ in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(done) < 12:
+        time.sleep(0.05)
+    server.kill()
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert done and set(done) == {200}, done
+
+    server.start()
+    shown = requests.get(f"{server.url}/v1/vm/{VM}", headers=owner, timeout=30)
+    assert shown.status_code == 200 and shown.json()["revision"] == 1
+    for body in pending:
+        retry = requests.post(f"{server.url}/v1/vm/{VM}/validate", json=body, timeout=30)
+        assert retry.status_code in (200, 409), retry.text
+        if retry.status_code == 200:
+            assert base64.b64decode(retry.json()["secret-table"])
+    # the service keeps working after the crash
+    again = requests.post(f"{server.url}/v1/vm/{VM}/launch", json=launch_body(platform), timeout=30)
+    assert again.status_code == 200
+    events = requests.get(
+        f"{server.url}/v1/vm/{VM}/events?limit=1000", headers=owner, timeout=30
+    ).json()["events"]
+    assert events[0]["kind"] == "registered"
+    metrics = requests.get(f"{server.url}/metrics", timeout=30)
+    assert "attestd_launches{state=" in metrics.text
