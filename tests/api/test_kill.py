@@ -38,7 +38,7 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = open(Path(env["ATTESTD_DATA_DIR"]) / "serve.log", "ab")  # noqa: SIM115
+        self.log = (Path(env["ATTESTD_DATA_DIR"]) / "serve.log").open("ab")
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -94,6 +94,7 @@ def server(env: dict[str, str]) -> Iterator[Server]:
     yield srv
     if srv.proc is not None and srv.proc.poll() is None:
         srv.kill()
+    srv.log.close()
 
 
 def test_sigkill_mid_launches(
