@@ -96,7 +96,15 @@ def test_naos_export_is_not_anchored(capsys: pytest.CaptureFixture[str]) -> None
         ],
     )
     assert status == 1
-    assert "FAIL: CEK is not signed by the milan ASK" in out
+    assert out.splitlines() == [
+        "FAIL: CEK is not signed by the milan ASK",
+        "below the CEK (NOT anchored to a trusted root, for diagnosis only):",
+        "      OCA is self-signed (slot 1)",
+        "      PEK is signed by the OCA (slot 1)",
+        "      PEK is signed by the CEK (slot 2)",
+        "      PDH is signed by the PEK (slot 1)",
+        "chain NOT verified",
+    ]
 
 
 def test_wrong_generation_and_pinned_oca(

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import requests
 import responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attestd.errors import CekUnavailable, ParseError
-from attestd.kds import CekStore, chip_id_hex, parse_chip_id
+from attestd.kds import CekStore, chip_id_hex, parse_chip_id, parse_signed_cek
 from attestd.sev.chain import PlatformChain, builtin_anchors, verify_chain
 from tests.conftest import TESTDATA
 
@@ -157,3 +159,22 @@ def test_fetch_refreshes_the_cache(tmp_path: Path) -> None:
     assert cek_store.fetch(CHIP_ID).pack() == rome_cek
     assert cek_store.get(CHIP_ID).pack() == rome_cek
     assert [p.name for p in cek_store.cache_dir.iterdir()] == [f"{CHIP_HEX.upper()}.cek"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(st.binary(max_size=200), st.text(max_size=200), st.binary(min_size=64, max_size=64))
+)
+def test_chip_id_parser_raises_only_parse_error(data: bytes | str) -> None:
+    try:
+        chip_id = parse_chip_id(data)
+    except ParseError:
+        return
+    assert len(chip_id) == 64
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=3000))
+def test_signed_cek_parser_raises_only_parse_error(data: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse_signed_cek(data)

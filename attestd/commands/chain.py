@@ -119,6 +119,10 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"ok:   {link}")
     if report.failure is not None:
         print(f"FAIL: {report.failure}")
+        if report.unanchored:
+            print("below the CEK (NOT anchored to a trusted root, for diagnosis only):")
+            for link in report.unanchored:
+                print(f"      {link}")
         print("chain NOT verified")
         return 1
     print(f"chain verified: {report.generation}")

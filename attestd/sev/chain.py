@@ -112,12 +112,18 @@ class VerifiedChain:
 
 @dataclass(frozen=True)
 class ChainReport:
-    """The outcome of walking a chain: the links that verified, then the failure if any."""
+    """The outcome of walking a chain: the links that verified, then the failure if any.
+
+    When the CEK cannot be anchored, ``unanchored`` lists the platform's own links
+    below it (OCA, PEK, PDH) that still verify with the platform CEK: useful to
+    diagnose, worth nothing as evidence.
+    """
 
     links: tuple[str, ...]
     failure: str | None
     generation: str | None
     pdh: SevCertificate
+    unanchored: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -205,24 +211,39 @@ def check_chain(
                 raise _Failed("signed CEK does not hold the platform CEK's key")
             cek = signed_cek
         found = _anchor_cek(cek, anchors, generation, links)
-        _check_cert("OCA", chain.oca, Usage.OCA, _ECDSA)
-        if pinned_oca is not None:
-            if not _same_key(pinned_oca, chain.oca) or pinned_oca.usage is not Usage.OCA:
-                raise _Failed("OCA is not the pinned OCA")
-            links.append("OCA is the pinned OCA")
-        else:
-            slot = chain.oca.signed_slot(chain.oca)
-            if slot is None:
-                raise _Failed("OCA is not self-signed")
-            links.append(f"OCA is self-signed (slot {slot + 1})")
-        _check_cert("PEK", chain.pek, Usage.PEK, _ECDSA)
-        links.append(_signed("PEK", chain.pek, "OCA", chain.oca))
-        links.append(_signed("PEK", chain.pek, "CEK", cek))
-        _check_cert("PDH", chain.pdh, Usage.PDH, _ECDH)
-        links.append(_signed("PDH", chain.pdh, "PEK", chain.pek))
+    except _Failed as exc:
+        below: list[str] = []
+        try:
+            _platform_links(chain, chain.cek, pinned_oca, below)
+        except _Failed:
+            pass
+        return ChainReport(tuple(links), str(exc), found, chain.pdh, tuple(below))
+    try:
+        _platform_links(chain, cek, pinned_oca, links)
     except _Failed as exc:
         return ChainReport(tuple(links), str(exc), found, chain.pdh)
     return ChainReport(tuple(links), None, found, chain.pdh)
+
+
+def _platform_links(
+    chain: PlatformChain, cek: SevCertificate, pinned_oca: SevCertificate | None, links: list[str]
+) -> None:
+    """The links below the CEK: OCA, PEK by OCA and CEK, PDH by PEK."""
+    _check_cert("OCA", chain.oca, Usage.OCA, _ECDSA)
+    if pinned_oca is not None:
+        if not _same_key(pinned_oca, chain.oca) or pinned_oca.usage is not Usage.OCA:
+            raise _Failed("OCA is not the pinned OCA")
+        links.append("OCA is the pinned OCA")
+    else:
+        slot = chain.oca.signed_slot(chain.oca)
+        if slot is None:
+            raise _Failed("OCA is not self-signed")
+        links.append(f"OCA is self-signed (slot {slot + 1})")
+    _check_cert("PEK", chain.pek, Usage.PEK, _ECDSA)
+    links.append(_signed("PEK", chain.pek, "OCA", chain.oca))
+    links.append(_signed("PEK", chain.pek, "CEK", cek))
+    _check_cert("PDH", chain.pdh, Usage.PDH, _ECDH)
+    links.append(_signed("PDH", chain.pdh, "PEK", chain.pek))
 
 
 def verify_chain(

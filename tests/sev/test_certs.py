@@ -451,3 +451,16 @@ def test_signature_verify_rejects_tampered_oracle_check() -> None:
     pek.public_key().verify(der, pdh[:0x414], ec.ECDSA(hashes.SHA256()))
     with pytest.raises(InvalidSignature):
         pek.public_key().verify(der, flip(pdh, 0x20)[:0x414], ec.ECDSA(hashes.SHA256()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300), st.text(alphabet="ABCabc012+/= \n", max_size=300).map(str.encode)
+    )
+)
+def test_raw_or_base64_raises_only_parse_error(data: bytes) -> None:
+    try:
+        raw_or_base64(data)
+    except ParseError:
+        pass

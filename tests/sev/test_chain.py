@@ -6,9 +6,11 @@ from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attestd.errors import ChainInvalid, ParseError
-from attestd.sev.certs import Algorithm, SevCertificate, Usage
+from attestd.sev.certs import SEV_CERT_SIZE, Algorithm, SevCertificate, Usage
 from attestd.sev.chain import (
     PlatformChain,
     TrustAnchor,
@@ -46,6 +48,12 @@ def failure(chain: PlatformChain, **kwargs: object) -> str:
     return exc.value.message
 
 
+PLATFORM_LINKS = (
+    "OCA is self-signed (slot 1)",
+    "PEK is signed by the OCA (slot 1)",
+    "PEK is signed by the CEK (slot 2)",
+    "PDH is signed by the PEK (slot 1)",
+)
 FULL_LINKS = (
     "ARK ({gen}, key id {ark}) is self-signed",
     "ASK ({gen}, key id {ask}) is signed by the {gen} ARK",
@@ -132,12 +140,9 @@ def test_naples_2019_export_with_its_own_cek() -> None:
     assert chain.oca.pack() == read("naples-2019/oca.cert")
     report = check_chain(chain, ANCHORS, generation="naples")
     assert report.failure == "CEK is not signed by the naples ASK"
+    assert report.links == ()
     # Everything below the CEK verifies (PROVENANCE: PEK/PDH/OCA valid with this CEK).
-    internal = check_chain(chain, [], signed_cek=None)
-    assert internal.links == ()
-    assert chain.pek.signed_slot(chain.cek) == 1
-    assert chain.pek.signed_slot(chain.oca) == 0
-    assert chain.pdh.signed_slot(chain.pek) == 0
+    assert report.unanchored == PLATFORM_LINKS
 
 
 # -- real chains: negative ------------------------------------------------------------------
@@ -158,10 +163,15 @@ def test_naos_platform_links_verify_below_the_unsigned_cek() -> None:
     naos = PlatformChain.from_export(
         read("naos-api1.51/pdh.cert"), read("naos-api1.51/cert_chain.cert")
     )
-    assert naos.oca.signed_slot(naos.oca) is not None
-    assert naos.pek.signed_slot(naos.oca) is not None
-    assert naos.pek.signed_slot(naos.cek) is not None
-    assert naos.pdh.signed_slot(naos.pek) is not None
+    report = check_chain(naos, ANCHORS)
+    assert not report.ok and report.generation is None and report.links == ()
+    assert report.unanchored == PLATFORM_LINKS
+    unsigned = check_chain(real_chain("naples", "cek.uns.cert"), ANCHORS)
+    assert unsigned.unanchored == PLATFORM_LINKS
+    # A broken platform link stops the diagnosis list at that link.
+    broken = check_chain(replace(naos, pdh=real_chain("rome").pdh), ANCHORS)
+    assert broken.unanchored == PLATFORM_LINKS[:3]
+    assert check_chain(real_chain("rome"), ANCHORS).unanchored == ()
 
 
 def test_wrong_generation_cek_fixture() -> None:
@@ -277,3 +287,41 @@ def test_minted_chain_rejects_wrong_algorithms_and_curves() -> None:
     unsigned_pdh = replace(m.chain.pdh, signatures=m.chain.cek.signatures)
     with pytest.raises(ChainInvalid, match=r"^PDH is not signed by the PEK$"):
         verify_chain(replace(m.chain, pdh=unsigned_pdh), anchors, signed_cek=m.signed_cek)
+
+
+# -- properties -----------------------------------------------------------------------------
+
+_ROME_PDH = read("rome/pdh.cert")
+_ROME_EXPORT = read("rome/pek.cert") + read("rome/oca.cert") + read("rome/cek.cert")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2 * SEV_CERT_SIZE), st.binary(max_size=4 * SEV_CERT_SIZE))
+def test_from_export_raises_only_parse_error(pdh: bytes, export: bytes) -> None:
+    with pytest.raises(ParseError):
+        PlatformChain.from_export(pdh, export)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 3),
+    st.lists(
+        st.tuples(st.integers(0, 0x413), st.integers(1, 255)),
+        min_size=1,
+        max_size=3,
+        unique_by=lambda edit: edit[0],
+    ),
+)
+def test_any_change_to_a_signed_body_is_refused(which: int, edits: list[tuple[int, int]]) -> None:
+    blobs = bytearray(_ROME_PDH + _ROME_EXPORT)
+    base = which * SEV_CERT_SIZE
+    for offset, mask in edits:
+        blobs[base + offset] ^= mask
+    try:
+        chain = PlatformChain.from_export(
+            bytes(blobs[:SEV_CERT_SIZE]), bytes(blobs[SEV_CERT_SIZE:])
+        )
+    except ParseError:
+        return
+    with pytest.raises(ChainInvalid):
+        verify_chain(chain, ANCHORS)
