@@ -14,7 +14,7 @@ from attestd.guest.payload import PAYLOAD_GUID
 from attestd.guest.runner import Completed, SubprocessRunner
 
 HEADER_GUID = uuid.UUID("1e74f542-71dd-4d66-963e-ef4287ff173b")
-CHEAP_PBKDF = ("--pbkdf-memory=32768", "--pbkdf-parallel=1", "--pbkdf-force-iterations=4")
+CHEAP_PBKDF = ("--pbkdf-memory=1024", "--pbkdf-parallel=1", "--pbkdf-force-iterations=4")
 
 
 def build_table(entries: Sequence[tuple[str | uuid.UUID, bytes]]) -> bytes:
