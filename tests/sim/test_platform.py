@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from attestd.sev.certs import (
     SEV_CERT_SIZE,
@@ -260,3 +262,39 @@ def test_state_survives_save_and_load(platform: SimulatedPlatform, sim_copy: Pat
     assert third.guest_state(handle) is GuestState.LSECRET
     assert _started(third)[0] == handle + 1
     assert all((sim_copy / n).stat().st_mode & 0o077 == 0 for n in ("pdh.key", "platform.json"))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    target=st.sampled_from(["godh", "session"]),
+    offset=st.integers(min_value=0, max_value=SEV_CERT_SIZE - 1),
+    mask=st.integers(min_value=1, max_value=255),
+)
+def test_corrupted_launch_start_fails_only_with_firmware_errors(
+    platform: SimulatedPlatform, target: str, offset: int, mask: int
+) -> None:
+    """A corrupted GODH cert or session never starts a launch with other keys or crashes.
+
+    The firmware ignores the GODH signature slots and API version bytes, so a flip
+    there still starts the launch, with exactly the guest owner's TEK/TIK.
+    """
+    launch = start_launch(_pdh(platform), SEV)
+    godh, session = bytearray(launch.godh_cert), bytearray(launch.session)
+    buf = godh if target == "godh" else session
+    buf[offset % len(buf)] ^= mask
+    before = platform.handles()
+    try:
+        handle = platform.launch_start(bytes(godh), bytes(session), SEV)
+    except SevFirmwareError:
+        assert platform.handles() == before
+        return
+    position = offset % len(buf)
+    assert target == "godh" and (position >= SevCertificate.BODY_SIZE or position in (4, 5, 6, 7))
+    platform.launch_update_data(handle, FIRMWARE)
+    blob = LaunchMeasurement.unpack(platform.launch_measure(handle))
+    digest = hashlib.sha256(FIRMWARE).digest()
+    assert blob.measure == compute_measure(
+        launch.keys.tik, platform.version, SEV, digest, blob.mnonce
+    )

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from attestd.errors import ChainInvalid, MeasurementMismatch
-from attestd.sev.certs import SEV_CERT_SIZE, AmdCaCertificate, SevCertificate
-from attestd.sev.chain import PlatformChain, TrustAnchor, builtin_anchors, verify_chain
+from attestd.sev.certs import SEV_CERT_SIZE, SevCertificate
+from attestd.sev.chain import PlatformChain, builtin_anchors, verify_chain
 from attestd.sev.measure.digest import launch_digest
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.sev.measure.sev_hashes import KernelHashes
@@ -32,6 +32,7 @@ from attestd.sev.secrets import (
 from attestd.sev.session import LaunchStart, TransportKeys, start_launch
 from attestd.sim import SevFirmwareError
 from attestd.sim.platform import SimulatedPlatform
+from attestd.trust import load_anchors
 
 SEV, SEV_ES = 0x0001, 0x0005
 CMDLINE = "console=ttyS0 root=/dev/vda1"
@@ -129,14 +130,11 @@ def test_chain_refusals(platform: SimulatedPlatform, tmp_path: Path) -> None:
             (platform.trust_anchor(),),
             signed_cek=signed,
         )
-    # The anchor as written to disk is the same anchor.
-    anchor_dir = platform.write_trust_anchor(tmp_path)
-    from_disk = TrustAnchor(
-        anchor_dir.name,
-        AmdCaCertificate.unpack((anchor_dir / "ark.cert").read_bytes()),
-        AmdCaCertificate.unpack((anchor_dir / "ask.cert").read_bytes()),
-    )
-    assert verify_chain(chain, (from_disk,), signed_cek=signed).pdh == chain.pdh
+    # The anchor as written to disk loads as an extra trust anchor for the service.
+    platform.write_trust_anchor(tmp_path / "anchors")
+    anchors = load_anchors(tmp_path / "anchors")
+    assert [a.name for a in anchors][-1] == platform.name
+    assert verify_chain(chain, anchors, signed_cek=signed).pdh == chain.pdh
 
 
 def _status(info: pytest.ExceptionInfo[SevFirmwareError]) -> str:
