@@ -132,8 +132,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     open_database(settings).upgrade()
     open_keyring(settings)
     os.environ["ATTESTD_AUTO_MIGRATE"] = "0"
+    extra = list(args.gunicorn)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
     argv = gunicorn_argv(
-        settings, args.bind or settings.bind, args.workers or settings.workers, args.gunicorn
+        settings, args.bind or settings.bind, args.workers or settings.workers, extra
     )
     sys.stdout.flush()
     os.execv(argv[0], argv)  # noqa: S606 (fixed argv, no shell)

@@ -220,3 +220,16 @@ def test_firmware_upload_is_content_addressed(
     )
     assert client.post("/v1/firmware", data=b"", headers=alice).status_code == 400
     assert client.post("/v1/firmware", data=image).status_code == 401
+
+
+def test_examples_are_valid(tmp_path: Any) -> None:
+    from attestd import config
+    from attestd.api.schemas import RegistrationSchema
+    from tests.conftest import PROJECT_ROOT
+
+    examples = PROJECT_ROOT / "examples" / "service"
+    for name in ("registration-sev.json", "registration-sev-es.json"):
+        loaded = RegistrationSchema().load(json.loads((examples / name).read_text()))
+        assert loaded.scheme in ("amd-sev", "amd-sev-es")
+    settings = config.load(examples / "attestd.toml", environ={})
+    assert settings.require_host_token is True and settings.secret_area_size == 3072
