@@ -156,6 +156,10 @@ class SevSignature:
     algo: int
     sig: bytes
 
+    def __post_init__(self) -> None:
+        if len(self.sig) != _SIG_SIZE:
+            raise ValueError(f"a signature slot holds {_SIG_SIZE} bytes")
+
     @classmethod
     def empty(cls) -> Self:
         return cls(Usage.INV, Algorithm.NONE, bytes(_SIG_SIZE))
@@ -294,20 +298,26 @@ class SevCertificate:
 
     def pack(self) -> bytes:
         s1, s2 = self.signatures
-        return (
-            self.body
-            + struct.pack("<II", s1.usage, s1.algo)
-            + s1.sig
-            + (struct.pack("<II", s2.usage, s2.algo) + s2.sig)
+        return self.LAYOUT.pack(
+            self.version,
+            self.api_major,
+            self.api_minor,
+            0,
+            self.usage,
+            self.algorithm,
+            self.key.pack(),
+            s1.usage,
+            s1.algo,
+            s1.sig,
+            s2.usage,
+            s2.algo,
+            s2.sig,
         )
 
     @property
     def body(self) -> bytes:
         """The signed region ``[0:0x414]``: header and public key."""
-        header = struct.pack(
-            "<IBBHII", self.version, self.api_major, self.api_minor, 0, self.usage, self.algorithm
-        )
-        return header + self.key.pack()
+        return self.pack()[: self.BODY_SIZE]
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         """The certified EC key; ``Unsupported`` for an RSA key, ``ParseError`` if off-curve."""

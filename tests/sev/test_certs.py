@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -84,12 +85,21 @@ def test_ca_cert_round_trips_byte_exact(path: str) -> None:
     assert cert.pub_exp == 65537
 
 
-def test_export_chain_splits_into_round_tripping_certs() -> None:
-    data = (SEV / "platform/naos-api1.51/cert_chain.cert").read_bytes()
+@pytest.mark.parametrize(
+    "path", ["platform/naos-api1.51/cert_chain.cert", "platform/naples-2019/pek_oca_cek.cert"]
+)
+def test_export_chain_splits_into_round_tripping_certs(path: str) -> None:
+    data = (SEV / path).read_bytes()
     parts = [data[i : i + SEV_CERT_SIZE] for i in range(0, len(data), SEV_CERT_SIZE)]
     usages = [SevCertificate.unpack(p).usage for p in parts]
     assert usages == [Usage.PEK, Usage.OCA, Usage.CEK]
     assert b"".join(SevCertificate.unpack(p).pack() for p in parts) == data
+
+
+def test_signature_slot_must_be_512_bytes() -> None:
+    cert = sev_cert("platform/rome/pdh.cert")
+    with pytest.raises(ValueError):
+        replace(cert.signatures[0], sig=bytes(100))
 
 
 def test_rome_pdh_header_fields() -> None:
