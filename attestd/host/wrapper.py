@@ -24,17 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attestd.errors import AttestdError, LaunchError
-from attestd.host.client import SecretPacket, ServiceClient
 from attestd.host.config import HostSettings, load_settings
-from attestd.host.driver import PlatformReport, complete_launch
-from attestd.host.qmp import RelayController, RelaySession, serve_relay
-from attestd.host.sim import SIM_RESULT_SUFFIX, SimulatedFirmware
-from attestd.host.state import PATH_WRAPPER, LaunchState, read_state
+from attestd.host.state import PATH_WRAPPER, read_state
 
 logger = logging.getLogger("attestd.host.wrapper")
 
 RELAY_SOCKET_NAME = "attestd-qmp.sock"
 PR_SET_PDEATHSIG = 1
+
+# Only the standard library and light attestd modules are imported here: libvirt
+# runs the emulator for capability probing, and a pass-through must stay fast.
 
 
 def option_value(argv: Sequence[str], option: str) -> str | None:
@@ -83,109 +82,13 @@ def replace_fd(chardev: str, fd: int) -> str:
     return ",".join(parts)
 
 
-class QmpBackend:
-    """Measurement and injection through QEMU's SEV QMP commands."""
-
-    def __init__(self, session: RelaySession) -> None:
-        self.session = session
-
-    def measure(self) -> PlatformReport:
-        """``query-sev-launch-measure`` + ``query-sev``."""
-        import base64
-
-        measure = self.session.command("query-sev-launch-measure")
-        info = self.session.command("query-sev")
-        if not info.get("enabled"):
-            raise LaunchError("QEMU reports SEV not enabled for this guest")
-        return PlatformReport(
-            measurement=base64.b64decode(measure["data"]),
-            api_major=int(info["api-major"]),
-            api_minor=int(info["api-minor"]),
-            build_id=int(info["build-id"]),
-            policy=int(info["policy"]),
-        )
-
-    def inject(self, packet: SecretPacket) -> None:
-        """``sev-inject-launch-secret`` (address from OVMF's secret GUID entry)."""
-        import base64
-
-        self.session.command(
-            "sev-inject-launch-secret",
-            {
-                "packet-header": base64.b64encode(packet.header).decode(),
-                "secret": base64.b64encode(packet.secret).decode(),
-            },
-        )
-
-    def resume(self) -> None:
-        """Nothing: the relay forwards libvirt's held ``cont``."""
-
-    def abort(self, reason: str) -> None:
-        """Nothing: the relay refuses ``cont``; libvirt then stops QEMU."""
-
-
-class SimQmpBackend(QmpBackend):
-    """Simulated SEV: the simulator measures and takes the secret; QEMU only pauses."""
-
-    def __init__(self, session: RelaySession, state: LaunchState, result_file: Path) -> None:
-        super().__init__(session)
-        self.state = state
-        self.result_file = result_file
-        self.firmware: SimulatedFirmware | None = None
-
-    def measure(self) -> PlatformReport:
-        """Check QEMU is still paused, then let the simulator measure the firmware."""
-        status = self.session.command("query-status")
-        if status.get("running"):
-            raise LaunchError("guest CPUs already running before attestation")
-        if self.state.sim_state is None or self.state.firmware is None:
-            raise LaunchError("launch state lacks simulator settings")
-        godh, blob = self.state.sim_blobs()
-        self.firmware = SimulatedFirmware(
-            Path(self.state.sim_state),
-            godh,
-            blob,
-            self.state.policy,
-            Path(self.state.firmware),
-            self.result_file,
-        )
-        data, major, minor, build, policy = self.firmware.measure()
-        return PlatformReport(data, major, minor, build, policy)
-
-    def inject(self, packet: SecretPacket) -> None:
-        """LAUNCH_SECRET in the simulator."""
-        if self.firmware is None:
-            raise LaunchError("inject before measure")
-        self.firmware.inject(packet)
-
-    def resume(self) -> None:
-        """LAUNCH_FINISH in the simulator; the relay then forwards ``cont``."""
-        if self.firmware is not None:
-            self.firmware.finish()
-
-
 def _set_pdeathsig() -> None:
+    """Let the relay die with QEMU (its parent after the exec)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def _run_relay(
-    settings: HostSettings, state: LaunchState, listener: socket.socket, qemu_path: str
-) -> None:
-    result_file = settings.state_dir / f"{state.domain_uuid}{SIM_RESULT_SUFFIX}"
-
-    def attest(session: RelaySession) -> None:
-        backend: QmpBackend
-        if state.simulate:
-            backend = SimQmpBackend(session, state, result_file)
-        else:
-            backend = QmpBackend(session)
-        complete_launch(state, backend, ServiceClient(state.service, settings))
-
-    serve_relay(listener, qemu_path, RelayController(on_first_cont=attest))
 
 
 def _exec_qemu(settings: HostSettings, argv: Sequence[str]) -> None:
@@ -253,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             _set_pdeathsig()
             private.close()
-            _run_relay(settings, state, listener, qemu_path)
+            from attestd.host.relay import run_relay  # heavy imports only in the relay
+
+            run_relay(settings, state, listener, qemu_path)
         except BaseException:
             logger.exception("relay failed")
             code = 1

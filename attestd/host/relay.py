@@ -1,0 +1,114 @@
+"""The relay side of ``attestd-qemu``: launch backends on the held ``cont``.
+
+Imported only by the forked relay process of an attestd launch.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+from pathlib import Path
+
+from attestd.errors import LaunchError
+from attestd.host.client import SecretPacket, ServiceClient
+from attestd.host.config import HostSettings
+from attestd.host.driver import PlatformReport, complete_launch
+from attestd.host.qmp import RelayController, RelaySession, serve_relay
+from attestd.host.sim import SIM_RESULT_SUFFIX, SimulatedFirmware
+from attestd.host.state import LaunchState
+
+logger = logging.getLogger("attestd.host.wrapper")
+
+
+class QmpBackend:
+    """Measurement and injection through QEMU's SEV QMP commands."""
+
+    def __init__(self, session: RelaySession) -> None:
+        self.session = session
+
+    def measure(self) -> PlatformReport:
+        """``query-sev-launch-measure`` + ``query-sev``."""
+        measure = self.session.command("query-sev-launch-measure")
+        info = self.session.command("query-sev")
+        if not info.get("enabled"):
+            raise LaunchError("QEMU reports SEV not enabled for this guest")
+        return PlatformReport(
+            measurement=base64.b64decode(measure["data"]),
+            api_major=int(info["api-major"]),
+            api_minor=int(info["api-minor"]),
+            build_id=int(info["build-id"]),
+            policy=int(info["policy"]),
+        )
+
+    def inject(self, packet: SecretPacket) -> None:
+        """``sev-inject-launch-secret`` (address from OVMF's secret GUID entry)."""
+        self.session.command(
+            "sev-inject-launch-secret",
+            {
+                "packet-header": base64.b64encode(packet.header).decode(),
+                "secret": base64.b64encode(packet.secret).decode(),
+            },
+        )
+
+    def resume(self) -> None:
+        """Nothing: the relay forwards libvirt's held ``cont``."""
+
+    def abort(self, reason: str) -> None:
+        """Nothing: the relay refuses ``cont``; libvirt then stops QEMU."""
+
+
+class SimQmpBackend(QmpBackend):
+    """Simulated SEV: the simulator measures and takes the secret; QEMU only pauses."""
+
+    def __init__(self, session: RelaySession, state: LaunchState, result_file: Path) -> None:
+        super().__init__(session)
+        self.state = state
+        self.result_file = result_file
+        self.firmware: SimulatedFirmware | None = None
+
+    def measure(self) -> PlatformReport:
+        """Check QEMU is still paused, then let the simulator measure the firmware."""
+        status = self.session.command("query-status")
+        if status.get("running"):
+            raise LaunchError("guest CPUs already running before attestation")
+        if self.state.sim_state is None or self.state.firmware is None:
+            raise LaunchError("launch state lacks simulator settings")
+        godh, blob = self.state.sim_blobs()
+        self.firmware = SimulatedFirmware(
+            Path(self.state.sim_state),
+            godh,
+            blob,
+            self.state.policy,
+            Path(self.state.firmware),
+            self.result_file,
+        )
+        data, major, minor, build, policy = self.firmware.measure()
+        return PlatformReport(data, major, minor, build, policy)
+
+    def inject(self, packet: SecretPacket) -> None:
+        """LAUNCH_SECRET in the simulator."""
+        if self.firmware is None:
+            raise LaunchError("inject before measure")
+        self.firmware.inject(packet)
+
+    def resume(self) -> None:
+        """LAUNCH_FINISH in the simulator; the relay then forwards ``cont``."""
+        if self.firmware is not None:
+            self.firmware.finish()
+
+
+def run_relay(
+    settings: HostSettings, state: LaunchState, listener: socket.socket, qemu_path: str
+) -> None:
+    result_file = settings.state_dir / f"{state.domain_uuid}{SIM_RESULT_SUFFIX}"
+
+    def attest(session: RelaySession) -> None:
+        backend: QmpBackend
+        if state.simulate:
+            backend = SimQmpBackend(session, state, result_file)
+        else:
+            backend = QmpBackend(session)
+        complete_launch(state, backend, ServiceClient(state.service, settings))
+
+    serve_relay(listener, qemu_path, RelayController(on_first_cont=attest))
