@@ -1,9 +1,9 @@
-"""Helpers: run a tiny real QEMU (TCG, paused, no disks) with a QMP unix socket."""
+"""Helpers: run a tiny real QEMU (TCG, paused, no disks) with a QMP monitor socket."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,24 +14,28 @@ QBOOT = "/usr/share/qemu/qboot.rom"
 
 @contextmanager
 def paused_qemu(directory: Path) -> Iterator[str]:
-    """Start ``qemu -S`` with its QMP server on ``<directory>/qmp.sock``; yield the path."""
+    """Start ``qemu -S`` with its QMP monitor on ``<directory>/qmp.sock``; yield the path.
+
+    As libvirt (and the wrapper) do, the listening socket is made here and passed
+    to QEMU as an fd, so it accepts connections from the start.
+    """
     path = directory / "qmp.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    fd = listener.fileno()
     proc = subprocess.Popen(
         [
             QEMU, "-S", "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", "pc,accel=tcg", "-m", "32", "-bios", QBOOT,
-            "-qmp", f"unix:{path},server=on,wait=off",
+            "-chardev", f"socket,id=mon,fd={fd},server=on,wait=off",
+            "-mon", "chardev=mon,mode=control",
         ],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        pass_fds=(fd,),
     )  # fmt: skip
+    listener.close()
     try:
-        deadline = time.monotonic() + 20
-        while not path.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"QEMU did not start: {proc.stderr.read() if proc.stderr else ''}"
-                )
-            time.sleep(0.02)
         yield str(path)
     finally:
         proc.kill()
