@@ -8,6 +8,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ DEFAULT_MOUNTINFO = Path("/proc/self/mountinfo")
 @dataclass(frozen=True, slots=True)
 class GuestConfig:
     """Where things are. Tests point the paths into a temporary directory and pass
-    cheap ``pbkdf_args``; production uses the defaults."""
+    cheap ``pbkdf_args``; production uses the defaults. ``device_timeout`` is how long
+    to wait for a device node or by-id link to appear."""
 
     run_dir: Path = DEFAULT_RUN_DIR
     dev_dir: Path = DEFAULT_DEV_DIR
@@ -48,6 +50,7 @@ class GuestConfig:
     mount_root: Path = Path("/")
     pbkdf_args: tuple[str, ...] = ()
     allow_regular_files: bool = False
+    device_timeout: float = 0.0
     poweroff_argv: tuple[str, ...] = ("systemctl", "poweroff")
     reboot_argv: tuple[str, ...] = ("systemctl", "reboot")
 
@@ -281,6 +284,9 @@ class Agent:
             path = self.config.by_id_dir / f"virtio-{device.removeprefix('virtio:')}"
         else:
             path = self.config.dev_dir / device.removeprefix("/dev/")
+        deadline = time.monotonic() + self.config.device_timeout
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.25)  # udev may still be creating the link
         try:
             real = path.resolve(strict=True)
             mode = real.stat().st_mode

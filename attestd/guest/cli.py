@@ -64,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> GuestConfig:
         dev_dir=args.dev_dir,
         mountinfo=args.mountinfo,
         pbkdf_args=_pbkdf_args(args),
+        device_timeout=args.device_timeout,
     )
 
 
@@ -139,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     parser.add_argument("--dev-dir", type=Path, default=DEFAULT_DEV_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--mountinfo", type=Path, default=DEFAULT_MOUNTINFO, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--device-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for each volume's device to appear (default 30)",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )

@@ -18,7 +18,7 @@ import pytest
 
 from attestd.guest import cli, luks
 from attestd.guest.agent import Agent
-from attestd.guest.errors import AuthenticationFailed, ConflictError
+from attestd.guest.errors import AuthenticationFailed, CommandFailed, ConflictError
 from attestd.guest.payload import PAYLOAD_GUID, RotateSpec, validate
 from attestd.guest.runner import SubprocessRunner
 from tests.guest.conftest import Guest
@@ -257,3 +257,23 @@ def test_agent_unused_runner_for_mounted(guest: Guest, tmp_path: Path) -> None:
     result = agent.bootstrap(validate(doc))
     assert result.ok and result.volumes["data"].actions == ["already-mounted"]
     assert rec.calls == []
+
+
+def test_waits_for_late_devices(guest: Guest) -> None:
+    import threading
+    import time
+    from dataclasses import replace
+
+    agent = Agent(replace(guest.config, device_timeout=5.0), RecordingRunner())
+    timer = threading.Timer(0.4, lambda: guest.disk("late"))
+    start = time.monotonic()
+    timer.start()
+    assert agent.resolve_device("virtio:late") == str(guest.root / "late.img")
+    assert 0.3 < time.monotonic() - start < 5
+    agent = Agent(replace(guest.config, device_timeout=0.3), RecordingRunner())
+    with pytest.raises(CommandFailed, match="device not found"):
+        agent.resolve_device("virtio:never")
+    (guest.config.dev_dir / "fifo").parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(guest.config.dev_dir / "fifo")
+    with pytest.raises(CommandFailed, match="not a block device"):
+        Agent(guest.config, RecordingRunner()).resolve_device("/dev/fifo")
