@@ -178,6 +178,7 @@ class LaunchService:
     ) -> LaunchGrant:
         """Verify the platform and start a fresh launch session for VM ``uuid``."""
         vm, reg = self._vm(uuid)
+        self.db.purge_expired_keys(self.service.clock())
         pdh_sha256 = hashlib.sha256(pdh).hexdigest()
         chip = cpu_id.hex() if cpu_id is not None else ""
         where = {"pdh_sha256": pdh_sha256, "chip_id": chip}

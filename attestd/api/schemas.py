@@ -20,7 +20,9 @@ from marshmallow import (
     validates_schema,
 )
 
+from attestd.errors import AttestdError
 from attestd.registration import RESERVED_GUIDS, SCHEMES, Registration, cmdline_sha256
+from attestd.sev.certs import SevCertificate, Usage
 from attestd.sev.measure.vmsa import VCPU_TYPES
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -257,6 +259,14 @@ class RegistrationSchema(_Strict):
     @validates_schema
     def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
         errors: dict[str, list[str]] = {}
+        if "cloud_cert" in data:
+            try:
+                oca = SevCertificate.unpack(data["cloud_cert"])
+            except AttestdError as exc:
+                errors["cloud-cert"] = [f"not a SEV certificate: {exc.message}"]
+            else:
+                if oca.usage is not Usage.OCA:
+                    errors["cloud-cert"] = ["must be an OCA certificate"]
         es = data["scheme"] == "amd-sev-es"
         if bool(data["policy"] & ES_BIT) != es:
             errors.setdefault("policy", []).append("the ES bit (0x4) must match the scheme")

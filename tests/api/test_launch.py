@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -452,3 +453,41 @@ def test_secret_matches_registration_table_exactly(
     assert outcome.table[0].data == b'{"version":1,"user_id":"u","volumes":{}}'
     header = base64.b64decode(outcome.validate.json["secret-header"])
     assert len(header) == 52
+
+
+def test_nothing_secret_in_logs_and_keys_deleted(
+    host_app: Flask,
+    hclient: FlaskClient,
+    owner: dict[str, str],
+    platform: SimulatedPlatform,
+    ovmf: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from attestd.sev.session import TransportKeys
+
+    caplog.set_level(logging.DEBUG)
+    _register(hclient, owner, sev(ovmf))
+    grant = hclient.post(f"/v1/vm/{VM}/launch", json=launch_body(platform)).json
+    state = host_app.extensions["attestd"]
+    record = state.db.launch(grant["launch-id"])
+    keys = TransportKeys.from_bytes(state.service.keyring.decrypt(record.keys_enc))
+    _handle, measurement = measure(platform, grant, Boot(firmware=ovmf))
+    body = validate_body(platform, grant, measurement, Boot(firmware=ovmf))
+    released = hclient.post(f"/v1/vm/{VM}/validate", json=body)
+    assert released.status_code == 200
+    assert state.db.launch(grant["launch-id"]).keys_enc is None
+    stored = state.service.stored_secrets(state.db.vm(VM))
+    generated = next(s["passphrase"] for s in stored if s.get("generate"))
+    assert "secret released" in caplog.text  # the log is really captured
+    for value in (
+        keys.tek.hex(),
+        keys.tik.hex(),
+        repr(keys.tek),
+        repr(keys.tik),
+        generated,
+        "grub-root-pass",
+        "s3cret",
+        owner["Authorization"].split()[1],
+        released.json["secret-table"],
+    ):
+        assert value not in caplog.text

@@ -40,3 +40,55 @@ def test_every_route_is_documented(app: Flask, client: FlaskClient) -> None:
     served = client.get("/v1/openapi.json")
     assert served.status_code == 200
     assert json.loads(served.data) == spec
+
+
+def test_error_table_is_exhaustive() -> None:
+    import inspect
+
+    from attestd import errors
+    from attestd.api.errors import STATUS
+
+    declared = {
+        obj
+        for _name, obj in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(obj, errors.AttestdError)
+    }
+    assert declared <= set(STATUS)
+    assert STATUS[errors.ParseError] == 400
+    assert STATUS[errors.AuthenticationError] == 401
+    assert STATUS[errors.MeasurementMismatch] == 403
+    assert STATUS[errors.NotFound] == 404
+    assert STATUS[errors.Conflict] == 409
+    assert STATUS[errors.SecretTooLarge] == 413
+    assert STATUS[errors.Unsupported] == 422
+    assert STATUS[errors.StorageUnavailable] == 503
+
+
+def test_health_metrics_and_unknown_routes(client: FlaskClient) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
+    client.get("/v1/vm")
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.mimetype == "text/plain"
+    assert 'attestd_http_requests_total{endpoint="/v1/vm",method="GET",status="401"} 1' in (
+        metrics.text
+    )
+    assert "attestd_vms 0" in metrics.text
+    missing = client.get("/v2/nothing")
+    assert missing.status_code == 404 and missing.json["errors"]["reason"] == "not_found"
+    wrong = client.patch("/v1/vm")
+    assert wrong.status_code == 405 and wrong.json["code"] == 405
+
+
+def test_database_down_is_503(app: Flask, client: FlaskClient) -> None:
+    from attestd.storage.sql import Database
+
+    state = app.extensions["attestd"]
+    broken = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    real = state.db
+    state.db = broken
+    try:
+        resp = client.get("/healthz")
+        assert resp.status_code == 503 and resp.json["errors"]["reason"] == "storage_unavailable"
+    finally:
+        state.db = real
+        broken.dispose()

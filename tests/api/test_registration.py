@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -144,6 +145,7 @@ def test_invalid_registrations(client: FlaskClient, alice: dict[str, str]) -> No
         sev_registration(**{"initrd-hash": "00" * 32}),
         sev_registration(**{"cpu-count": 0}),
         sev_registration(**{"cloud-cert": "AAAA"}),
+        sev_registration(**{"cloud-cert": base64.b64encode(b"\x01" * 0x824).decode()}),
         sev_registration(unknown=1),
         sev_registration(secrets=[{"type": "volume", "name": "data", "device": "virtio:x"}]),
         sev_registration(
