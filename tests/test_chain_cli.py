@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import textwrap
 from pathlib import Path
 
@@ -270,3 +271,124 @@ def test_cek_fetch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ],
     )
     assert status == 1 and "HTTP 404" in err
+
+
+# -- other input forms: sevctl export, virsh nodesevinfo, attestd-sim export ----------------
+
+NAPLES = ["pdh.cert", "pek.cert", "oca.cert", "cek.cert"]
+CA = TESTDATA / "sev" / "amd-ca-sev"
+
+
+def sevctl_file(tmp_path: Path, tail: bytes) -> list[str]:
+    data = b"".join((PLATFORM / "naples" / n).read_bytes() for n in NAPLES) + tail
+    (tmp_path / "sevctl.chain").write_bytes(data)
+    return ["chain", "verify", "--sevctl", str(tmp_path / "sevctl.chain")]
+
+
+def test_sevctl_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    full = (CA / "naples/ask.cert").read_bytes() + (CA / "naples/ark.cert").read_bytes()
+    for tail in (b"", full):
+        status, out, _ = run(capsys, sevctl_file(tmp_path, tail))
+        assert (status, out.splitlines()[-1]) == (0, "chain verified: naples")
+    # A host-sent ASK/ARK is ignored: a Rome pair does not change the (pinned) result.
+    rome = (CA / "rome/ask.cert").read_bytes() + (CA / "rome/ark.cert").read_bytes()
+    status, out, _ = run(capsys, sevctl_file(tmp_path, rome))
+    assert (status, out.splitlines()[-1]) == (0, "chain verified: naples")
+    status, _, err = run(capsys, sevctl_file(tmp_path, b"junk"))
+    assert status == 1 and "malformed_input" in err
+
+
+def test_input_forms_are_exclusive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = export(tmp_path, "rome")
+    status, _, err = run(capsys, [*args, "--sevctl", str(tmp_path / "pdh")])
+    assert status == 2 and "--sevctl" in err
+    status, _, err = run(capsys, args[:4])
+    assert status == 2 and "--cert-chain" in err
+    status, _, err = run(capsys, ["chain", "verify"])
+    assert status == 2
+
+
+def nodesevinfo(tmp_path: Path, cek: str) -> Path:
+    def b64(name: str) -> str:
+        return base64.b64encode((PLATFORM / "naples" / name).read_bytes()).decode()
+
+    chain = (
+        PLATFORM / "naples" / "pek.cert",
+        PLATFORM / "naples/oca.cert",
+        PLATFORM / "naples" / cek,
+    )
+    text = (
+        f"pdh            : {b64('pdh.cert')}\n"
+        f"cert-chain     : {base64.b64encode(b''.join(p.read_bytes() for p in chain)).decode()}\n"
+        f"cpu0-id        : {base64.b64encode(bytes.fromhex(CHIP_HEX)).decode()}\n"
+        "cbitpos        : 47\nreduced-phys-bits: 1\nmax-guests     : 15\n"
+    )
+    (tmp_path / "info.txt").write_text(text)
+    return tmp_path / "info.txt"
+
+
+def test_virsh_nodesevinfo_uses_the_cek_store_by_cpu0_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    info = nodesevinfo(tmp_path, "cek.uns.cert")
+    cache = tmp_path / "cache"
+    args = ["chain", "verify", "--nodesevinfo", str(info), "--cache", str(cache), "--offline"]
+    status, _, err = run(capsys, args)
+    assert status == 1 and "cek_unavailable" in err
+    cek = str(PLATFORM / "naples/cek.cert")
+    assert (
+        run(capsys, ["cek", "import", "--chip-id", CHIP_HEX, "--cek", cek, "--cache", str(cache)])[
+            0
+        ]
+        == 0
+    )
+    status, out, _ = run(capsys, args)
+    assert (status, out.splitlines()[-1]) == (0, "chain verified: naples")
+
+
+@responses.activate
+def test_attestd_sim_export_and_trust_anchor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attestd.sim import cli as sim_cli
+
+    state, anchors = tmp_path / "sim", tmp_path / "anchors"
+    assert sim_cli.main(["init", "--dir", str(state), "--rsa-bits", "2048"]) == 0
+    assert sim_cli.main(["trust-anchor", "--dir", str(state), "--out", str(anchors)]) == 0
+    capsys.readouterr()
+    for form in ("text", "json"):
+        assert sim_cli.main(["export", "--dir", str(state), "--format", form]) == 0
+        (tmp_path / f"info.{form}").write_text(capsys.readouterr().out)
+        args = ["chain", "verify", "--nodesevinfo", str(tmp_path / f"info.{form}")]
+        status, out, _ = run(capsys, [*args, "--trust-anchors", str(anchors)])
+        assert status == 0, out
+        assert out.splitlines()[-1] == "chain verified: sim"
+        status, out, _ = run(capsys, args)
+        assert status == 1 and "FAIL: CEK is not signed by any trusted ASK" in out
+    assert len(responses.calls) == 0
+
+
+def test_qmp_reply_json_and_bad_platform_info(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    read = lambda n: (PLATFORM / "rome" / n).read_bytes()  # noqa: E731
+    doc = {
+        "return": {
+            "pdh": base64.b64encode(read("pdh.cert")).decode(),
+            "cert-chain": base64.b64encode(
+                read("pek.cert") + read("oca.cert") + read("cek.cert")
+            ).decode(),
+            "cbitpos": 47,
+        }
+    }
+    (tmp_path / "qmp.json").write_text(json.dumps(doc))
+    status, out, _ = run(capsys, ["chain", "verify", "--nodesevinfo", str(tmp_path / "qmp.json")])
+    assert (status, out.splitlines()[-1]) == (0, "chain verified: rome")
+    for bad, message in (
+        ('{"pdh": "!!"}', "pdh is not base64"),
+        ("cbitpos: 47", "lacks pdh"),
+        ("{", "not valid JSON"),
+    ):
+        (tmp_path / "bad").write_text(bad)
+        status, _, err = run(capsys, ["chain", "verify", "--nodesevinfo", str(tmp_path / "bad")])
+        assert status == 1 and message in err

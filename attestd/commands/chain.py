@@ -1,15 +1,18 @@
 """``attestd chain verify`` and ``attestd cek import|fetch``: the platform chain, offline.
 
 ``chain verify`` checks a host's SEV certificate chain (as libvirt ``virsh
-nodesevinfo`` / QEMU ``query-sev-capabilities`` or sevctl export it, raw or base64)
-against the pinned AMD roots plus any extra anchors, printing the generation and
-each verified link, or the first failing link. Exit status 0 only for a fully
-anchored chain.
+nodesevinfo`` / QEMU ``query-sev-capabilities`` or ``sevctl export`` give it;
+certificate files raw or base64) against the pinned AMD roots plus any extra
+anchors, printing the generation and each verified link, or the first failing
+link. Exit status 0 only for a fully anchored chain.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,12 +36,24 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    verify.add_argument("--pdh", required=True, type=Path, help="PDH certificate (raw or base64)")
+    verify.add_argument("--pdh", type=Path, help="PDH certificate (raw or base64)")
     verify.add_argument(
         "--cert-chain",
-        required=True,
         type=Path,
         help="PEK||OCA||CEK as libvirt/QEMU export it (raw or base64)",
+    )
+    verify.add_argument(
+        "--sevctl",
+        type=Path,
+        metavar="FILE",
+        help="instead of --pdh/--cert-chain: a `sevctl export [--full]` file (ASK/ARK ignored)",
+    )
+    verify.add_argument(
+        "--nodesevinfo",
+        type=Path,
+        metavar="FILE",
+        help="instead of --pdh/--cert-chain: `virsh nodesevinfo` text, or JSON with "
+        "pdh, cert-chain, cpu0-id (QEMU query-sev-capabilities, attestd-sim export)",
     )
     verify.add_argument("--cek", type=Path, help="ASK-signed CEK from AMD KDS (raw or base64)")
     verify.add_argument(
@@ -99,16 +114,87 @@ def _store(args: argparse.Namespace, settings: config.Settings) -> CekStore:
     )
 
 
+class UsageError(Exception):
+    """Wrong combination of options (exit status 2)."""
+
+
+def parse_nodesevinfo(text: str) -> dict[str, str]:
+    """Fields of ``virsh nodesevinfo`` output (``key : value`` lines) or a JSON object.
+
+    JSON may be a QMP reply (``{"return": {...}}``) or a plain object.
+    """
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            doc = json.loads(stripped)
+        except ValueError as exc:
+            raise ParseError(f"platform info is not valid JSON: {exc}") from None
+        if isinstance(doc, dict) and isinstance(doc.get("return"), dict):
+            doc = doc["return"]
+        if not isinstance(doc, dict):
+            raise ParseError("platform info JSON must be an object")
+        return {str(k): str(v) for k, v in doc.items()}
+    fields = {}
+    for line in stripped.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _b64_field(fields: dict[str, str], *names: str) -> bytes | None:
+    for name in names:
+        if name in fields:
+            try:
+                return base64.b64decode(fields[name], validate=True)
+            except (binascii.Error, ValueError):
+                raise ParseError(f"platform info: {name} is not base64") from None
+    return None
+
+
+def _platform(args: argparse.Namespace) -> tuple[PlatformChain, bytes | None, bytes | None]:
+    """The chain, a signed CEK and a chip id from whichever input form was given."""
+    given = [args.pdh is not None or args.cert_chain is not None, args.sevctl, args.nodesevinfo]
+    if sum(1 for g in given if g) != 1:
+        raise UsageError("give --pdh and --cert-chain, or --sevctl, or --nodesevinfo")
+    if args.sevctl is not None:
+        return PlatformChain.from_sevctl(_read(args.sevctl, "sevctl export")), None, None
+    if args.nodesevinfo is not None:
+        try:
+            text = args.nodesevinfo.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ParseError(f"cannot read platform info {args.nodesevinfo}: {exc}") from None
+        fields = parse_nodesevinfo(text)
+        pdh, chain = _b64_field(fields, "pdh"), _b64_field(fields, "cert-chain")
+        if pdh is None or chain is None:
+            raise ParseError("platform info lacks pdh or cert-chain")
+        cek = _b64_field(fields, "signed-cek", "cek")
+        chip_id = _b64_field(fields, "cpu0-id", "cpu-id")
+        return PlatformChain.from_export(pdh, chain), cek, chip_id
+    if args.pdh is None or args.cert_chain is None:
+        raise UsageError("--pdh and --cert-chain go together")
+    pdh, chain = _read(args.pdh, "PDH"), _read(args.cert_chain, "cert chain")
+    return PlatformChain.from_export(pdh, chain), None, None
+
+
 def run_verify(args: argparse.Namespace) -> int:
-    """Verify and print; 0 only for a fully anchored chain, 1 otherwise."""
+    """Verify and print; 0 only for a fully anchored chain, 1 if it fails, 2 on usage errors."""
+    try:
+        chain, platform_cek, platform_chip_id = _platform(args)
+    except UsageError as exc:
+        print(f"attestd chain verify: error: {exc}", file=sys.stderr)
+        return 2
     settings = config.load()
     anchors = load_anchors(args.trust_anchors or settings.trust_anchors_dir)
-    chain = PlatformChain.from_export(_read(args.pdh, "PDH"), _read(args.cert_chain, "cert chain"))
     signed_cek = None
     if args.cek is not None:
         signed_cek = SevCertificate.unpack(_read(args.cek, "CEK"))
+    elif platform_cek is not None:
+        signed_cek = SevCertificate.unpack(platform_cek)
     elif args.chip_id is not None:
         signed_cek = _store(args, settings).get(_chip_id(args.chip_id))
+    elif platform_chip_id is not None:
+        signed_cek = _store(args, settings).get(parse_chip_id(platform_chip_id))
     pinned_oca = None if args.oca is None else SevCertificate.unpack(_read(args.oca, "OCA"))
     report = check_chain(
         chain, anchors, signed_cek=signed_cek, pinned_oca=pinned_oca, generation=args.generation

@@ -55,6 +55,22 @@ class PlatformChain:
         )
         return cls(SevCertificate.unpack(pdh), pek, oca, cek)
 
+    @classmethod
+    def from_sevctl(cls, data: bytes) -> PlatformChain:
+        """Parse ``sevctl export [--full]``: PDH, PEK, OCA, CEK, then optionally ASK and ARK.
+
+        The host's ASK/ARK must parse but are ignored: only pinned anchors are trusted.
+        """
+        head = 4 * SEV_CERT_SIZE
+        if len(data) < head:
+            raise ParseError(f"sevctl export: expected at least {head} bytes, got {len(data)}")
+        chain = cls.from_export(data[:SEV_CERT_SIZE], data[SEV_CERT_SIZE:head])
+        rest = data[head:]
+        if rest:
+            _ask, rest = AmdCaCertificate.unpack_prefix(rest)
+            AmdCaCertificate.unpack(rest)
+        return chain
+
 
 @dataclass(frozen=True)
 class TrustAnchor:
