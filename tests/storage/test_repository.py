@@ -1,0 +1,109 @@
+"""Storage contract on SQLite and PostgreSQL: schema = migrations, atomic budget and claim."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from attestd.config import Settings
+from attestd.errors import Conflict
+from attestd.service import event_row
+from attestd.storage.ports import LaunchRecord, LaunchState, VmRecord
+from attestd.storage.sql import Database
+from attestd.storage.tables import metadata
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.effective_database_url, pool_size=10, max_overflow=20)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def test_migrations_match_tables(db: Database) -> None:
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def _vm(db: Database, max_launches: int | None) -> VmRecord:
+    owner = db.create_owner("o", "1" * 64, 1.0)
+    with pytest.raises(Conflict):
+        db.create_owner("o", "2" * 64, 1.0)
+    return db.insert_vm(
+        uuid="00000000-0000-4000-8000-000000000001",
+        owner_id=owner,
+        registration="{}",
+        secrets_enc=b"x",
+        max_launches=max_launches,
+        now=1.0,
+        event=event_row(owner, "00000000-0000-4000-8000-000000000001", "registered", 1.0),
+    )
+
+
+def _launch(vm: VmRecord, n: int, expires: float = 1e12) -> LaunchRecord:
+    return LaunchRecord(
+        id=f"launch-{n:04d}",
+        vm_id=vm.id,
+        vm_revision=vm.revision,
+        state=LaunchState.PENDING,
+        policy=1,
+        keys_enc=b"k",
+        chip_id="",
+        pdh_sha256="0" * 64,
+        generation="g",
+        created_at=1.0,
+        expires_at=expires,
+        finished_at=None,
+    )
+
+
+def _parallel(count: int, fn: object) -> list[object]:
+    barrier = threading.Barrier(count)
+    results: list[object] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        barrier.wait()
+        value = fn(n)  # type: ignore[operator]
+        with lock:
+            results.append(value)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_launch_budget_is_atomic(db: Database) -> None:
+    vm = _vm(db, max_launches=3)
+    event = event_row(vm.owner_id, vm.uuid, "launch", 1.0)
+    results = _parallel(8, lambda n: db.begin_launch(vm, _launch(vm, n), event=event))
+    assert sorted(results) == [False] * 5 + [True] * 3  # type: ignore[type-var]
+    again = db.vm(vm.uuid)
+    assert again is not None and again.launches_used == 3
+
+
+def test_claim_is_single_use_and_respects_expiry(db: Database) -> None:
+    vm = _vm(db, max_launches=None)
+    event = event_row(vm.owner_id, vm.uuid, "launch", 1.0)
+    assert db.begin_launch(vm, _launch(vm, 1), event=event)
+    assert db.begin_launch(vm, _launch(vm, 2, expires=50.0), event=event)
+    claims = _parallel(6, lambda n: db.claim_launch("launch-0001", vm.id, 10.0))
+    assert sum(c is not None for c in claims) == 1
+    assert db.claim_launch("launch-0002", vm.id, 60.0) is None  # expired
+    assert db.claim_launch("launch-0002", vm.id + 1, 10.0) is None  # other VM
+    assert db.purge_expired_keys(60.0) == 1
+    record = db.launch("launch-0002")
+    assert record is not None and record.keys_enc is None and record.state is LaunchState.PENDING
+    db.finish_launch("launch-0001", LaunchState.VALIDATED, 11.0, event=event)
+    done = db.launch("launch-0001")
+    assert done is not None and done.state is LaunchState.VALIDATED and done.keys_enc is None
