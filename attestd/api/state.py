@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,9 +81,12 @@ def load_json(schema: Schema) -> Any:
     raw = request.get_data(cache=True)
     if len(raw) > limit:
         raise _too_large(limit)
-    body = request.get_json(silent=True, force=True)
-    if body is None:
-        raise ParseError("the request body must be a JSON document")
+    try:
+        body = json.loads(raw)
+        # lone surrogates parse but cannot be stored or sent to the guest as UTF-8
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeError):
+        raise ParseError("the request body must be a UTF-8 JSON document") from None
     if not isinstance(body, dict):
         raise ParseError("the request body must be a JSON object")
     return schema.load(body)

@@ -70,8 +70,10 @@ def test_openapi_fuzz(fuzz_app: tuple[Flask, dict[str, str]]) -> None:
         run()
 
 
+# include lone surrogates: valid JSON escapes that are not valid UTF-8
+chars = st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(chars, max_size=20),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
     ),
@@ -171,3 +173,20 @@ def test_random_certificates_never_500(
     }
     resp = app.test_client().post(f"/v1/vm/{VM}/launch", json=body)
     assert resp.status_code in (400, 403, 422, 503), resp.json
+
+
+def test_pathological_json_is_a_client_error(fuzz_app: tuple[Flask, dict[str, str]]) -> None:
+    app, owner = fuzz_app
+    client = app.test_client()
+    bodies = [
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError in the JSON parser
+        b'{"scheme":"amd-sev","policy":1,"firmware-hashes":["'
+        + b"ab" * 32
+        + b'"],"secrets":[{"type":"env","name":"x","values":{"A":"\\ud800"}}]}',  # lone surrogate
+        b'{"scheme":"amd-sev","policy":NaN}',
+        b'{"scheme":"amd-sev","policy":1e400}',
+    ]
+    for body in bodies:
+        for path in (f"/v1/vm/{VM}", f"/v1/vm/{VM}/validate"):
+            resp = client.post(path, data=body, headers=owner, content_type="application/json")
+            assert 400 <= resp.status_code < 500, (body[:60], resp.json)

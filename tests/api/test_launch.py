@@ -491,3 +491,22 @@ def test_nothing_secret_in_logs_and_keys_deleted(
         released.json["secret-table"],
     ):
         assert value not in caplog.text
+
+
+def test_signed_cek_from_the_cek_store(
+    host_app: Flask,
+    hclient: FlaskClient,
+    owner: dict[str, str],
+    platform: SimulatedPlatform,
+    ovmf: bytes,
+) -> None:
+    from attestd.kds import CekStore
+
+    _register(hclient, owner, sev(ovmf))
+    exp = platform.export()
+    settings = host_app.extensions["attestd"].settings
+    body = launch_body(platform, cek=None)
+    assert hclient.post(f"/v1/vm/{VM}/launch", json=body).status_code == 503
+    CekStore(settings.effective_cek_cache_dir, offline=True).put(exp.chip_id, exp.signed_cek)
+    outcome = run_launch(hclient, platform, VM, Boot(firmware=ovmf), launch=body)
+    assert outcome.released, outcome.launch.json
