@@ -178,20 +178,14 @@ def test_cek_import_then_verify_offline_by_chip_id(
     args, anchors = minted_files(tmp_path)
     cache = tmp_path / "cache"
     chip_file = PLATFORM / "naos-api1.51/getid_s0_out.txt"
-    status, out, _ = run(
-        capsys,
-        [
-            "cek",
-            "import",
-            "--chip-id",
-            str(chip_file),
-            "--cek",
-            str(tmp_path / "cek"),
-            "--cache",
-            str(cache),
-        ],
-    )
+    imp = ["cek", "import", "--chip-id", str(chip_file), "--cek", str(tmp_path / "cek")]
+    imp += ["--cache", str(cache)]
+    status, _, err = run(capsys, imp)
+    assert status == 1 and "CEK is not signed by any trusted ASK; not imported" in err
+    assert not (cache / f"{CHIP_HEX.upper()}.cek").exists()
+    status, out, _ = run(capsys, [*imp, "--trust-anchors", str(anchors)])
     assert status == 0
+    assert "imported CEK (signed by the sim ASK)" in out
     assert (cache / f"{CHIP_HEX.upper()}.cek").read_bytes() == minted().signed_cek.pack()
     status, out, _ = run(
         capsys,

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from attestd import config
-from attestd.errors import ParseError
-from attestd.kds import CekStore, chip_id_hex, parse_chip_id
+from attestd.errors import ChainInvalid, ParseError
+from attestd.kds import CekStore, chip_id_hex, parse_chip_id, parse_signed_cek
 from attestd.sev._binary import raw_or_base64
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, check_chain
@@ -36,10 +36,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    verify.add_argument("--pdh", type=Path, help="PDH certificate (raw or base64)")
+    verify.add_argument("--pdh", type=Path, metavar="FILE", help="PDH certificate (raw or base64)")
     verify.add_argument(
         "--cert-chain",
         type=Path,
+        metavar="FILE",
         help="PEK||OCA||CEK as libvirt/QEMU export it (raw or base64)",
     )
     verify.add_argument(
@@ -55,16 +56,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="instead of --pdh/--cert-chain: `virsh nodesevinfo` text, or JSON with "
         "pdh, cert-chain, cpu0-id (QEMU query-sev-capabilities, attestd-sim export)",
     )
-    verify.add_argument("--cek", type=Path, help="ASK-signed CEK from AMD KDS (raw or base64)")
+    verify.add_argument(
+        "--cek", type=Path, metavar="FILE", help="ASK-signed CEK from AMD KDS (raw or base64)"
+    )
     verify.add_argument(
         "--chip-id",
         metavar="HEX|FILE",
         help="take the signed CEK from the CEK cache / AMD KDS for this chip id",
     )
-    verify.add_argument("--cache", type=Path, help="CEK cache directory (with --chip-id)")
+    verify.add_argument("--cache", type=Path, metavar="DIR", help="CEK cache directory")
     verify.add_argument("--offline", action="store_true", help="never contact AMD KDS")
-    verify.add_argument("--oca", type=Path, help="pin the OCA: the owner's OCA certificate")
-    verify.add_argument("--generation", help="require this anchor (e.g. milan)")
+    verify.add_argument(
+        "--oca", type=Path, metavar="FILE", help="pin the OCA: the owner's OCA certificate"
+    )
+    verify.add_argument("--generation", metavar="NAME", help="require this anchor (e.g. milan)")
     verify.add_argument(
         "--trust-anchors",
         type=Path,
@@ -77,14 +82,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     cek_sub = cek.add_subparsers(dest="cek_command", metavar="COMMAND", required=True)
     imp = cek_sub.add_parser("import", help="import a signed CEK obtained elsewhere (offline)")
     imp.add_argument("--chip-id", required=True, metavar="HEX|FILE", help="GET_ID chip id")
-    imp.add_argument("--cek", required=True, type=Path, help="signed CEK file (raw or base64)")
-    imp.add_argument("--cache", type=Path, help="CEK cache directory")
+    imp.add_argument(
+        "--cek", required=True, type=Path, metavar="FILE", help="signed CEK file (raw or base64)"
+    )
+    imp.add_argument("--cache", type=Path, metavar="DIR", help="CEK cache directory")
+    imp.add_argument(
+        "--trust-anchors",
+        type=Path,
+        metavar="DIR",
+        help="extra anchors the CEK may be signed by (default: $ATTESTD_TRUST_ANCHORS_DIR)",
+    )
     imp.set_defaults(func=run_import)
     fetch = cek_sub.add_parser("fetch", help="get a chip's signed CEK (cache, then AMD KDS)")
     fetch.add_argument("--chip-id", required=True, metavar="HEX|FILE", help="GET_ID chip id")
-    fetch.add_argument("--cache", type=Path, help="CEK cache directory")
-    fetch.add_argument("--kds-url", help="AMD KDS base URL")
-    fetch.add_argument("--out", type=Path, help="also write the CEK to this file")
+    fetch.add_argument("--cache", type=Path, metavar="DIR", help="CEK cache directory")
+    fetch.add_argument("--kds-url", metavar="URL", help="AMD KDS base URL")
+    fetch.add_argument("--out", type=Path, metavar="FILE", help="also write the CEK to this file")
     fetch.set_defaults(func=run_fetch)
 
 
@@ -216,11 +229,21 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    """Store a signed CEK in the cache."""
-    store = _store(args, config.load())
+    """Store a signed CEK in the cache, after checking that a trusted ASK signed it."""
+    settings = config.load()
+    store = _store(args, settings)
     chip_id = _chip_id(args.chip_id)
-    store.put(chip_id, _read(args.cek, "CEK"))
-    print(f"imported CEK for chip {chip_id_hex(chip_id)} into {store.path_for(chip_id)}")
+    data = _read(args.cek, "CEK")
+    cek = parse_signed_cek(data)
+    anchors = load_anchors(args.trust_anchors or settings.trust_anchors_dir)
+    generation = next((a.name for a in anchors if cek.is_signed_by(a.ask)), None)
+    if generation is None:
+        raise ChainInvalid("CEK is not signed by any trusted ASK; not imported")
+    store.put(chip_id, data)
+    print(
+        f"imported CEK (signed by the {generation} ASK) for chip {chip_id_hex(chip_id)} "
+        f"into {store.path_for(chip_id)}"
+    )
     return 0
 
 
