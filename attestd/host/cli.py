@@ -17,7 +17,13 @@ from attestd.host import hook as hookmod
 from attestd.host import platform as plat
 from attestd.host import sim as simhost
 from attestd.host.config import HostSettings, load_settings
-from attestd.host.domain import WRAPPER_NAME, AttestdMetadata, parse_domain, prepare_domain
+from attestd.host.domain import (
+    WRAPPER_NAME,
+    AttestdMetadata,
+    ensure_uuid,
+    parse_domain,
+    prepare_domain,
+)
 
 HOOK_SOURCE = Path(__file__).resolve().parents[2] / "hooks" / "qemu"
 DEFAULT_HOOK_DIR = Path("/etc/libvirt/hooks/qemu.d")
@@ -26,6 +32,8 @@ DEFAULT_HOOK_DIR = Path("/etc/libvirt/hooks/qemu.d")
 def _connect(uri: str) -> Any:
     import libvirt
 
+    # errors are raised as libvirtError and reported once by main(), not also printed
+    libvirt.registerErrorHandler(lambda ctx, err: None, None)
     return libvirt.open(uri)
 
 
@@ -47,7 +55,7 @@ def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
         conn = _connect(args.connect or settings.libvirt_uri)
         xml = conn.lookupByName(args.domain).XMLDesc(0)
     else:
-        xml = Path(args.xml).read_text(encoding="utf-8")
+        xml = ensure_uuid(Path(args.xml).read_text(encoding="utf-8"))
     info = parse_domain(xml)
     meta = AttestdMetadata(
         service=args.service.rstrip("/"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from attestd.errors import ParseError
 
@@ -190,6 +190,18 @@ def parse_domain(xml: str) -> DomainInfo:
         cpu_model=(root.findtext("cpu/model") or "").strip() or None,
         sev=sev,
     )
+
+
+def ensure_uuid(xml: str) -> str:
+    """``xml`` with a ``<uuid>`` (a new random one when it has none, as libvirt would)."""
+    root = _parse_root(xml)
+    if (root.findtext("uuid") or "").strip():
+        return xml
+    element = ET.Element("uuid")
+    element.text = str(uuid4())
+    index = next((i + 1 for i, el in enumerate(root) if el.tag == "name"), 0)
+    root.insert(index, element)
+    return ET.tostring(root, encoding="unicode") + "\n"
 
 
 def prepare_domain(xml: str, metadata: AttestdMetadata, *, emulator: str | None) -> str:

@@ -99,3 +99,24 @@ def test_bad_metadata_is_a_parse_error(attrs: str, message: str) -> None:
 def test_not_a_domain(xml: str) -> None:
     with pytest.raises(ParseError):
         parse_domain(xml)
+
+
+def test_examples_parse_as_attestd_domains() -> None:
+    from tests.conftest import PROJECT_ROOT
+
+    examples = PROJECT_ROOT / "examples" / "libvirt"
+    sev = parse_domain((examples / "sev-domain.xml").read_text())
+    assert sev.metadata is not None and not sev.metadata.simulate
+    assert sev.sev is not None and sev.sev.has_dh_cert and sev.sev.has_session and sev.uses_wrapper
+    sim = parse_domain((examples / "sim-domain.xml").read_text())
+    assert sim.metadata is not None and sim.metadata.simulate and sim.sev is None
+
+
+def test_ensure_uuid_adds_one_only_when_missing() -> None:
+    from attestd.host.domain import ensure_uuid
+
+    no_uuid = "<domain type='qemu'><name>g</name><devices/></domain>"
+    with_uuid = ensure_uuid(no_uuid)
+    assert parse_domain(with_uuid).uuid.version == 4
+    assert ensure_uuid(with_uuid) == with_uuid
+    assert ensure_uuid(SEV_XML) == SEV_XML
