@@ -33,6 +33,12 @@ PAYLOAD_VERSION = 1
 PAYLOAD_GUID = ATTESTD_PAYLOAD_GUID
 LUKS_GUID = LUKS_KEY_GUID
 RESERVED_GUIDS = frozenset({PAYLOAD_GUID, LUKS_GUID, SECRET_TABLE_GUID, NULL_GUID})
+#: System directories the guest agent never mounts a volume over (the guest's own rule in
+#: ``attestd.guest.payload``; a test keeps the two equal). Refused at registration.
+RESERVED_MOUNT_POINTS = frozenset(
+    "/bin /boot /dev /etc /home /lib /lib32 /lib64 /libx32 /opt /proc /root /run /sbin "
+    "/srv /sys /tmp /usr /var /var/lib /var/log /var/tmp /var/run".split()
+)
 #: Characters of a generated passphrase (base64url of 32 random bytes).
 GENERATED_PASSPHRASE_LEN = 43
 

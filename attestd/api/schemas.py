@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +22,13 @@ from marshmallow import (
 )
 
 from attestd.errors import AttestdError
-from attestd.registration import RESERVED_GUIDS, SCHEMES, Registration, cmdline_sha256
+from attestd.registration import (
+    RESERVED_GUIDS,
+    RESERVED_MOUNT_POINTS,
+    SCHEMES,
+    Registration,
+    cmdline_sha256,
+)
 from attestd.sev.certs import SevCertificate, Usage
 from attestd.sev.measure.vmsa import VCPU_TYPES
 
@@ -151,9 +158,14 @@ class VolumeSchema(_Strict):
     def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
         if bool(data.get("passphrase")) == bool(data.get("generate")):
             raise ValidationError("give either passphrase or generate: true", "passphrase")
-        mount = data.get("mount_point")
-        if mount is not None and any(part in (".", "..") for part in mount.split("/")):
+        mount = data.get("mount_point", f"/{data['name']}")
+        if any(part in (".", "..") for part in mount.split("/")):
             raise ValidationError("no '.' or '..' components", "mount-point")
+        if mount in RESERVED_MOUNT_POINTS:
+            raise ValidationError(f"{mount} is a system directory", "mount-point")
+        device = data["device"]
+        if "/../" in device or device.endswith("/.."):
+            raise ValidationError("no '..' components", "device")
 
 
 class EnvSchema(_Strict):
@@ -289,6 +301,14 @@ class RegistrationSchema(_Strict):
                 errors.setdefault("secrets", []).append(f"duplicate {kind} name")
             if len(names) > limit:
                 errors.setdefault("secrets", []).append(f"at most {limit} {kind} entries")
+        volumes = [s for s in secrets if s["type"] == "volume"]
+        devices = [s["device"] for s in volumes]
+        if len(devices) != len(set(devices)):
+            errors.setdefault("secrets", []).append("two volumes share a device")
+        mounts = sorted(s.get("mount-point") or f"/{s['name']}" for s in volumes)
+        for a, b in itertools.combinations(mounts, 2):
+            if b == a or b.startswith(a + "/"):
+                errors.setdefault("secrets", []).append(f"mount points {a} and {b} overlap")
         guids = [s["guid"] for s in secrets if s["type"] == "raw"]
         if len(guids) != len(set(guids)):
             errors.setdefault("secrets", []).append("duplicate raw guid")

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from attestd.sev.measure.sev_hashes import KernelHashes
+from attestd.sev.measure.vmsa import VmsaFlavour
 from attestd.sev.secrets import ATTESTD_PAYLOAD_GUID, LUKS_KEY_GUID
 from attestd.sim.platform import SimulatedPlatform
 from tests.api.simhost import Boot, b64, launch_body, measure, run_launch, validate_body
@@ -123,6 +124,10 @@ def test_sev_end_to_end(
         "volumes": {"data": {"device": "virtio:data-disk", "mount_point": "/data"}},
     }
     assert first.table[1].data == b"grub-root-pass\x00"
+    from attestd.guest.payload import parse_payload
+
+    parsed = parse_payload(first.table[0].data)  # the guest agent accepts it
+    assert parsed.user_id == "owner-42" and parsed.volumes["data"].mount_point == "/data"
     assert first.table[2].data == b"raw-secret"
 
     second = run_launch(hclient, platform, VM, Boot(firmware=ovmf))
@@ -238,6 +243,14 @@ NEGATIVE: dict[str, tuple[Any, Any, Any, Any, int, str]] = {
     "unaccepted vcpu type": (
         sev_es,
         lambda o: es_boot(o, vcpu_type="EPYC-Rome"),
+        None,
+        None,
+        403,
+        "measurement_mismatch",
+    ),
+    "wrong vmsa flavour": (
+        sev_es,
+        lambda o: es_boot(o, flavour=VmsaFlavour.LEGACY),
         None,
         None,
         403,
@@ -510,3 +523,28 @@ def test_signed_cek_from_the_cek_store(
     CekStore(settings.effective_cek_cache_dir, offline=True).put(exp.chip_id, exp.signed_cek)
     outcome = run_launch(hclient, platform, VM, Boot(firmware=ovmf), launch=body)
     assert outcome.released, outcome.launch.json
+
+
+def test_precomputed_digest_and_legacy_flavour(
+    hclient: FlaskClient, owner: dict[str, str], platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    from attestd.sev.measure.digest import launch_digest
+
+    boot = es_boot(ovmf, flavour=VmsaFlavour.LEGACY)
+    digest = launch_digest(
+        "seves",
+        ovmf,
+        hashes=boot.hashes,
+        vcpus=2,
+        vcpu_type="EPYC-Milan",
+        flavour=VmsaFlavour.LEGACY,
+    )
+    body = sev_es(ovmf, **{"firmware-hashes": [], "launch-digests": [digest.hex()]})
+    _register(hclient, owner, body)  # no firmware upload needed
+    outcome = run_launch(hclient, platform, VM, boot, report={"firmware-hash": None})
+    assert outcome.released, outcome.validate.json
+    # the same boot against computed candidates needs the legacy flavour accepted
+    body = sev_es(ovmf, **{"vmsa-flavours": ["current", "legacy"]})
+    assert hclient.put(f"/v1/vm/{VM}", json=body, headers=owner).status_code == 200
+    hclient.post("/v1/firmware", data=ovmf, headers=owner, content_type="application/octet-stream")
+    assert run_launch(hclient, platform, VM, boot).released

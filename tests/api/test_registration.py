@@ -166,6 +166,36 @@ def test_invalid_registrations(client: FlaskClient, alice: dict[str, str]) -> No
             ]
         ),
         sev_registration(secrets=[{"type": "env", "name": "../x", "values": {}}]),
+        sev_registration(
+            secrets=[{"type": "volume", "name": "home", "device": "virtio:x", "generate": True}]
+        ),
+        sev_registration(
+            secrets=[{"type": "volume", "name": "d", "device": "/dev/../etc/x", "generate": True}]
+        ),
+        sev_registration(
+            secrets=[
+                {"type": "volume", "name": "a", "device": "virtio:x", "generate": True},
+                {"type": "volume", "name": "b", "device": "virtio:x", "generate": True},
+            ]
+        ),
+        sev_registration(
+            secrets=[
+                {
+                    "type": "volume",
+                    "name": "a",
+                    "device": "virtio:x",
+                    "generate": True,
+                    "mount-point": "/data",
+                },
+                {
+                    "type": "volume",
+                    "name": "b",
+                    "device": "virtio:y",
+                    "generate": True,
+                    "mount-point": "/data/b",
+                },
+            ]
+        ),
         sev_registration(secrets=[{"type": "env", "name": "x", "values": {"A": "a\nb"}}]),
         sev_registration(secrets=[{"type": "env", "name": "x", "values": {"1A": "a"}}]),
         sev_registration(
@@ -235,3 +265,10 @@ def test_examples_are_valid(tmp_path: Any) -> None:
         assert loaded.scheme in ("amd-sev", "amd-sev-es")
     settings = config.load(examples / "attestd.toml", environ={})
     assert settings.require_host_token is True and settings.secret_area_size == 3072
+
+
+def test_reserved_mount_points_match_the_guest() -> None:
+    from attestd.guest.payload import RESERVED_MOUNT_POINTS as GUEST
+    from attestd.registration import RESERVED_MOUNT_POINTS
+
+    assert RESERVED_MOUNT_POINTS == GUEST
