@@ -18,7 +18,7 @@ import secrets as _secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from attestd.errors import (
     AttestdError,
@@ -32,7 +32,7 @@ from attestd.kds import CekStore
 from attestd.registration import Registration, secret_table
 from attestd.service import Service, event_row
 from attestd.sev.certs import SevCertificate
-from attestd.sev.chain import PlatformChain, TrustAnchor, verify_chain
+from attestd.sev.chain import PlatformChain, TrustAnchor, VerifiedChain, verify_chain
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour
@@ -44,6 +44,9 @@ from attestd.storage.ports import LaunchRecord, LaunchState, VmRecord
 from attestd.trust import load_anchors
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +89,22 @@ class _Candidate:
     label: str
 
 
-class _DigestCache:
-    """Small LRU of computed launch digests (firmware hash + inputs -> digest)."""
+class _Lru(Generic[K, V]):
+    """A small thread-safe LRU map."""
 
     def __init__(self, size: int = 512) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[str, LaunchInputs], bytes] = OrderedDict()
+        self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, LaunchInputs]) -> bytes | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: tuple[str, LaunchInputs], value: bytes) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -128,7 +131,9 @@ class LaunchService:
         self.settings = service.settings
         self.db = service.db
         self._anchors: tuple[TrustAnchor, ...] | None = None
-        self._digests = _DigestCache()
+        # launch digests per (firmware hash, inputs); verified chains per exact input bytes
+        self._digests: _Lru[tuple[str, LaunchInputs], bytes] = _Lru(512)
+        self._chains: _Lru[bytes, VerifiedChain] = _Lru(256)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -171,6 +176,21 @@ class LaunchService:
         )
         return store.get(cpu_id)
 
+    def _verify(
+        self, chain: PlatformChain, cek: SevCertificate, pinned: SevCertificate | None
+    ) -> VerifiedChain:
+        """verify_chain, remembered per exact input bytes (the anchors never change)."""
+        parts = [chain.pdh, chain.pek, chain.oca, chain.cek, cek]
+        key = hashlib.sha256(
+            b"".join(c.pack() for c in parts) + (pinned.pack() if pinned else b"")
+        ).digest()
+        found = self._chains.get(key)
+        if found is not None:
+            return found
+        verified = verify_chain(chain, self.anchors(), signed_cek=cek, pinned_oca=pinned)
+        self._chains.put(key, verified)
+        return verified
+
     # -- /launch ------------------------------------------------------------------------
 
     def begin(
@@ -191,7 +211,7 @@ class LaunchService:
             chain = PlatformChain.from_export(pdh, cert_chain)
             signed_cek = self._signed_cek(cpu_id, cek)
             pinned = SevCertificate.unpack(reg.cloud_cert) if reg.cloud_cert else None
-            verified = verify_chain(chain, self.anchors(), signed_cek=signed_cek, pinned_oca=pinned)
+            verified = self._verify(chain, signed_cek, pinned)
             start = start_launch(verified.pdh_key(), reg.policy)
         except AttestdError as exc:
             self._refuse(vm, "launch", exc, **where)
