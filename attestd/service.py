@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from attestd.config import Settings
-from attestd.errors import AuthenticationError, NotFound, SecretTooLarge
+from attestd.errors import AttestdError, AuthenticationError, NotFound, SecretTooLarge
 from attestd.registration import Registration, resolve_secrets, secret_table
+from attestd.sev.measure.ovmf import Ovmf
 from attestd.storage.keys import KeyRing
 from attestd.storage.ports import EventRecord, Principal, VmRecord
 from attestd.storage.sql import Database
@@ -138,11 +139,30 @@ class Service:
         assert isinstance(value, list)
         return value
 
+    def _secret_area_limit(self, owner: Principal, registration: Registration) -> int:
+        """The configured secret area, or less if an accepted uploaded firmware declares less."""
+        limit = self.settings.secret_area_size
+        for digest in registration.firmware_hashes:
+            data = self.db.firmware(owner.id, digest)
+            if data is None:
+                continue
+            try:
+                area = Ovmf.from_bytes(data).secret_area
+            except AttestdError:
+                continue  # not OVMF with a footer table: nothing declared
+            if area is not None and 0 < area[1] < limit:
+                limit = area[1]
+        return limit
+
     def _seal(
-        self, uuid: str, registration: Registration, previous: Sequence[Mapping[str, Any]]
+        self,
+        owner: Principal,
+        uuid: str,
+        registration: Registration,
+        previous: Sequence[Mapping[str, Any]],
     ) -> tuple[str, bytes]:
         stored = resolve_secrets(registration.secrets, previous)
-        limit = self.settings.secret_area_size
+        limit = self._secret_area_limit(owner, registration)
         try:
             secret_table(registration.user_id or uuid, stored, max_size=limit)
         except SecretTooLarge as exc:
@@ -155,7 +175,7 @@ class Service:
 
     def register(self, owner: Principal, uuid: str, registration: Registration) -> VmRecord:
         """Register a new VM (``POST``)."""
-        public, sealed = self._seal(uuid, registration, ())
+        public, sealed = self._seal(owner, uuid, registration, ())
         now = self.clock()
         vm = self.db.insert_vm(
             uuid=uuid,
@@ -172,7 +192,7 @@ class Service:
     def replace(self, owner: Principal, uuid: str, registration: Registration) -> VmRecord:
         """Replace a registration (``PUT``); generated passphrases are kept."""
         vm = self._owned_vm(owner, uuid)
-        public, sealed = self._seal(uuid, registration, self.stored_secrets(vm))
+        public, sealed = self._seal(owner, uuid, registration, self.stored_secrets(vm))
         now = self.clock()
         updated = self.db.replace_vm(
             vm,

@@ -272,3 +272,30 @@ def test_reserved_mount_points_match_the_guest() -> None:
     from attestd.registration import RESERVED_MOUNT_POINTS
 
     assert RESERVED_MOUNT_POINTS == GUEST
+
+
+def test_uploaded_firmware_secret_area_limits_the_table(
+    app: Flask, client: FlaskClient, alice: dict[str, str], testdata: Any
+) -> None:
+    import hashlib
+
+    ovmf = (testdata / "ovmf" / "OVMF.amdsev.fd").read_bytes()  # 3072-byte secret area
+    app.extensions["attestd"].settings = app.extensions["attestd"].settings.replace(
+        secret_area_size=8192
+    )
+    app.extensions["attestd"].service.settings = app.extensions["attestd"].settings
+    values = {f"K{i}": "v" * 200 for i in range(20)}  # ~4.3 KB of payload
+    body = sev_registration(
+        **{"firmware-hashes": [hashlib.sha256(ovmf).hexdigest()]},
+        secrets=[{"type": "secret-file", "name": "big", "values": values}],
+    )
+    assert client.post(f"/v1/vm/{VM}", json=body, headers=alice).status_code == 201
+    assert client.delete(f"/v1/vm/{VM}", headers=alice).status_code == 204
+    assert (
+        client.post(
+            "/v1/firmware", data=ovmf, headers=alice, content_type="application/octet-stream"
+        ).status_code
+        == 201
+    )
+    refused = client.post(f"/v1/vm/{VM}", json=body, headers=alice)
+    assert refused.status_code == 413, refused.json
