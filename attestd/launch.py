@@ -397,7 +397,11 @@ class LaunchService:
                 reg.user_id or vm.uuid, stored, max_size=self.settings.secret_area_size
             )
             packet = build_launch_secret(keys, measurement.measure, table, version=version)
-        except AttestdError as exc:
+        except Exception as exc:
+            if isinstance(exc, AttestdError):
+                detail = {"reason": exc.code, "message": exc.message, "tried": list(exc.reasons)}
+            else:
+                detail = {"reason": "internal_error"}
             self.db.finish_launch(
                 launch.id,
                 LaunchState.FAILED,
@@ -409,26 +413,10 @@ class LaunchService:
                     now,
                     launch_id=launch.id,
                     outcome="refused",
-                    detail={"reason": exc.code, "message": exc.message, "tried": list(exc.reasons)},
+                    detail=detail,
                 ),
             )
-            logger.info("validate %s for VM %s refused: %s", launch.id, vm.uuid, exc.code)
-            raise
-        except Exception:
-            self.db.finish_launch(
-                launch.id,
-                LaunchState.FAILED,
-                self.service.clock(),
-                event=event_row(
-                    vm.owner_id,
-                    vm.uuid,
-                    "validate",
-                    now,
-                    launch_id=launch.id,
-                    outcome="refused",
-                    detail={"reason": "internal_error"},
-                ),
-            )
+            logger.info("validate %s for VM %s refused: %s", launch.id, vm.uuid, detail["reason"])
             raise
         self.db.finish_launch(
             launch.id,

@@ -152,3 +152,22 @@ def host_app(host_settings: Settings, clock: Clock) -> Iterator[Flask]:
 def ovmf(testdata: Path) -> bytes:
     """The real OVMF AmdSev build (kernel hashes, SEV-ES reset block, secret area)."""
     return (testdata / "ovmf" / "OVMF.amdsev.fd").read_bytes()
+
+
+__all__ = [
+    "alice",
+    "anchors_dir",
+    "app",
+    "backend",
+    "bob",
+    "client",
+    "clock",
+    "database_url",
+    "host_app",
+    "host_settings",
+    "ovmf",
+    "pg",
+    "platform",
+    "rogue_platform",
+    "settings",
+]
