@@ -28,8 +28,8 @@ from attestd.host.client import SecretPacket, ServiceClient
 from attestd.host.config import HostSettings
 from attestd.host.domain import parse_domain
 from attestd.host.driver import PlatformReport, complete_launch
-from attestd.host.sim import SIM_RESULT_SUFFIX, SimulatedFirmware
-from attestd.host.state import PATH_AGENT, LaunchState, read_state, state_file
+from attestd.host.sim import SIM_RESULT_SUFFIX, SimulatedLaunch
+from attestd.host.state import PATH_AGENT, read_state, state_file
 
 logger = logging.getLogger(__name__)
 
@@ -86,41 +86,23 @@ class LibvirtBackend:
 class SimLibvirtBackend(LibvirtBackend):
     """Simulated SEV: the simulator measures the firmware and takes the secret."""
 
-    def __init__(self, dom: Any, state: LaunchState, result_file: Path) -> None:
+    def __init__(self, dom: Any, launch: SimulatedLaunch) -> None:
         super().__init__(dom)
-        self.state = state
-        self.result_file = result_file
-        self.firmware: SimulatedFirmware | None = None
+        self.launch = launch
 
     def measure(self) -> PlatformReport:
         """Check the domain is paused, then let the simulator measure."""
-        lv = _libvirt()
-        if self.dom.state()[0] != lv.VIR_DOMAIN_PAUSED:
+        if self.dom.state()[0] != _libvirt().VIR_DOMAIN_PAUSED:
             raise LaunchError("domain is not paused")
-        if self.state.sim_state is None or self.state.firmware is None:
-            raise LaunchError("launch state lacks simulator settings")
-        godh, blob = self.state.sim_blobs()
-        self.firmware = SimulatedFirmware(
-            Path(self.state.sim_state),
-            godh,
-            blob,
-            self.state.policy,
-            Path(self.state.firmware),
-            self.result_file,
-        )
-        data, major, minor, build, policy = self.firmware.measure()
-        return PlatformReport(data, major, minor, build, policy)
+        return self.launch.measure()
 
     def inject(self, packet: SecretPacket) -> None:
         """LAUNCH_SECRET in the simulator."""
-        if self.firmware is None:
-            raise LaunchError("inject before measure")
-        self.firmware.inject(packet)
+        self.launch.inject(packet)
 
     def resume(self) -> None:
         """LAUNCH_FINISH in the simulator, then ``virDomainResume``."""
-        if self.firmware is not None:
-            self.firmware.finish()
+        self.launch.finish()
         self.dom.resume()
 
 
@@ -170,7 +152,7 @@ def attest_domain(settings: HostSettings, dom: Any) -> bool:
         backend: LibvirtBackend
         if state.simulate:
             result = settings.state_dir / f"{uuid}{SIM_RESULT_SUFFIX}"
-            backend = SimLibvirtBackend(dom, state, result)
+            backend = SimLibvirtBackend(dom, SimulatedLaunch(state, result))
         else:
             backend = LibvirtBackend(dom)
         marker.write_text(state.launch_id + "\n", encoding="utf-8")

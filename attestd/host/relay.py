@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 import logging
 import socket
-from pathlib import Path
 
 from attestd.errors import LaunchError
 from attestd.host.client import SecretPacket, ServiceClient
 from attestd.host.config import HostSettings
 from attestd.host.driver import PlatformReport, complete_launch
 from attestd.host.qmp import RelayController, RelaySession, serve_relay
-from attestd.host.sim import SIM_RESULT_SUFFIX, SimulatedFirmware
+from attestd.host.sim import SIM_RESULT_SUFFIX, SimulatedLaunch
 from attestd.host.state import LaunchState
 
 logger = logging.getLogger("attestd.host.wrapper")
@@ -61,41 +60,23 @@ class QmpBackend:
 class SimQmpBackend(QmpBackend):
     """Simulated SEV: the simulator measures and takes the secret; QEMU only pauses."""
 
-    def __init__(self, session: RelaySession, state: LaunchState, result_file: Path) -> None:
+    def __init__(self, session: RelaySession, launch: SimulatedLaunch) -> None:
         super().__init__(session)
-        self.state = state
-        self.result_file = result_file
-        self.firmware: SimulatedFirmware | None = None
+        self.launch = launch
 
     def measure(self) -> PlatformReport:
         """Check QEMU is still paused, then let the simulator measure the firmware."""
-        status = self.session.command("query-status")
-        if status.get("running"):
+        if self.session.command("query-status").get("running"):
             raise LaunchError("guest CPUs already running before attestation")
-        if self.state.sim_state is None or self.state.firmware is None:
-            raise LaunchError("launch state lacks simulator settings")
-        godh, blob = self.state.sim_blobs()
-        self.firmware = SimulatedFirmware(
-            Path(self.state.sim_state),
-            godh,
-            blob,
-            self.state.policy,
-            Path(self.state.firmware),
-            self.result_file,
-        )
-        data, major, minor, build, policy = self.firmware.measure()
-        return PlatformReport(data, major, minor, build, policy)
+        return self.launch.measure()
 
     def inject(self, packet: SecretPacket) -> None:
         """LAUNCH_SECRET in the simulator."""
-        if self.firmware is None:
-            raise LaunchError("inject before measure")
-        self.firmware.inject(packet)
+        self.launch.inject(packet)
 
     def resume(self) -> None:
         """LAUNCH_FINISH in the simulator; the relay then forwards ``cont``."""
-        if self.firmware is not None:
-            self.firmware.finish()
+        self.launch.finish()
 
 
 def run_relay(
@@ -106,7 +87,7 @@ def run_relay(
     def attest(session: RelaySession) -> None:
         backend: QmpBackend
         if state.simulate:
-            backend = SimQmpBackend(session, state, result_file)
+            backend = SimQmpBackend(session, SimulatedLaunch(state, result_file))
         else:
             backend = QmpBackend(session)
         complete_launch(state, backend, ServiceClient(state.service, settings))

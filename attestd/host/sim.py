@@ -18,7 +18,9 @@ from pathlib import Path
 
 from attestd.errors import LaunchError
 from attestd.host.client import SecretPacket
+from attestd.host.driver import PlatformReport
 from attestd.host.platform import PlatformData
+from attestd.host.state import LaunchState
 from attestd.sim.platform import SimulatedPlatform
 
 #: Next to the launch state: which simulator handle a launch used (public).
@@ -87,11 +89,11 @@ class SimulatedFirmware:
         finally:
             os.close(fd)
 
-    def measure(self) -> tuple[bytes, int, int, int, int]:
-        """LAUNCH_MEASURE: (measure||mnonce, api_major, api_minor, build_id, policy)."""
+    def measure(self) -> PlatformReport:
+        """LAUNCH_MEASURE, reported like ``query-sev``/``launchSecurityInfo`` would."""
         with self._locked() as p:
             data = p.launch_measure(self.handle)
-            return data, p.api_major, p.api_minor, p.build_id, self.policy
+            return PlatformReport(data, p.api_major, p.api_minor, p.build_id, self.policy)
 
     def inject(self, packet: SecretPacket) -> None:
         """LAUNCH_SECRET."""
@@ -102,3 +104,38 @@ class SimulatedFirmware:
         """LAUNCH_FINISH (what QEMU does on the first ``cont``)."""
         with self._locked() as p:
             p.launch_finish(self.handle)
+
+
+class SimulatedLaunch:
+    """The simulator's part of a launch backend, driven by the hook's launch state."""
+
+    def __init__(self, state: LaunchState, result_file: Path) -> None:
+        self.state = state
+        self.result_file = result_file
+        self.firmware: SimulatedFirmware | None = None
+
+    def measure(self) -> PlatformReport:
+        """LAUNCH_START + LAUNCH_UPDATE_DATA(firmware) + LAUNCH_MEASURE."""
+        if self.state.sim_state is None or self.state.firmware is None:
+            raise LaunchError("launch state lacks simulator settings")
+        godh, blob = self.state.sim_blobs()
+        self.firmware = SimulatedFirmware(
+            Path(self.state.sim_state),
+            godh,
+            blob,
+            self.state.policy,
+            Path(self.state.firmware),
+            self.result_file,
+        )
+        return self.firmware.measure()
+
+    def inject(self, packet: SecretPacket) -> None:
+        """LAUNCH_SECRET."""
+        if self.firmware is None:
+            raise LaunchError("inject before measure")
+        self.firmware.inject(packet)
+
+    def finish(self) -> None:
+        """LAUNCH_FINISH (nothing when the launch never got measured)."""
+        if self.firmware is not None:
+            self.firmware.finish()
