@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -108,3 +109,15 @@ def test_wrong_sizes_rejected(field: str) -> None:
 def test_read_dev_sev_without_device_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         plat.read_dev_sev(tmp_path / "sev")
+
+
+@pytest.mark.hw
+@pytest.mark.skipif(not os.environ.get("ATTESTD_HW_TESTS"), reason="needs /dev/sev (hw)")
+def test_read_dev_sev_exports_a_chain_that_parses() -> None:
+    """On an SEV host: the exported PDH is signed by the exported PEK."""
+    from attestd.sev.chain import PlatformChain
+
+    data = plat.read_dev_sev()
+    chain = PlatformChain.from_export(data.pdh, data.cert_chain)
+    assert chain.pdh.is_signed_by(chain.pek)
+    assert len(data.chip_id) == 64

@@ -6,6 +6,7 @@ import itertools
 import json
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -187,4 +188,31 @@ def test_events_are_forwarded(tmp_path: Path, qemu: str) -> None:
     while "STOP" not in names:
         names.append(c.read()["event"])
     assert "RESUME" in names and "STOP" in names
+    c.close()
+
+
+def test_real_sev_backend_fails_closed_on_qemu_without_sev(tmp_path: Path, qemu: str) -> None:
+    """The production path (query-sev-launch-measure …) on a QEMU without SEV: no cont."""
+    from attestd.host.client import ServiceClient
+    from attestd.host.config import HostSettings
+    from attestd.host.driver import complete_launch
+    from attestd.host.relay import QmpBackend
+    from attestd.host.state import LaunchState
+
+    state = LaunchState(
+        domain="g", domain_uuid=str(uuid.uuid4()), domain_id=1, vm_id=str(uuid.uuid4()),
+        service="https://attest.invalid/v1", launch_id="L-no-sev-0001", policy=1,
+        path="wrapper", simulate=False,
+    )  # fmt: skip
+    client = ServiceClient(state.service, HostSettings())  # never reached
+
+    def attest(session: RelaySession) -> None:
+        complete_launch(state, QmpBackend(session), client)
+
+    relay = Relay(tmp_path, qemu, attest)
+    c = relay.client()
+    c.execute("qmp_capabilities")
+    with pytest.raises(QmpError, match="SEV launch measurement is not available"):
+        c.execute("cont")
+    assert c.execute("query-status")["status"] == "prelaunch"
     c.close()
