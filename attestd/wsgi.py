@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
-from attestd import config
+from attestd import config, logsetup
 from attestd.api import create_app
 
 _settings = config.load()
-logging.basicConfig(
-    level=_settings.log_level.upper(),
-    format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-)
+logsetup.configure(_settings.log_level)
 app = create_app(_settings)

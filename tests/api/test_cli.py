@@ -70,3 +70,26 @@ def test_serve_builds_gunicorn_argv() -> None:
     assert argv[1:3] == ["-m", "gunicorn"]
     assert argv[argv.index("--bind") + 1] == "0.0.0.0:9000"
     assert argv[-1] == "attestd.wsgi:app"
+
+
+def test_log_filter_redacts_tokens() -> None:
+    import logging
+
+    from attestd.logsetup import RedactTokens
+
+    record = logging.LogRecord(
+        "x",
+        logging.INFO,
+        __file__,
+        1,
+        "header %s and token %s",
+        (
+            "Authorization: Bearer abcdefghijklmnop",
+            "ato_SBkzCI1qvV5NYO0OdLwDC0bbiN38rXci5pKi9XSX8c",
+        ),
+        None,
+    )
+    assert RedactTokens().filter(record)
+    text = record.getMessage()
+    assert "abcdefghijklmnop" not in text and "SBkzCI1" not in text
+    assert "Bearer [redacted]" in text and "ato_[redacted]" in text
