@@ -14,8 +14,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
-from attestd import __version__
 from attestd.api import schemas as s
+
+#: The protocol version the document describes (not the package version).
+PROTOCOL_VERSION = "1.0"
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def build_spec() -> dict[str, Any]:
     plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
     spec = APISpec(
         title="attestd",
-        version=__version__,
+        version=PROTOCOL_VERSION,
         openapi_version="3.0.3",
         plugins=[plugin],
         info={
