@@ -29,7 +29,7 @@ from attestd.host.config import HostSettings
 from attestd.host.domain import parse_domain
 from attestd.host.driver import PlatformReport, complete_launch
 from attestd.host.sim import SIM_RESULT_SUFFIX, SimulatedLaunch
-from attestd.host.state import PATH_AGENT, read_state, state_file
+from attestd.host.state import PATH_AGENT, done_marker, read_state
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _domain_lock(settings: HostSettings, uuid: str) -> Iterator[bool]:
 
 
 def _done_marker(settings: HostSettings, uuid: str) -> Path:
-    return state_file(settings.state_dir, uuid).with_suffix(".done")
+    return done_marker(settings.state_dir, uuid)
 
 
 def attest_domain(settings: HostSettings, dom: Any) -> bool:

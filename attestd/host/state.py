@@ -97,5 +97,12 @@ def read_state(state_dir: Path, domain_uuid: UUID | str) -> LaunchState | None:
 
 
 def remove_state(state_dir: Path, domain_uuid: UUID | str) -> None:
-    """Forget a launch (domain stopped)."""
-    state_file(state_dir, domain_uuid).unlink(missing_ok=True)
+    """Forget a launch (domain stopped): its state and the agent's done marker."""
+    path = state_file(state_dir, domain_uuid)
+    path.unlink(missing_ok=True)
+    done_marker(state_dir, domain_uuid).unlink(missing_ok=True)
+
+
+def done_marker(state_dir: Path, domain_uuid: UUID | str) -> Path:
+    """Holds the launch id the agent attested (one attestation per launch)."""
+    return state_file(state_dir, domain_uuid).with_suffix(".done")
