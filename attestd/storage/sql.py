@@ -453,14 +453,17 @@ class Database:
         self._run(txn)
 
     def purge_expired_keys(self, now: float) -> int:
-        """Drop TEK/TIK of pending launches that expired; returns how many."""
+        """Drop TEK/TIK of expired launches never finished (also those a crash left
+        ``validating``); returns how many."""
 
         def txn(conn: Connection) -> int:
             result = conn.execute(
                 update(t.launches)
                 .where(
                     and_(
-                        t.launches.c.state == LaunchState.PENDING.value,
+                        t.launches.c.state.in_(
+                            [LaunchState.PENDING.value, LaunchState.VALIDATING.value]
+                        ),
                         t.launches.c.expires_at <= now,
                         t.launches.c.keys_enc.is_not(None),
                     )

@@ -97,11 +97,15 @@ def test_claim_is_single_use_and_respects_expiry(db: Database) -> None:
     event = event_row(vm.owner_id, vm.uuid, "launch", 1.0)
     assert db.begin_launch(vm, _launch(vm, 1), event=event)
     assert db.begin_launch(vm, _launch(vm, 2, expires=50.0), event=event)
+    assert db.begin_launch(vm, _launch(vm, 3, expires=50.0), event=event)
+    assert db.claim_launch("launch-0003", vm.id, 10.0) is not None  # then the node dies
     claims = _parallel(6, lambda n: db.claim_launch("launch-0001", vm.id, 10.0))
     assert sum(c is not None for c in claims) == 1
     assert db.claim_launch("launch-0002", vm.id, 60.0) is None  # expired
     assert db.claim_launch("launch-0002", vm.id + 1, 10.0) is None  # other VM
-    assert db.purge_expired_keys(60.0) == 1
+    assert db.purge_expired_keys(60.0) == 2
+    crashed = db.launch("launch-0003")
+    assert crashed is not None and crashed.keys_enc is None
     record = db.launch("launch-0002")
     assert record is not None and record.keys_enc is None and record.state is LaunchState.PENDING
     db.finish_launch("launch-0001", LaunchState.VALIDATED, 11.0, event=event)
