@@ -108,6 +108,19 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
+#: Error statuses of the /v1 operations (the table itself is in ``attestd.api.errors``).
+ERROR_STATUSES = {
+    "400": "malformed input (bad JSON, base64, certificate layout)",
+    "401": "missing or invalid bearer token",
+    "403": "attestation failed: chain, measurement or policy (nothing released)",
+    "404": "unknown VM or launch (or another owner's)",
+    "409": "conflict: launch used or expired, budget exhausted, VM exists",
+    "413": "body too large, or the secret table would not fit the secret area",
+    "422": "the request does not match the schema, or is unsupported",
+    "503": "database, storage key or signed CEK unavailable",
+}
+
+
 def _custom_fields(plugin: MarshmallowPlugin) -> None:
     plugin.map_to_openapi_type(s.Base64Bytes, "string", "byte")  # type: ignore[no-untyped-call]
 
@@ -205,6 +218,12 @@ def _operation(op: Operation) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
     out["responses"] = {str(op.status): success, "default": error}
+    if op.path.startswith("/v1/vm") or op.path == "/v1/firmware":
+        for status, what in ERROR_STATUSES.items():
+            out["responses"][status] = {
+                "description": what,
+                "content": {"application/json": {"schema": "Error"}},
+            }
     if op.path == "/v1/firmware":
         out["responses"]["200"] = {
             "description": "already uploaded",
