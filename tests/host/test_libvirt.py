@@ -82,7 +82,8 @@ def test_capability_probing_and_plain_domain_start_stop_through_wrapper(
         assert json.loads(status.stdout)["return"]["status"] == "running"
         libvirtd.virsh("destroy", name)
         assert libvirtd.virsh("domstate", name).stdout.strip() == "shut off"
-        assert not list(host_settings(libvirtd.root).state_dir.glob("*.json"))
+        uuid = libvirtd.virsh("domuuid", name).stdout.strip()
+        assert not list(host_settings(libvirtd.root).state_dir.glob(f"{uuid}*"))  # hook passed
     finally:
         libvirtd.virsh("destroy", name, check=False)
         libvirtd.virsh("undefine", name, check=False)
