@@ -18,3 +18,13 @@ def testdata() -> Path:
     if not TESTDATA.is_dir():
         raise RuntimeError(f"shared test data not found at {TESTDATA}; set ATTESTD_SHARED_DIR")
     return TESTDATA
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect tests marked ``hw`` (real SEV hardware) unless ATTESTD_HW_TESTS=1."""
+    if os.environ.get("ATTESTD_HW_TESTS") == "1":
+        return
+    hardware = [item for item in items if item.get_closest_marker("hw")]
+    if hardware:
+        config.hook.pytest_deselected(items=hardware)
+        items[:] = [item for item in items if not item.get_closest_marker("hw")]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,7 +111,6 @@ def test_read_dev_sev_without_device_fails_cleanly(tmp_path: Path) -> None:
 
 
 @pytest.mark.hw
-@pytest.mark.skipif(not os.environ.get("ATTESTD_HW_TESTS"), reason="needs /dev/sev (hw)")
 def test_read_dev_sev_exports_a_chain_that_parses() -> None:
     """On an SEV host: the exported PDH is signed by the exported PEK."""
     from attestd.sev.chain import PlatformChain
