@@ -29,17 +29,14 @@ from attestd.sev.secrets import (
     build_secret_table,
 )
 from attestd.sev.session import start_launch
-from bench.bench_chain import PLATFORM, _report, _timed
+from bench.bench_chain import PLATFORM, _report
 
 
 def main(argv: list[str]) -> int:
     runs = int(argv[1]) if len(argv) > 1 else 500
     pdh = SevCertificate.unpack((PLATFORM / "rome" / "pdh.cert").read_bytes()).public_key()
     policy = 0x0001
-    _report(
-        "start_launch (GODH, ECDH, KDF, wrap, cert)",
-        _timed(lambda: start_launch(pdh, policy), runs),
-    )
+    _report("start_launch (GODH, ECDH, KDF, wrap, cert)", lambda: start_launch(pdh, policy), runs)
 
     launch = start_launch(pdh, policy)
     version = FirmwareVersion(1, 55, 21)
@@ -53,7 +50,7 @@ def main(argv: list[str]) -> int:
         def check(candidates: list[bytes] = candidates) -> object:
             return verify_measurement(launch.keys.tik, blob, version, policy, candidates)
 
-        _report(f"verify_measurement ({count} candidate(s))", _timed(check, runs))
+        _report(f"verify_measurement ({count} candidate(s))", check, runs)
 
     entries = [
         SecretEntry(LUKS_KEY_GUID, os.urandom(64)),
@@ -64,7 +61,7 @@ def main(argv: list[str]) -> int:
         table = build_secret_table(entries, max_size=3072)
         return build_launch_secret(launch.keys, measure, table, version=version)
 
-    _report("secret table + LAUNCH_SECRET packet (1.1 KiB)", _timed(packet, runs))
+    _report("secret table + LAUNCH_SECRET packet (1.1 KiB)", packet, runs)
     return 0
 
 
