@@ -15,7 +15,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from attestd.guest.agent import (
     DEFAULT_DEV_DIR,
@@ -210,5 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-if __name__ == "__main__":
+def run() -> NoReturn:
+    """``main`` with its status as the process exit code (zipapp entry point)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

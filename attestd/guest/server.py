@@ -239,8 +239,14 @@ def make_handler(controller: Controller) -> type[BaseHTTPRequestHandler]:
         sys_version = ""
 
         def _respond(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY or length < 0:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                status, doc = _error(400, "bad Content-Length")
+                self.close_connection = True
+            elif length > MAX_BODY:
                 status, doc = _error(413, "request body too large")
                 self.close_connection = True
             else:

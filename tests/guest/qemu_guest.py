@@ -4,8 +4,9 @@ The kernel comes from Debian's ``linux-image-*-amd64`` package (``apt-get downlo
 + ``dpkg -x``, once, into a cache dir outside git); the initramfs holds busybox,
 the modules for virtio, 9p, dm-crypt and ext4, and an ``/init`` script. The host's
 ``/usr`` (python3.11, cryptsetup, e2fsprogs, util-linux and their libraries) is
-shared read-only over 9p, as are the project tree and a work directory that
-carries the secret table in and the guest's output back.
+shared read-only over 9p; a second 9p share, the work directory, carries the
+agent (as a zipapp), the secret table and the step script in and the guest's
+output back.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ echo "init: start $(cat /proc/uptime)"
 for m in $(cat /modules/order); do insmod /modules/$m || echo "insmod $m failed"; done
 o=trans=virtio,version=9p2000.L,msize=262144
 mount -t 9p -o $o,ro,cache=loose hostusr /usr
-mount -t 9p -o $o,ro project /project
 mount -t 9p -o $o work /work
 mkdir -p /dev/disk/by-id
 for d in /sys/block/vd*; do
@@ -120,7 +120,7 @@ def build_initramfs(kernel: Kernel, out: Path) -> Path:
     """An uncompressed newc cpio: busybox, modules, /init, mount points."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "usr", "project", "work",
+        for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "usr", "work",
                   "etc", "modules", "root", "mnt"):  # fmt: skip
             (root / d).mkdir()
         (root / "lib").symlink_to("usr/lib")
@@ -151,7 +151,7 @@ class Disk:
     serial: str
 
 
-def boot(kernel: Kernel, initrd: Path, disks: Sequence[Disk], project: Path, work: Path) -> str:
+def boot(kernel: Kernel, initrd: Path, disks: Sequence[Disk], work: Path) -> str:
     """Boot the guest once (it runs ``work/step.sh`` and powers off); return the serial log."""
     serial_log = work / "serial.log"
     argv = [
@@ -166,7 +166,7 @@ def boot(kernel: Kernel, initrd: Path, disks: Sequence[Disk], project: Path, wor
             "-drive", f"file={disk.path},format=raw,if=none,id=d{i},cache=unsafe",
             "-device", f"virtio-blk-pci,drive=d{i},serial={disk.serial}",
         ]  # fmt: skip
-    shares = (("hostusr", Path("/usr"), True), ("project", project, True), ("work", work, False))
+    shares = (("hostusr", Path("/usr"), True), ("work", work, False))
     for i, (tag, path, readonly) in enumerate(shares):
         ro = ",readonly=on" if readonly else ""
         argv += [

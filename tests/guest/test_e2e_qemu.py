@@ -1,5 +1,6 @@
 """End to end: attestd-guest bootstrap inside a Linux guest under QEMU (TCG).
 
+The agent runs as a standalone zipapp (stdlib only) with the guest's python3.11.
 Three virtio disks, the payload in a secret table delivered as a file over 9p:
 
 * ``data``: blank -> LUKS2-formatted, ext4, mounted; a marker file is written.
@@ -20,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
 from tests.guest import qemu_guest
 from tests.guest.helpers import CHEAP_PBKDF, luks_format_file, payload_doc, payload_table, sh
+from tests.guest.test_isolation import build_zipapp
 
 STEP = """\
-export PYTHONPATH=/project PYTHONDONTWRITEBYTECODE=1
-agent="/usr/bin/python3.11 -S -m attestd.guest --run-dir /run/attestd {pbkdf}"
+export PYTHONDONTWRITEBYTECODE=1
+agent="/usr/bin/python3.11 -S /work/attestd-guest.pyz --run-dir /run/attestd {pbkdf}"
 echo "step: start $(cat /proc/uptime)"
 $agent bootstrap --secret-table /work/table.bin > /work/result.json
 echo "bootstrap-exit=$?"
@@ -52,6 +53,7 @@ def test_bootstrap_in_a_qemu_guest(tmp_path: Path) -> None:
     initrd = qemu_guest.build_initramfs(kernel, tmp_path / "initrd.cpio")
     work = tmp_path / "work"
     work.mkdir()
+    build_zipapp(work / "attestd-guest.pyz")  # the agent ships alone
 
     data, logs, bad = (tmp_path / f"{n}.img" for n in ("data", "logs", "bad"))
     with data.open("wb") as fh:
@@ -72,7 +74,7 @@ def test_bootstrap_in_a_qemu_guest(tmp_path: Path) -> None:
 
     # first boot
     (work / "step.sh").write_text(STEP.format(pbkdf=pbkdf, boot=1))
-    serial = qemu_guest.boot(kernel, initrd, disks, PROJECT_ROOT, work)
+    serial = qemu_guest.boot(kernel, initrd, disks, work)
     step_log = (work / "step.log").read_text()
     facts = _facts(step_log)
     assert facts.get("bootstrap-exit") == "1", serial[-3000:] + step_log
@@ -94,7 +96,7 @@ def test_bootstrap_in_a_qemu_guest(tmp_path: Path) -> None:
     with data.open("r+b") as fh:
         fh.truncate(96 << 20)
     (work / "step.sh").write_text(STEP.format(pbkdf=pbkdf, boot=2))
-    serial = qemu_guest.boot(kernel, initrd, disks, PROJECT_ROOT, work)
+    serial = qemu_guest.boot(kernel, initrd, disks, work)
     step_log = (work / "step.log").read_text()
     facts = _facts(step_log)
     assert facts.get("bootstrap-exit") == "1", serial[-3000:] + step_log

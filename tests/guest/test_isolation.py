@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
+import zipapp
 from pathlib import Path
 
+import attestd
 import attestd.guest
 
 PACKAGE = Path(attestd.guest.__file__).parent
+
+
+def build_zipapp(out: Path) -> Path:
+    """``attestd-guest.pyz``: attestd/__init__.py plus attestd/guest, nothing else."""
+    staging = out.parent / "pyz-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "attestd").mkdir(parents=True)
+    shutil.copy(Path(attestd.__file__), staging / "attestd" / "__init__.py")
+    shutil.copytree(PACKAGE, staging / "attestd" / "guest",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    zipapp.create_archive(
+        staging, out, interpreter="/usr/bin/env python3", main="attestd.guest.cli:run"
+    )
+    shutil.rmtree(staging)
+    return out
 
 
 def test_imports_are_stdlib_or_guest_only() -> None:
@@ -28,17 +46,25 @@ def test_imports_are_stdlib_or_guest_only() -> None:
                 assert ok, f"{source.name} imports {name}"
 
 
-def test_runs_from_a_copy_without_the_rest_of_attestd(tmp_path: Path) -> None:
-    """Copy only attestd/guest (plus an empty attestd/__init__) and run --help."""
-    pkg = tmp_path / "attestd"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    subprocess.run(["cp", "-r", str(PACKAGE), str(pkg / "guest")], check=True)
-    code = "import attestd.guest.server, attestd.guest.cli as c; print(c.__file__); c.main(['-h'])"
+def test_zipapp_runs_without_site_packages(tmp_path: Path) -> None:
+    """The zipapp alone, with ``-S`` (no site-packages, no editable install)."""
+    pyz = build_zipapp(tmp_path / "attestd-guest.pyz")
     out = subprocess.run(
-        [sys.executable, "-S", "-c", code],  # -S: no site-packages at all
+        [sys.executable, "-S", str(pyz), "--help"],
         cwd=tmp_path, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(str(pkg / "guest" / "cli.py"))
-    assert "bootstrap" in out.stdout
+    assert "bootstrap" in out.stdout and "rotate" in out.stdout
+    missing = tmp_path / "missing.bin"
+    out = subprocess.run(
+        [sys.executable, "-S", str(pyz), "bootstrap", "--secret-table", str(missing)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 3 and '"code": "secret_source"' in out.stdout
+    code = "import attestd.guest.server as s; print(s.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], env={"PYTHONPATH": str(pyz)},
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(str(pyz))
