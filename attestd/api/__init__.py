@@ -44,7 +44,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
     keyring = open_keyring(settings)
     service = Service(settings, db, keyring, clock=clock)
     app = Flask("attestd")
-    app.config["MAX_CONTENT_LENGTH"] = max(settings.max_firmware_size, settings.max_request_size)
+    # one byte more than any body may have: a streamed (chunked) body is read up to this
+    # limit without an error, so only a read past the real limit shows it was exceeded
+    app.config["MAX_CONTENT_LENGTH"] = (
+        max(settings.max_firmware_size, settings.max_request_size) + 1
+    )
     app.json.sort_keys = True  # type: ignore[attr-defined]
     app.extensions["attestd"] = AppState(
         settings=settings,
