@@ -350,7 +350,11 @@ class Agent:
                 return OperationResult(
                     {n: VolumeResult(actions=["ready"]) for n in payload.volumes}
                 )
-            self.write_files(payload)
+            try:
+                self.write_files(payload)
+            except OSError as exc:
+                run_dir = self.config.run_dir
+                raise GuestError(f"cannot write files under {run_dir}: {exc.strerror}") from exc
             results = _run_each(
                 list(payload.volumes),
                 lambda name, res: self._bootstrap_volume(payload.volumes[name], res),

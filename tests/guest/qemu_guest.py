@@ -64,14 +64,18 @@ def _out(argv: Sequence[str], **kw: object) -> str:
 
 
 def _kernel_package() -> str:
-    deps = subprocess.run(
-        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=False
-    ).stdout
-    names = [ln.split()[-1] for ln in deps.splitlines() if "Depends: linux-image-" in ln]
-    if not names:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        return _kernel_package()
-    return names[0]
+    """The versioned package ``linux-image-amd64`` depends on (apt lists updated if empty)."""
+    for attempt in range(2):
+        if attempt:
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+        deps = subprocess.run(
+            ["apt-cache", "depends", "linux-image-amd64"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        names = [ln.split()[-1] for ln in deps.splitlines() if "Depends: linux-image-" in ln]
+        if names:
+            return names[0]
+    raise RuntimeError("apt knows no linux-image-amd64 dependency")
 
 
 @dataclass(frozen=True)

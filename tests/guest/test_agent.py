@@ -18,7 +18,7 @@ import pytest
 
 from attestd.guest import cli, luks
 from attestd.guest.agent import Agent
-from attestd.guest.errors import AuthenticationFailed, CommandFailed, ConflictError
+from attestd.guest.errors import AuthenticationFailed, CommandFailed, ConflictError, GuestError
 from attestd.guest.payload import PAYLOAD_GUID, RotateSpec, validate
 from attestd.guest.runner import SubprocessRunner
 from tests.guest.conftest import Guest
@@ -277,3 +277,15 @@ def test_waits_for_late_devices(guest: Guest) -> None:
     os.mkfifo(guest.config.dev_dir / "fifo")
     with pytest.raises(CommandFailed, match="not a block device"):
         Agent(guest.config, RecordingRunner()).resolve_device("/dev/fifo")
+
+
+def test_unwritable_run_dir_is_a_clean_error(guest: Guest) -> None:
+    from dataclasses import replace
+
+    blocker = guest.root / "file"
+    blocker.write_text("")
+    rec = RecordingRunner()
+    agent = Agent(replace(guest.config, run_dir=blocker / "run"), rec)
+    with pytest.raises(GuestError, match="cannot write files under"):
+        agent.bootstrap(validate(_doc()))
+    assert rec.calls == []

@@ -27,7 +27,7 @@ from tests.guest.test_isolation import build_zipapp
 
 STEP = """\
 export PYTHONDONTWRITEBYTECODE=1
-agent="/usr/bin/python3.11 -S /work/attestd-guest.pyz --run-dir /run/attestd {pbkdf}"
+agent="/usr/bin/python3 -S /work/attestd-guest.pyz --run-dir /run/attestd {pbkdf}"
 echo "step: start $(cat /proc/uptime)"
 $agent bootstrap --secret-table /work/table.bin > /work/result.json
 echo "bootstrap-exit=$?"
