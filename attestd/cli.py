@@ -24,7 +24,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the full ``attestd`` argument parser."""
-    parser = argparse.ArgumentParser(prog="attestd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="attestd",
+        description="attestd: remote attestation for AMD SEV / SEV-ES confidential VMs.",
+    )
     parser.add_argument("--version", action="version", version=f"attestd {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
