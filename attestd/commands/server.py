@@ -86,11 +86,14 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     path = settings.effective_storage_key_file
     open_keyring(settings)  # creates the dev key if that is what is configured
     add_primary_key(path)
-    keyring = KeyRing.from_file(path)
+    keyring = KeyRing.snapshot(path)  # old and new keys, also after --retire
     db = open_database(settings)
     count = db.rotate_encrypted(keyring.rotate)
     if args.retire:
         retire_old_keys(path)
+        # running services reload the key file on their next use of it; whatever one of
+        # them wrote under the old key in between is moved to the new key now
+        db.rotate_encrypted(keyring.rotate)
     print(f"re-encrypted {count} stored values under the new key in {path}")
     return 0
 
