@@ -386,3 +386,14 @@ def test_qmp_reply_json_and_bad_platform_info(
         (tmp_path / "bad").write_text(bad)
         status, _, err = run(capsys, ["chain", "verify", "--nodesevinfo", str(tmp_path / "bad")])
         assert status == 1 and message in err
+
+
+def test_deeply_nested_nodesevinfo_json_is_a_clean_parse_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    info = tmp_path / "nodesevinfo.json"
+    info.write_text('{"a":' + "[" * 200_000 + "]" * 200_000 + "}")
+    assert cli.main(["chain", "verify", "--nodesevinfo", str(info)]) == 1
+    err = capsys.readouterr().err
+    assert "[malformed_input]" in err
+    assert "Traceback" not in err

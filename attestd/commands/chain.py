@@ -140,7 +140,7 @@ def parse_nodesevinfo(text: str) -> dict[str, str]:
     if stripped.startswith("{"):
         try:
             doc = json.loads(stripped)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ParseError(f"platform info is not valid JSON: {exc}") from None
         if isinstance(doc, dict) and isinstance(doc.get("return"), dict):
             doc = doc["return"]
