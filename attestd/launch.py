@@ -371,11 +371,15 @@ class LaunchService:
         now = self.service.clock()
         digest_label = ""
         try:
-            if launch.vm_revision != vm.revision:
+            # read again after the claim: a PUT that committed before it ends this launch
+            current = self.db.vm(uuid)
+            if current is None or current.id != vm.id or current.revision != launch.vm_revision:
+                now_revision = "deleted" if current is None else current.revision
                 raise PolicyViolation(
                     "the registration changed after the launch started",
-                    reasons=[f"launch revision {launch.vm_revision}, now {vm.revision}"],
+                    reasons=[f"launch revision {launch.vm_revision}, now {now_revision}"],
                 )
+            vm, reg = current, Registration.from_public(json.loads(current.registration))
             if launch.keys_enc is None:
                 raise Conflict("the launch has no session keys", reasons=["launch_used"])
             keys = TransportKeys.from_bytes(self.service.keyring.decrypt(launch.keys_enc))

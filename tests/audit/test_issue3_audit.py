@@ -209,3 +209,36 @@ def test_no_secret_in_any_owner_response_or_log(
         assert secret not in shown
         assert secret not in caplog.text
         assert base64.b64encode(secret.encode()).decode()[:16] not in shown
+
+
+def test_put_committed_while_validate_runs_releases_no_old_secret(
+    host_app: Flask, platform: SimulatedPlatform, ovmf: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PUT that commits after /validate read the VM but before it claimed the launch."""
+    client = host_app.test_client()
+    owner = make_owner(host_app, "alice")
+    assert (
+        client.post(f"/v1/vm/{VM}", json=_sev(ovmf, "old-pw-AUDIT"), headers=owner).status_code
+        == 201
+    )
+    grant = client.post(f"/v1/vm/{VM}/launch", json=launch_body(platform)).json
+    _handle, measurement = measure(platform, grant, Boot(firmware=ovmf))
+    state = host_app.extensions["attestd"]
+    db = state.db
+    real_claim = db.claim_launch
+    put_done: list[int] = []
+
+    def claim_after_a_put(launch_id: str, vm_id: int, now: float) -> Any:
+        put = client.put(f"/v1/vm/{VM}", json=_sev(ovmf, "new-pw-AUDIT"), headers=owner)
+        put_done.append(put.status_code)
+        return real_claim(launch_id, vm_id, now)
+
+    monkeypatch.setattr(db, "claim_launch", claim_after_a_put)
+    resp = client.post(
+        f"/v1/vm/{VM}/validate",
+        json=validate_body(platform, grant, measurement, Boot(firmware=ovmf)),
+    )
+    assert put_done == [200]
+    assert resp.status_code == 403, "the old registration's secret was released after the PUT"
+    assert resp.json["errors"]["reason"] == "policy_violation"
+    assert "secret-table" not in resp.json
