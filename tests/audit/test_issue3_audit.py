@@ -242,3 +242,25 @@ def test_put_committed_while_validate_runs_releases_no_old_secret(
     assert resp.status_code == 403, "the old registration's secret was released after the PUT"
     assert resp.json["errors"]["reason"] == "policy_violation"
     assert "secret-table" not in resp.json
+
+
+def test_each_launch_gets_fresh_godh_tek_tik(
+    host_app: Flask, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    from attestd.sev.session import TransportKeys
+
+    client = host_app.test_client()
+    owner = make_owner(host_app, "alice")
+    assert client.post(f"/v1/vm/{VM}", json=_sev(ovmf, "pw"), headers=owner).status_code == 201
+    grants = [client.post(f"/v1/vm/{VM}/launch", json=launch_body(platform)).json for _ in range(3)]
+    state = host_app.extensions["attestd"]
+    keys = [
+        TransportKeys.from_bytes(
+            state.service.keyring.decrypt(state.db.launch(g["launch-id"]).keys_enc)
+        )
+        for g in grants
+    ]
+    for field in ("launch-id", "owner-cert", "session"):
+        assert len({g[field] for g in grants}) == 3, field
+    assert len({k.tek for k in keys}) == 3 and len({k.tik for k in keys}) == 3
+    assert all(g["policy"] == 1 for g in grants)
