@@ -22,6 +22,7 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 from attestd.errors import ParseError
+from attestd.host.state import MARKER_ENV
 
 NAMESPACE = "urn:attestd:libvirt:1"
 ELEMENT = "launch"
@@ -33,7 +34,11 @@ PLACEHOLDER = "AA=="
 #: is attested by the wrapper, any other by the host agent.
 WRAPPER_NAME = "attestd-qemu"
 
+#: libvirt's QEMU namespace: ``<qemu:commandline><qemu:env>`` carries the wrapper's marker.
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+
 ET.register_namespace(PREFIX, NAMESPACE)
+ET.register_namespace("qemu", QEMU_NAMESPACE)
 
 _TRUE = {"yes", "true", "1", "on"}
 _FALSE = {"no", "false", "0", "off", ""}
@@ -119,6 +124,7 @@ class DomainInfo:
     vcpus: int
     cpu_model: str | None
     sev: SevConfig | None
+    marker: str | None = None
 
     @property
     def uses_wrapper(self) -> bool:
@@ -145,6 +151,30 @@ def _parse_root(xml: str) -> ET.Element:
 
 def _metadata_element(root: ET.Element) -> ET.Element | None:
     return root.find(f"metadata/{{{NAMESPACE}}}{ELEMENT}")
+
+
+_COMMANDLINE = f"{{{QEMU_NAMESPACE}}}commandline"
+_ENV = f"{{{QEMU_NAMESPACE}}}env"
+
+
+def _marker_element(root: ET.Element) -> ET.Element | None:
+    return root.find(f"{_COMMANDLINE}/{_ENV}[@name='{MARKER_ENV}']")
+
+
+def _set_marker(root: ET.Element, value: str | None) -> None:
+    """Add, replace (``value``) or remove (None) the wrapper's ``<qemu:env>`` marker."""
+    for cmdline in root.findall(_COMMANDLINE):
+        for env in cmdline.findall(_ENV):
+            if env.get("name") == MARKER_ENV:
+                cmdline.remove(env)
+        if value is None and len(cmdline) == 0:
+            root.remove(cmdline)
+    if value is None:
+        return
+    parent = root.find(_COMMANDLINE)
+    if parent is None:
+        parent = ET.SubElement(root, _COMMANDLINE)
+    ET.SubElement(parent, _ENV, {"name": MARKER_ENV, "value": value})
 
 
 def mentions_attestd(xml: str) -> bool:
@@ -179,6 +209,7 @@ def parse_domain(xml: str) -> DomainInfo:
             has_session=sev_el.find("session") is not None,
         )
     vcpu_text = root.findtext("vcpu")
+    marker_el = _marker_element(root)
     return DomainInfo(
         name=name,
         uuid=uuid,
@@ -189,6 +220,7 @@ def parse_domain(xml: str) -> DomainInfo:
         vcpus=_int(vcpu_text, "vcpu") if vcpu_text is not None else 1,
         cpu_model=(root.findtext("cpu/model") or "").strip() or None,
         sev=sev,
+        marker=marker_el.get("value") if marker_el is not None else None,
     )
 
 
@@ -209,7 +241,9 @@ def prepare_domain(xml: str, metadata: AttestdMetadata, *, emulator: str | None)
 
     Adds (or replaces) the attestd metadata, the ``<dhCert>``/``<session>``
     placeholders of a ``<launchSecurity type='sev'>`` and, when ``emulator`` is
-    given, points ``<emulator>`` at the wrapper.
+    given, points ``<emulator>`` at the wrapper. A domain whose emulator is then the
+    wrapper gets the ``<qemu:env name='ATTESTD_DOMAIN'>`` marker (any other loses
+    it): the wrapper refuses to run a marked domain that has no launch state.
     """
     root = _parse_root(xml)
     sev_el = root.find("launchSecurity")
@@ -240,4 +274,6 @@ def prepare_domain(xml: str, metadata: AttestdMetadata, *, emulator: str | None)
             emu = ET.Element("emulator")
             devices.insert(0, emu)
         emu.text = emulator
+    wrapped = Path((root.findtext("devices/emulator") or "").strip()).name == WRAPPER_NAME
+    _set_marker(root, str(metadata.vm_id) if wrapped else None)
     return ET.tostring(root, encoding="unicode") + "\n"

@@ -24,9 +24,15 @@ from typing import Protocol
 from attestd.errors import AttestdError, LaunchError
 from attestd.host.client import LaunchReport, LaunchSession, SecretPacket, ServiceClient
 from attestd.host.config import HostSettings
-from attestd.host.domain import DomainInfo
+from attestd.host.domain import WRAPPER_NAME, DomainInfo
 from attestd.host.platform import read_cache
-from attestd.host.state import PATH_AGENT, PATH_WRAPPER, LaunchState, write_state
+from attestd.host.state import (
+    MARKER_ENV,
+    PATH_AGENT,
+    PATH_WRAPPER,
+    LaunchState,
+    write_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +133,11 @@ def begin_launch(
         raise LaunchError(f"domain {domain.name} has no attestd metadata")
     if domain.id is None:
         raise LaunchError(f"domain {domain.name} has no id: not a live definition")
+    if domain.uses_wrapper and domain.marker != str(meta.vm_id):
+        raise LaunchError(
+            f"domain {domain.name} uses {WRAPPER_NAME} without the matching "
+            f"<qemu:env name='{MARKER_ENV}'> marker: run 'attestd-host prepare-domain'"
+        )
     firmware = firmware_file(domain)
     if meta.simulate and (firmware is None or not firmware.is_file()):
         raise LaunchError(

@@ -21,6 +21,10 @@ from attestd.errors import ParseError
 
 PATH_WRAPPER = "wrapper"
 PATH_AGENT = "agent"
+#: Environment variable libvirt sets for a wrapped attestd domain's emulator (from the
+#: ``<qemu:env>`` that ``prepare-domain`` adds; value: the VM id). ``attestd-qemu``
+#: refuses to start a marked domain without a valid launch state (fail closed).
+MARKER_ENV = "ATTESTD_DOMAIN"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,12 @@
 """``attestd-qemu``: the emulator wrapper that makes a plain ``virsh start`` attest.
 
 For any invocation that is not the launch of an attestd domain (capability
-probing, ``-version``, other domains) it execs the real QEMU unchanged. For an
-attestd domain (the hook left a launch state for its ``-uuid``) it:
+probing, ``-version``, other domains) it execs the real QEMU unchanged. A domain
+prepared by ``attestd-host prepare-domain`` is *marked*: libvirt sets
+``ATTESTD_DOMAIN=<vm-id>`` in the emulator's environment (``<qemu:env>``). A marked
+domain without a valid launch state from the hook (hook not installed or not run,
+stale state) is refused, so it never runs unattested. For an attestd domain (the
+hook left a launch state for its ``-uuid``) it:
 
 1. creates a private QMP socket next to libvirt's ``monitor.sock`` and gives that
    one to QEMU in place of libvirt's monitor fd;
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from attestd.errors import AttestdError, LaunchError
 from attestd.host.config import HostSettings, load_settings
-from attestd.host.state import PATH_WRAPPER, read_state
+from attestd.host.state import MARKER_ENV, PATH_WRAPPER, LaunchState, read_state
 
 logger = logging.getLogger("attestd.host.wrapper")
 
@@ -104,36 +108,64 @@ def _configure_logging() -> None:
     )
 
 
+def _refuse(message: str) -> int:
+    print(f"attestd-qemu: {message}", file=sys.stderr)
+    return 1
+
+
+def _check_marked(args: Sequence[str], marker: str, state: LaunchState | None) -> str | None:
+    """Why a marked domain must not start (None: it has a launch state for the wrapper)."""
+    name = guest_name(args)
+    if state is None:
+        return (
+            f"{name} is an attestd domain ({MARKER_ENV}={marker}) but has no launch state: "
+            "is the attestd hook installed (attestd-host install-hook) and libvirtd restarted? "
+            "Refusing to run it unattested"
+        )
+    if state.path != PATH_WRAPPER:
+        return f"launch state of {name} is for the host agent, not attestd-qemu"
+    if state.vm_id != marker:
+        return f"launch state is for VM {state.vm_id}, the domain is marked for {marker}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``attestd-qemu``."""
     args = list(sys.argv[1:] if argv is None else argv)
     uuid = option_value(args, "-uuid")
     monitor = monitor_chardev(args)
+    marker = os.environ.get(MARKER_ENV) or None
     if uuid is None or monitor is None:
+        if marker is not None:
+            return _refuse(f"{MARKER_ENV} is set but libvirt's -uuid/monitor chardev is missing")
         _exec_qemu(load_settings_or_default(), args)
         return 127  # pragma: no cover - execv does not return
     try:
         settings = load_settings()
         state = read_state(settings.state_dir, uuid)
     except AttestdError as exc:
-        print(f"attestd-qemu: {exc.message}", file=sys.stderr)
-        return 1
+        return _refuse(exc.message)
+    if marker is not None:
+        reason = _check_marked(args, marker, state)
+        if reason is not None:
+            return _refuse(reason)
     if state is None or state.path != PATH_WRAPPER:
         _exec_qemu(settings, args)
         return 127  # pragma: no cover
     _configure_logging()
     if guest_name(args) != state.domain:
-        print(
-            f"attestd-qemu: launch state is for {state.domain!r}, not {guest_name(args)!r}",
-            file=sys.stderr,
-        )
-        return 1
+        return _refuse(f"launch state is for {state.domain!r}, not {guest_name(args)!r}")
     index, libvirt_fd = monitor
     try:
         listener = socket.socket(fileno=libvirt_fd)
         libvirt_path = listener.getsockname()
         if not isinstance(libvirt_path, str) or not libvirt_path:
             raise LaunchError("libvirt's monitor fd is not a unix socket with a path")
+        # libvirt's monitor lives in <libDir>/domain-<id>-<name>/: the state must be this launch's
+        if not Path(libvirt_path).parent.name.startswith(f"domain-{state.domain_id}-"):
+            raise LaunchError(
+                f"stale launch state (domain id {state.domain_id}, monitor {libvirt_path})"
+            )
         qemu_path = str(Path(libvirt_path).with_name(RELAY_SOCKET_NAME))
         Path(qemu_path).unlink(missing_ok=True)
         private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

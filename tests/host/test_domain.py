@@ -110,6 +110,9 @@ def test_examples_parse_as_attestd_domains() -> None:
     assert sev.sev is not None and sev.sev.has_dh_cert and sev.sev.has_session and sev.uses_wrapper
     sim = parse_domain((examples / "sim-domain.xml").read_text())
     assert sim.metadata is not None and sim.metadata.simulate and sim.sev is None
+    for info in (sev, sim):  # wrapped: marked with the VM id
+        assert info.uses_wrapper and info.metadata is not None
+        assert info.marker == str(info.metadata.vm_id)
 
 
 def test_ensure_uuid_adds_one_only_when_missing() -> None:
@@ -120,3 +123,23 @@ def test_ensure_uuid_adds_one_only_when_missing() -> None:
     assert parse_domain(with_uuid).uuid.version == 4
     assert ensure_uuid(with_uuid) == with_uuid
     assert ensure_uuid(SEV_XML) == SEV_XML
+
+
+def test_wrapper_marker_follows_the_resulting_emulator() -> None:
+    meta = AttestdMetadata(service="https://a/v1", vm_id=VM)
+    extra = SEV_XML.replace(
+        "</domain>",
+        "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+        "<qemu:arg value='-no-reboot'/></qemu:commandline></domain>",
+    )
+    wrapped = prepare_domain(extra, meta, emulator="/opt/attestd/bin/attestd-qemu")
+    assert parse_domain(wrapped).marker == str(VM)
+    assert '<qemu:arg value="-no-reboot" />' in wrapped  # the operator's own args stay
+    # prepared again (emulator kept): one marker, still the VM id
+    again = prepare_domain(wrapped, meta, emulator=None)
+    assert again.count("ATTESTD_DOMAIN") == 1 and parse_domain(again).marker == str(VM)
+    # agent path: no wrapper, no marker; the operator's <qemu:commandline> stays
+    agent = prepare_domain(wrapped, meta, emulator="/usr/bin/qemu-system-x86_64")
+    assert parse_domain(agent).marker is None and "-no-reboot" in agent
+    bare = prepare_domain(SEV_XML, meta, emulator="/usr/bin/qemu-system-x86_64")
+    assert "commandline" not in bare

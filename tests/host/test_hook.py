@@ -146,3 +146,16 @@ def test_missing_platform_cache_names_the_fix(tmp_path: Path, host: dict[str, st
     xml, _ = prepared(sev_xml("g", 3), "https://a.example/v1")
     result = run_hook(["g", "start", "begin", "-"], xml, host)
     assert result.returncode == 1 and "attestd-host refresh-platform" in result.stderr
+
+
+def test_wrapped_domain_without_its_marker_is_refused(host: dict[str, str]) -> None:
+    xml, meta = prepared(sev_xml("g", 3), "https://a.example/v1")
+    xml = xml.replace("/usr/bin/qemu-system-x86_64", "/opt/attestd/.venv/bin/attestd-qemu")
+    result = run_hook(["g", "start", "begin", "-"], xml, host)
+    assert result.returncode == 1
+    assert "without the matching <qemu:env name='ATTESTD_DOMAIN'> marker" in result.stderr
+    marked = prepare_domain(xml, meta, emulator=None)  # keeps the wrapper, adds the marker
+    assert "ATTESTD_DOMAIN" in marked
+    marked_for_other = marked.replace(f'value="{meta.vm_id}"', f'value="{uuidlib.uuid4()}"')
+    result = run_hook(["g", "start", "begin", "-"], marked_for_other, host)
+    assert result.returncode == 1 and "marker" in result.stderr

@@ -47,3 +47,31 @@ def test_pass_through_behaves_like_qemu(tmp_path: Path) -> None:
         )
         assert (wrapped.returncode, wrapped.stdout) == (direct.returncode, direct.stdout)
         assert wrapped.stderr == direct.stderr
+
+
+def test_marked_domain_without_launch_state_never_execs_qemu(tmp_path: Path) -> None:
+    wrapper = str(Path(sys.executable).with_name("attestd-qemu"))
+    config = tmp_path / "host.toml"
+    # qemu_binary would run and leave a trace if the wrapper exec'd it
+    trace = tmp_path / "qemu-ran"
+    fake = tmp_path / "qemu"
+    fake.write_text(f"#!/bin/sh\ntouch {trace}\n")
+    fake.chmod(0o755)
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\nqemu_binary = "{fake}"\n')
+    base = {"ATTESTD_HOST_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+    marked = {**base, "ATTESTD_DOMAIN": "0f7c2c1e-3a52-4d0f-9f0e-1c7b9b4f7a11"}
+    for env, argv in ((marked, LIBVIRT_ARGV), (marked, ["-machine", "none"])):
+        result = subprocess.run(
+            [wrapper, *argv], capture_output=True, env=env, text=True, check=False
+        )
+        assert result.returncode == 1 and not trace.exists()
+        assert result.stderr.startswith("attestd-qemu: ")
+    assert (
+        "has no launch state: is the attestd hook installed"
+        in subprocess.run(
+            [wrapper, *LIBVIRT_ARGV], capture_output=True, env=marked, text=True, check=False
+        ).stderr
+    )
+    # the same launch without the marker is a plain domain: passed through
+    result = subprocess.run([wrapper, *LIBVIRT_ARGV], env=base, check=False)
+    assert result.returncode == 0 and trace.exists()
