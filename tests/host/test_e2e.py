@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import subprocess
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ class Service:
     url: str
     owner: dict[str, str]
     root: Path
+    #: rewrites the JSON body of a /validate request before the service sees it
+    tamper_validate: Callable[[dict[str, Any]], None] | None = None
 
     def register(self, vm_id: uuidlib.UUID, firmware_hash: str) -> None:
         body: dict[str, Any] = {
@@ -59,6 +62,26 @@ class Service:
         }
         r = requests.post(f"{self.url}/vm/{vm_id}", json=body, headers=self.owner, timeout=10)
         assert r.status_code in (200, 201), r.text
+
+
+class TamperingProxy:
+    """WSGI middleware: a lying host's view of /validate (the service itself is real)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.svc: Service | None = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        tamper = self.svc.tamper_validate if self.svc is not None else None
+        if tamper is not None and environ["PATH_INFO"].endswith("/validate"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            doc = json.loads(environ["wsgi.input"].read(length))
+            tamper(doc)
+            body = json.dumps(doc).encode()
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        result: Iterable[bytes] = self.app(environ, start_response)
+        return result
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +107,15 @@ def service(libvirtd: Libvirtd) -> Iterator[Service]:
     owner = {"Authorization": f"Bearer {svc.create_owner('alice')}"}
     assert settings.token_file is not None
     settings.token_file.write_text(svc.create_host("host-under-test") + "\n")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    proxy = TamperingProxy(app)
+    server = make_server("127.0.0.1", 0, proxy, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     env_config = str(root / "attestd" / "host.toml")
     # the platform cache, as an operator makes it
     assert host_main(["--config", env_config, "refresh-platform", "--source", "sim"]) == 0
-    yield Service(f"http://127.0.0.1:{server.server_port}/v1", owner, root)
+    proxy.svc = Service(f"http://127.0.0.1:{server.server_port}/v1", owner, root)
+    yield proxy.svc
     server.shutdown()
     app.extensions["attestd"].db.dispose()
 
@@ -165,6 +190,43 @@ def test_wrong_measurement_cpus_never_run_and_start_fails_with_reason(
     finally:
         libvirtd.virsh("destroy", "e2e-wrong", check=False)
         libvirtd.virsh("undefine", "e2e-wrong", check=False)
+
+
+def _later_build(doc: dict[str, Any]) -> None:
+    doc["build-id"] += 1  # the host claims another firmware build than the one measured
+
+
+def _flipped_measure(doc: dict[str, Any]) -> None:
+    raw = bytearray(base64.b64decode(doc["measurement"]))
+    raw[0] ^= 1  # the HMAC part of measure || mnonce
+    doc["measurement"] = base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize("tamper", [_later_build, _flipped_measure], ids=["build", "hmac"])
+def test_firmware_matches_but_measurement_hmac_does_not(
+    libvirtd: Libvirtd, service: Service, tamper: Callable[[dict[str, Any]], None]
+) -> None:
+    name = f"e2e-hmac-{tamper.__name__.strip('_')}"
+    xml, meta = attestd_domain(name, service.url, wrapper=WRAPPER, emulator=QEMU)
+    service.register(meta.vm_id, qboot_hash())  # the reported firmware hash is accepted
+    uuid = define(libvirtd, name, xml)
+    service.tamper_validate = tamper
+    try:
+        result = libvirtd.virsh("start", name, check=False)
+        assert result.returncode != 0
+        assert "unable to execute QEMU command 'cont'" in result.stderr
+        assert "HTTP 403 measurement_mismatch" in result.stderr
+        # the reported firmware is an accepted candidate, but the measure (HMAC) is not its
+        assert f"firmware {qboot_hash()[:16]} (sev, kernel hashes off)" in result.stderr
+        assert "is not an accepted firmware" not in result.stderr
+        assert "launch measurement does not match any accepted launch digest" in result.stderr
+        assert libvirtd.virsh("domstate", name).stdout.strip() == "shut off"
+        state, table = sim_guest(libvirtd.root, uuid)
+        assert state == GuestState.LSECRET and table is None  # never ran, nothing released
+    finally:
+        service.tamper_validate = None
+        libvirtd.virsh("destroy", name, check=False)
+        libvirtd.virsh("undefine", name, check=False)
 
 
 def test_wrapped_domain_started_paused_is_attested_on_resume(
