@@ -237,7 +237,7 @@ class RegistrationSchema(_Strict):
         metadata={"description": "the OCA certificate that must sign the platform's PEK"},
     )
     cpu_count = fields.Integer(
-        data_key="cpu-count", load_default=1, validate=validate.Range(1, 512)
+        strict=True, data_key="cpu-count", load_default=1, validate=validate.Range(1, 512)
     )
     vcpu_types = fields.List(
         fields.String(validate=validate.OneOf(sorted(VCPU_TYPES))),
@@ -259,10 +259,18 @@ class RegistrationSchema(_Strict):
     launch_digests = _hex_list(
         HEX64, "a 32-byte digest", data_key="launch-digests", load_default=list
     )
-    min_api_major = fields.Integer(data_key="min-api-major", validate=validate.Range(0, 255))
-    min_api_minor = fields.Integer(data_key="min-api-minor", validate=validate.Range(0, 255))
-    min_build_id = fields.Integer(data_key="min-build-id", validate=validate.Range(0, 255))
-    max_launches = fields.Integer(data_key="max-launches", validate=validate.Range(1, 2**31 - 1))
+    min_api_major = fields.Integer(
+        strict=True, data_key="min-api-major", validate=validate.Range(0, 255)
+    )
+    min_api_minor = fields.Integer(
+        strict=True, data_key="min-api-minor", validate=validate.Range(0, 255)
+    )
+    min_build_id = fields.Integer(
+        strict=True, data_key="min-build-id", validate=validate.Range(0, 255)
+    )
+    max_launches = fields.Integer(
+        strict=True, data_key="max-launches", validate=validate.Range(1, 2**31 - 1)
+    )
     user_id = fields.String(
         data_key="user-id", validate=[validate.Length(1, 128), validate.Regexp(NO_CONTROL)]
     )
@@ -341,7 +349,7 @@ class LaunchResponseSchema(Schema):
     launch_id = fields.String(data_key="launch-id", required=True)
     session = Base64Bytes(required=True)
     owner_cert = Base64Bytes(data_key="owner-cert", required=True)
-    policy = fields.Integer(required=True)
+    policy = fields.Integer(strict=True, required=True)
     expires_at = fields.Float(data_key="expires-at", required=True)
 
 
@@ -351,13 +359,19 @@ class ValidateRequestSchema(_Strict):
     launch_id = fields.String(
         data_key="launch-id", required=True, validate=validate.Regexp(r"^[A-Za-z0-9_-]{8,64}$")
     )
-    api_major = fields.Integer(data_key="api-major", required=True, validate=validate.Range(0, 255))
-    api_minor = fields.Integer(data_key="api-minor", required=True, validate=validate.Range(0, 255))
-    build_id = fields.Integer(data_key="build-id", required=True, validate=validate.Range(0, 255))
+    api_major = fields.Integer(
+        strict=True, data_key="api-major", required=True, validate=validate.Range(0, 255)
+    )
+    api_minor = fields.Integer(
+        strict=True, data_key="api-minor", required=True, validate=validate.Range(0, 255)
+    )
+    build_id = fields.Integer(
+        strict=True, data_key="build-id", required=True, validate=validate.Range(0, 255)
+    )
     policy = Policy(required=True)
     measurement = Base64Bytes(required=True, length=48)
     firmware_hash = _hex(HEX64, "a SHA-256", data_key="firmware-hash")
-    cpu_count = fields.Integer(data_key="cpu-count", validate=validate.Range(1, 512))
+    cpu_count = fields.Integer(strict=True, data_key="cpu-count", validate=validate.Range(1, 512))
     vcpu_type = fields.String(data_key="vcpu-type", validate=validate.Regexp(VCPU_TYPE))
 
 

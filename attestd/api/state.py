@@ -75,6 +75,8 @@ def current_owner() -> Principal:
 
 def load_json(schema: Schema) -> Any:
     """Parse and validate the JSON body with ``schema``."""
+    if not _is_json(request.mimetype):
+        raise _unsupported_media_type()
     limit = state().settings.max_request_size
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
@@ -90,6 +92,16 @@ def load_json(schema: Schema) -> Any:
     if not isinstance(body, dict):
         raise ParseError("the request body must be a JSON object")
     return schema.load(body)
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def _unsupported_media_type() -> Exception:
+    from werkzeug.exceptions import UnsupportedMediaType
+
+    return UnsupportedMediaType("the request body must be sent as application/json")
 
 
 def _too_large(limit: int) -> Exception:
