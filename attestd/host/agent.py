@@ -174,7 +174,8 @@ class Agent:
     def __init__(self, settings: HostSettings, uri: str | None = None) -> None:
         self.settings = settings
         self.uri = uri or settings.libvirt_uri
-        self.work: queue.Queue[str | None] = queue.Queue()
+        #: (domain UUID, whether the event was its start)
+        self.work: queue.Queue[tuple[str, bool] | None] = queue.Queue()
         self.stopping = threading.Event()
         self.conn: Any = None
 
@@ -185,14 +186,28 @@ class Agent:
             event == lv.VIR_DOMAIN_EVENT_SUSPENDED
             and detail == lv.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED
         ):
-            self.work.put(dom.UUIDString())
+            self.work.put((dom.UUIDString(), False))
         elif event == lv.VIR_DOMAIN_EVENT_STARTED:
-            self.work.put(dom.UUIDString())
+            self.work.put((dom.UUIDString(), True))
 
-    def _handle(self, uuid: str) -> None:
+    def _unhooked_start(self, dom: Any) -> None:
+        """A fresh start with no launch state: destroy it if it is an attestd domain."""
+        if not dom.isActive() or parse_domain(dom.XMLDesc(0)).metadata is None:
+            return
+        logger.error(
+            "domain=%s: attestd domain started without a launch state (is the attestd hook "
+            "installed and libvirtd restarted?); destroying it",
+            dom.name(),
+        )
+        dom.destroy()
+
+    def _handle(self, uuid: str, started: bool) -> None:
         lv = _libvirt()
         dom = self.conn.lookupByUUIDString(uuid)
         state = read_state(self.settings.state_dir, uuid)
+        if state is None and started:
+            self._unhooked_start(dom)
+            return
         if state is None or state.path != PATH_AGENT:
             return
         status = dom.state()[0]
@@ -213,11 +228,12 @@ class Agent:
 
     def _worker(self) -> None:
         while True:
-            uuid = self.work.get()
-            if uuid is None:
+            item = self.work.get()
+            if item is None:
                 return
+            uuid, started = item
             try:
-                self._handle(uuid)
+                self._handle(uuid, started)
             except Exception as exc:
                 logger.error("domain %s: %s", uuid, exc)
 
@@ -237,7 +253,7 @@ class Agent:
                 except lv.libvirtError as exc:
                     logger.error("autostart of %s failed: %s", dom.name(), exc)
                     continue
-                self.work.put(dom.UUIDString())
+                self.work.put((dom.UUIDString(), False))
 
     def run(self) -> None:
         """Serve until ``stop()``."""
@@ -250,7 +266,7 @@ class Agent:
         worker = threading.Thread(target=self._worker, daemon=True)
         worker.start()
         for dom in self.conn.listAllDomains(lv.VIR_CONNECT_LIST_DOMAINS_PAUSED):
-            self.work.put(dom.UUIDString())
+            self.work.put((dom.UUIDString(), False))
         self.autostart()
         logger.info("attestd-host agent running on %s", self.uri)
         while not self.stopping.is_set():

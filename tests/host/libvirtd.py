@@ -16,6 +16,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,17 @@ class Libvirtd:
     @property
     def hooks_dir(self) -> Path:
         return self.root / "etc" / "hooks" / "qemu.d"
+
+    @contextmanager
+    def without_hook(self) -> Iterator[None]:
+        """The attestd hook removed (libvirt rescans qemu.d on every call): as if not installed."""
+        hook = self.hooks_dir / "attestd"
+        parked = self.root / "attestd-hook.parked"
+        hook.rename(parked)
+        try:
+            yield
+        finally:
+            parked.rename(hook)
 
     def host_path(self, inside: str) -> Path:
         """Where a path seen inside the namespace lives on the host."""

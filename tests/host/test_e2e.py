@@ -291,6 +291,21 @@ def test_agent_attests_paused_start_and_destroys_on_failure(
             libvirtd.virsh("undefine", name, check=False)
 
 
+def test_agent_destroys_an_agent_path_domain_started_without_the_hook(
+    libvirtd: Libvirtd, service: Service, agent: Agent
+) -> None:
+    xml, meta = attestd_domain("e2e-nohook", service.url, wrapper=None, emulator=QEMU)
+    service.register(meta.vm_id, qboot_hash())
+    define(libvirtd, "e2e-nohook", xml)
+    try:
+        with libvirtd.without_hook():
+            libvirtd.virsh("start", "e2e-nohook")  # no launch state, no attestation
+        wait_state(libvirtd, "e2e-nohook", "shut off")  # ...so the agent destroys it
+    finally:
+        libvirtd.virsh("destroy", "e2e-nohook", check=False)
+        libvirtd.virsh("undefine", "e2e-nohook", check=False)
+
+
 def test_agent_destroys_unattested_running_domain_and_owns_autostart(
     libvirtd: Libvirtd, service: Service
 ) -> None:

@@ -146,17 +146,14 @@ def test_marked_domain_without_the_hook_is_refused_not_run_unattested(
     xml, meta = attestd_domain("unhooked", stub.url, wrapper=WRAPPER, emulator=QEMU)
     assert "ATTESTD_DOMAIN" in xml
     name = define(libvirtd, "unhooked", xml)
-    hook = libvirtd.hooks_dir / "attestd"
-    parked = libvirtd.root / "attestd-hook.parked"
-    hook.rename(parked)  # libvirt rescans qemu.d on every call: as if never installed
     try:
-        result = libvirtd.virsh("start", name, check=False)
+        with libvirtd.without_hook():
+            result = libvirtd.virsh("start", name, check=False)
         assert result.returncode != 0
         assert f"unhooked is an attestd domain (ATTESTD_DOMAIN={meta.vm_id})" in result.stderr
         assert "is the attestd hook installed" in result.stderr
         assert libvirtd.virsh("domstate", name).stdout.strip() == "shut off"
         assert stub.requests == []
     finally:
-        parked.rename(hook)
         libvirtd.virsh("destroy", name, check=False)
         libvirtd.virsh("undefine", name, check=False)
