@@ -141,7 +141,8 @@ class ServiceClient:
         adapter = HTTPAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.verify = str(settings.ca_bundle) if settings.ca_bundle else True
+        self.verify: str | bool = str(settings.ca_bundle) if settings.ca_bundle else True
+        self.session.verify = self.verify
         token = settings.host_token()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
@@ -149,7 +150,9 @@ class ServiceClient:
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
         try:
-            response = self.session.post(url, json=body, timeout=self.timeout)
+            # verify per request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE in the
+            # environment override a session's verify, which would ignore ca_bundle
+            response = self.session.post(url, json=body, timeout=self.timeout, verify=self.verify)
         except requests.RequestException as exc:
             raise LaunchError(f"service {self.base_url} unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 400:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
+import json
+import socket
+import ssl
+import threading
+import time
 import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import responses
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from attestd.errors import LaunchError
 from attestd.host.client import LaunchReport, ServiceClient
@@ -105,3 +118,88 @@ def test_bad_host_config_is_rejected(text: str) -> None:
 
     with pytest.raises(ParseError, match="host config"):
         parse_settings(text)
+
+
+def _tls_server(tmp_path: Path) -> tuple[str, Path, Callable[[], None]]:
+    """A real HTTPS server on 127.0.0.1 with a fresh self-signed certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attestd test service")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    answer = {"launch-id": "L1", "owner-cert": "Zw==", "session": "cw==", "policy": 1}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return f"https://127.0.0.1:{server.server_port}/v1", cert_file, stop
+
+
+def test_tls_is_verified_against_a_real_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, cert, stop = _tls_server(tmp_path)
+    # an environment CA bundle (set on these machines anyway) must not replace ca_bundle
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    try:
+        with pytest.raises(LaunchError, match="unreachable: SSLError"):
+            ServiceClient(url, HostSettings(retries=0, timeout=5.0)).launch(VM, PLATFORM)
+        trusted = ServiceClient(url, HostSettings(retries=0, timeout=5.0, ca_bundle=cert))
+        assert trusted.launch(VM, PLATFORM).launch_id == "L1"
+    finally:
+        stop()
+
+
+def test_a_silent_service_times_out() -> None:
+    with socket.socket() as listener:  # accepts connections (backlog), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        c = ServiceClient(url, HostSettings(allow_http=True, timeout=0.5, retries=2))
+        start = time.monotonic()
+        with pytest.raises(LaunchError, match="unreachable"):
+            c.validate(VM, "L", REPORT)
+        assert time.monotonic() - start < 3.0  # bounded: no read retries of a POST
