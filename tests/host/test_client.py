@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -203,3 +204,14 @@ def test_a_silent_service_times_out() -> None:
         with pytest.raises(LaunchError, match="unreachable"):
             c.validate(VM, "L", REPORT)
         assert time.monotonic() - start < 3.0  # bounded: no read retries of a POST
+
+
+def test_example_host_config_is_the_defaults_but_token_and_ca() -> None:
+    from tests.conftest import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "examples" / "libvirt" / "host.toml").read_text(encoding="utf-8")
+    example = parse_settings(text)
+    assert example.token_file is not None and example.ca_bundle is not None
+    assert example == dataclasses.replace(
+        HostSettings(), token_file=example.token_file, ca_bundle=example.ca_bundle
+    )

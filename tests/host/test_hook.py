@@ -159,3 +159,13 @@ def test_wrapped_domain_without_its_marker_is_refused(host: dict[str, str]) -> N
     marked_for_other = marked.replace(f'value="{meta.vm_id}"', f'value="{uuidlib.uuid4()}"')
     result = run_hook(["g", "start", "begin", "-"], marked_for_other, host)
     assert result.returncode == 1 and "marker" in result.stderr
+
+
+def test_hook_code_never_loads_libvirt() -> None:
+    code = "import sys, attestd.host.hook, attestd.host.sim; sys.exit('libvirt' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    # the check can fail: the agent module does load it once used
+    code_agent = (
+        "import sys, attestd.host.agent as a; a._libvirt(); sys.exit('libvirt' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code_agent], check=False).returncode == 1
