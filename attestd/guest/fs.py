@@ -15,13 +15,26 @@ _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 def signature(runner: CommandRunner, device: str) -> str | None:
-    """The type of the signature (filesystem, LUKS, ...) on ``device``, or None."""
-    result = runner.run(["blkid", "-p", "-o", "value", "-s", "TYPE", device])
+    """The type of the signature (filesystem, LUKS, ...) or partition table on ``device``.
+
+    None only when blkid finds neither: a partitioned disk reports no ``TYPE``, just
+    ``PTTYPE``, and must never be taken for a blank one.
+    """
+    result = runner.run(["blkid", "-p", "-o", "export", device])
     if result.returncode == BLKID_NOTHING_FOUND:
         return None
     if not result.ok:
         raise CommandFailed("blkid failed", result.stderr_text())
-    return result.stdout.decode("ascii", "replace").strip() or None
+    found = dict(
+        line.split("=", 1)
+        for line in result.stdout.decode("utf-8", "replace").splitlines()
+        if "=" in line
+    )
+    if found.get("TYPE"):
+        return found["TYPE"]
+    if found.get("PTTYPE"):
+        return f"{found['PTTYPE']} partition table"
+    return None
 
 
 def mkfs(runner: CommandRunner, device: str, label: str) -> None:
