@@ -23,7 +23,13 @@ from attestd.guest.errors import (
     GuestError,
     PayloadError,
 )
-from attestd.guest.payload import Payload, RotateSpec, VolumeSpec
+from attestd.guest.payload import (
+    Payload,
+    RotateSpec,
+    VolumeSpec,
+    validate_record_volume,
+    validate_user_id,
+)
 from attestd.guest.runner import CommandRunner
 
 logger = logging.getLogger(__name__)
@@ -182,6 +188,20 @@ def _ensure_dir(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def _check_record(raw: Mapping[str, Any]) -> None:
+    """A state record read back from disk obeys the rules its payload did."""
+    if set(raw) != {"version", "user_id", "fingerprint", "volumes"}:
+        raise PayloadError("unexpected fields")
+    validate_user_id(raw["user_id"])
+    if not isinstance(raw["fingerprint"], str):
+        raise PayloadError("invalid fingerprint")
+    volumes = raw["volumes"]
+    if not isinstance(volumes, dict):
+        raise PayloadError("volumes must be an object")
+    for name, vol in volumes.items():
+        validate_record_volume(name, vol)
+
+
 class Agent:
     """Bootstrap, recovery and rotation; thread-safe, one operation at a time."""
 
@@ -205,6 +225,11 @@ class Agent:
             return None
         if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
             logger.warning("ignoring state record of unknown version")
+            return None
+        try:
+            _check_record(raw)
+        except PayloadError as exc:
+            logger.warning("ignoring malformed state record: %s", exc.message)
             return None
         return raw
 

@@ -42,6 +42,12 @@ RESERVED_MOUNT_POINTS = frozenset(
 )
 """System directories a volume may never be mounted over (sub-directories are fine)."""
 
+PSEUDO_FS_ROOTS = ("/proc", "/sys", "/dev")
+"""Kernel pseudo filesystems: no volume is mounted anywhere below them."""
+
+RESERVED_VOLUME_NAMES = frozenset({"control"})
+"""``/dev/mapper/control`` is device-mapper's own control node, never a volume."""
+
 
 @dataclass(frozen=True, slots=True)
 class VolumeSpec:
@@ -180,6 +186,8 @@ def _mount_point(value: object, where: str) -> str:
         raise PayloadError(f"{where}: mount point has '.' or '..' components")
     if mp in RESERVED_MOUNT_POINTS:
         raise PayloadError(f"{where}: refusing to mount over system directory {mp}")
+    if any(mp.startswith(root + "/") for root in PSEUDO_FS_ROOTS):
+        raise PayloadError(f"{where}: refusing to mount inside a kernel pseudo filesystem")
     return mp
 
 
@@ -206,6 +214,21 @@ def _device(spec: Mapping[str, object], where: str, *, api: bool) -> str:
     return device
 
 
+def _volume_name(name: str) -> None:
+    if not _VOLUME_NAME.fullmatch(name) or name in RESERVED_VOLUME_NAMES:
+        raise PayloadError(f"volumes: invalid volume name {name!r}")
+
+
+def validate_record_volume(name: str, doc: object) -> VolumeSpec:
+    """A state record's volume entry (no passphrase), held to the payload's rules."""
+    _volume_name(name)
+    spec = _object(doc, f"volumes.{name}")
+    _only(spec, {"device", "mount_point"}, {"device", "mount_point"}, f"volumes.{name}")
+    device = _device(spec, f"volumes.{name}", api=False)
+    mount_point = _mount_point(spec["mount_point"], f"volumes.{name}.mount_point")
+    return VolumeSpec(name, device, b"", mount_point)
+
+
 def _volumes(value: object, *, api: bool) -> dict[str, VolumeSpec]:
     vols = _object(value, "volumes")
     if len(vols) > MAX_VOLUMES:
@@ -213,8 +236,7 @@ def _volumes(value: object, *, api: bool) -> dict[str, VolumeSpec]:
     out: dict[str, VolumeSpec] = {}
     for name, raw in vols.items():
         where = f"volumes.{name}"
-        if not _VOLUME_NAME.fullmatch(name):
-            raise PayloadError(f"volumes: invalid volume name {name!r}")
+        _volume_name(name)
         spec = _object(raw, where)
         allowed = {"device", "passphrase", "mount_point"} | ({"volume_id"} if api else set())
         _only(spec, allowed, {"passphrase"}, where)
@@ -237,6 +259,14 @@ def _check_distinct(vols: Mapping[str, VolumeSpec]) -> None:
             raise PayloadError(f"mount points of {a} and {b} overlap")
 
 
+def validate_user_id(value: object) -> str:
+    """The ``user_id``: 1 to 128 characters, no control characters."""
+    user_id = _string(value, "user_id")
+    if not _USER_ID.fullmatch(user_id):
+        raise PayloadError("user_id must have 1 to 128 characters and no control characters")
+    return user_id
+
+
 def validate(doc: object, *, api: bool = False) -> Payload:
     """Validate a payload v1 (``api=False``) or a cvm-control bootstrap request (``api=True``).
 
@@ -255,11 +285,8 @@ def validate(doc: object, *, api: bool = False) -> Payload:
         version = obj["version"]
         if type(version) is not int or version != PAYLOAD_VERSION:
             raise PayloadError(f"unsupported payload version {version!r}")
-    user_id = _string(obj["user_id"], "user_id")
-    if not _USER_ID.fullmatch(user_id):
-        raise PayloadError("user_id must have 1 to 128 characters and no control characters")
     return Payload(
-        user_id=user_id,
+        user_id=validate_user_id(obj["user_id"]),
         env=_files(obj.get("env", {}), "env"),
         secret=_files(obj.get("secret", {}), "secret"),
         volumes=_volumes(obj["volumes"], api=api),
@@ -283,8 +310,7 @@ def validate_rotation(doc: object) -> dict[str, RotateSpec]:
     out: dict[str, RotateSpec] = {}
     for name, raw in vols.items():
         where = f"volumes.{name}"
-        if not _VOLUME_NAME.fullmatch(name):
-            raise PayloadError(f"volumes: invalid volume name {name!r}")
+        _volume_name(name)
         spec = _object(raw, where)
         _only(
             spec, {"old_passphrase", "new_passphrase"}, {"old_passphrase", "new_passphrase"}, where

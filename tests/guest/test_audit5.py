@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from attestd.guest import fs
-from attestd.guest.payload import validate
+from attestd.guest.agent import Agent
+from attestd.guest.errors import PayloadError
+from attestd.guest.payload import validate, validate_rotation
 from attestd.guest.runner import SubprocessRunner
 from tests.guest.conftest import Guest
 from tests.guest.helpers import payload_doc
@@ -43,3 +49,69 @@ def test_partitioned_disk_is_never_formatted(guest: Guest) -> None:
     assert result.volumes["logs"].ok
     assert data.read_bytes()[: 1 << 20] == before
     assert not any("luksFormat" in c and str(data) in c for c in guest.runner.calls)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("mount_point", "/proc/sys"),
+        ("mount_point", "/sys/kernel/security"),  # would hide the efi_secret entries
+        ("mount_point", "/dev/mapper"),
+        ("mount_point", "/dev/disk/by-id"),
+        ("name", "control"),  # /dev/mapper/control is device-mapper's control node
+    ],
+)
+def test_pseudo_filesystems_and_dm_control_refused(where: str, value: str) -> None:
+    doc = _two_volumes()
+    vols = doc["volumes"]
+    assert isinstance(vols, dict)
+    if where == "name":
+        vols[value] = vols.pop("data")
+    else:
+        vols["data"]["mount_point"] = value
+    with pytest.raises(PayloadError, match=r"pseudo filesystem|invalid volume name"):
+        validate(doc)
+    rotation = {"volumes": {"control": {"old_passphrase": "a", "new_passphrase": "b"}}}
+    with pytest.raises(PayloadError, match="invalid volume name"):
+        validate_rotation(rotation)
+
+
+GOOD_VOLUME = {"device": "virtio:data", "mount_point": "/data"}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"version": 1, "volumes": {"x": {}}},
+        {"version": 1, "user_id": "u", "fingerprint": "f", "volumes": []},
+        {"version": 1, "user_id": "u", "fingerprint": "f", "volumes": {"x": {"mount_point": 5}}},
+        {"version": 1, "user_id": "u", "fingerprint": "f",
+         "volumes": {"x": {"device": "virtio:x", "mount_point": "/"}}},
+        {"version": 1, "user_id": "u", "fingerprint": "f",
+         "volumes": {"x": {"device": "/etc/shadow", "mount_point": "/x"}}},
+        {"version": 1, "user_id": 7, "fingerprint": "f", "volumes": {"data": GOOD_VOLUME}},
+        {"version": 1, "user_id": "u", "fingerprint": None, "volumes": {"data": GOOD_VOLUME}},
+        {"version": 1, "user_id": "u", "fingerprint": "f", "volumes": {"data": GOOD_VOLUME},
+         "passphrase": "x"},
+    ],
+)  # fmt: skip
+def test_tampered_state_record_is_ignored(guest: Guest, record: dict[str, object]) -> None:
+    """A record edited on disk never crashes recovery or status, and never makes it ready."""
+    guest.config.run_dir.mkdir(parents=True)
+    (guest.config.run_dir / "bootstrap.json").write_text(json.dumps(record))
+    # "/" and everything else is mounted in this mountinfo
+    info = guest.root / "mountinfo"
+    info.write_text("".join(f"1 0 0:1 / {p} rw - ext4 /dev/x rw\n" for p in ("/", "/x", "/data")))
+    agent = Agent(replace(guest.config, mountinfo=info, mount_root=Path("/")), guest.runner)
+    assert agent.load_record() is None
+    assert not agent.recover() and agent.status == "bootstrap"
+    assert agent.describe() == {"status": "bootstrap"}
+
+
+def test_intact_state_record_still_recovers(guest: Guest) -> None:
+    """The checks above accept what the agent itself writes."""
+    guest.disk("data")
+    guest.disk("logs")
+    assert guest.agent().bootstrap(validate(_two_volumes())).ok
+    agent = guest.agent()
+    assert agent.recover() and agent.status == "ready"
