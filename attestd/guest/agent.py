@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -9,7 +11,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from attestd.guest.runner import CommandRunner
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "bootstrap.json"
+LOCK_FILE = "lock"
 STATE_VERSION = 1
 STATUS_BOOTSTRAP = "bootstrap"
 STATUS_READY = "ready"
@@ -366,11 +369,34 @@ class Agent:
         fs.mount(run, plain, mount_path)
         res.actions.append("mounted")
 
-    def bootstrap(self, payload: Payload) -> OperationResult:
-        """Run cvm-control's bootstrap; on full success save the record and become ready."""
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One operation at a time: in this process and across processes sharing the
+        run directory (``bootstrap`` from the unit while ``serve`` runs, two CLIs)."""
         if not self._lock.acquire(blocking=False):
             raise ConflictError("another operation is in progress")
         try:
+            run_dir = self.config.run_dir
+            try:
+                _ensure_dir(run_dir, 0o755)
+                fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise GuestError(f"cannot write files under {run_dir}: {exc.strerror}") from exc
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError as exc:
+                    msg = "another attestd-guest process is running an operation"
+                    raise ConflictError(msg) from exc
+                yield
+            finally:
+                os.close(fd)
+        finally:
+            self._lock.release()
+
+    def bootstrap(self, payload: Payload) -> OperationResult:
+        """Run cvm-control's bootstrap; on full success save the record and become ready."""
+        with self._exclusive():
             if self.check_bootstrap(payload):
                 return OperationResult(
                     {n: VolumeResult(actions=["ready"]) for n in payload.volumes}
@@ -388,8 +414,6 @@ class Agent:
             if outcome.ok:
                 self._save_record(payload)
             return outcome
-        finally:
-            self._lock.release()
 
     def _save_record(self, payload: Payload) -> None:
         record = {
@@ -428,9 +452,7 @@ class Agent:
 
     def rotate(self, specs: Mapping[str, RotateSpec]) -> OperationResult:
         """Add each new passphrase as a keyslot (idempotent; old slots stay)."""
-        if not self._lock.acquire(blocking=False):
-            raise ConflictError("another operation is in progress")
-        try:
+        with self._exclusive():
             self.authenticate_rotation(specs)
 
             def work(name: str, res: VolumeResult) -> None:
@@ -444,5 +466,3 @@ class Agent:
                     res.actions.append("keyslot-added")
 
             return OperationResult(_run_each(list(specs), work))
-        finally:
-            self._lock.release()

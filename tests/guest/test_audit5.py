@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,11 +13,11 @@ import pytest
 
 from attestd.guest import fs
 from attestd.guest.agent import Agent
-from attestd.guest.errors import PayloadError
-from attestd.guest.payload import validate, validate_rotation
+from attestd.guest.errors import ConflictError, PayloadError
+from attestd.guest.payload import RotateSpec, validate, validate_rotation
 from attestd.guest.runner import SubprocessRunner
 from tests.guest.conftest import Guest
-from tests.guest.helpers import payload_doc
+from tests.guest.helpers import RecordingRunner, payload_doc
 
 
 def _two_volumes() -> dict[str, object]:
@@ -115,3 +117,28 @@ def test_intact_state_record_still_recovers(guest: Guest) -> None:
     assert guest.agent().bootstrap(validate(_two_volumes())).ok
     agent = guest.agent()
     assert agent.recover() and agent.status == "ready"
+
+
+def test_second_process_cannot_run_an_operation_meanwhile(guest: Guest) -> None:
+    """``bootstrap`` from the unit and ``serve`` (or two CLIs) never both format a disk."""
+    guest.disk("data")
+    guest.disk("logs")
+    guest.config.run_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX);"
+         " print('locked', flush=True); sys.stdin.read()",
+         str(guest.config.run_dir / "lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        rec = RecordingRunner()
+        with pytest.raises(ConflictError, match="another attestd-guest process"):
+            Agent(guest.config, rec).bootstrap(validate(_two_volumes()))
+        with pytest.raises(ConflictError, match="another attestd-guest process"):
+            Agent(guest.config, rec).rotate({"data": RotateSpec("data", b"a", b"b")})
+        assert rec.calls == []
+    finally:
+        holder.communicate("")
+    assert guest.agent().bootstrap(validate(_two_volumes())).ok
