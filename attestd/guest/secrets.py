@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 import uuid
 from dataclasses import dataclass
@@ -111,12 +112,21 @@ class DirectorySource:
             raise SecretSourceError(f"secret directory {self.path} does not exist{hint}")
         file = self.path / str(guid)
         try:
-            with file.open("rb") as fh:
-                data = fh.read(MAX_ENTRY_BYTES + 1)
+            # non-blocking open: a FIFO planted in place of the entry must not hang boot
+            fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise SecretSourceError(f"cannot read {file}: {exc.strerror}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SecretSourceError(f"secret entry {file} is not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.read(MAX_ENTRY_BYTES + 1)
+        except OSError as exc:
+            raise SecretSourceError(f"cannot read {file}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
         if len(data) > MAX_ENTRY_BYTES:
             raise SecretSourceError(f"secret entry {guid} is too large")
         return data

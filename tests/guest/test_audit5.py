@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import struct
 import subprocess
 import sys
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from attestd.guest import fs
+from attestd.guest import cli, fs
 from attestd.guest.agent import Agent
-from attestd.guest.errors import ConflictError, PayloadError
-from attestd.guest.payload import RotateSpec, validate, validate_rotation
+from attestd.guest.errors import ConflictError, PayloadError, SecretSourceError
+from attestd.guest.payload import PAYLOAD_GUID, RotateSpec, validate, validate_rotation
 from attestd.guest.runner import SubprocessRunner
+from attestd.guest.secrets import DirectorySource
 from tests.guest.conftest import Guest
-from tests.guest.helpers import RecordingRunner, payload_doc
+from tests.guest.helpers import RecordingRunner, luks_format_file, payload_bytes, payload_doc
 
 
 def _two_volumes() -> dict[str, object]:
@@ -142,3 +146,41 @@ def test_second_process_cannot_run_an_operation_meanwhile(guest: Guest) -> None:
     finally:
         holder.communicate("")
     assert guest.agent().bootstrap(validate(_two_volumes())).ok
+
+
+def test_secret_entry_that_is_not_a_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    entry = tmp_path / PAYLOAD_GUID
+    os.mkfifo(entry)
+    with pytest.raises(SecretSourceError, match="not a regular file"):
+        DirectorySource(tmp_path).read(uuid.UUID(PAYLOAD_GUID))
+    entry.unlink()
+    entry.mkdir()
+    with pytest.raises(SecretSourceError):
+        DirectorySource(tmp_path).read(uuid.UUID(PAYLOAD_GUID))
+    entry.rmdir()
+    (tmp_path / "unrelated").write_text("ignored")
+    assert DirectorySource(tmp_path).read(uuid.UUID(PAYLOAD_GUID)) is None
+
+
+def test_no_key_or_secret_value_in_logs_or_output(
+    guest: Guest, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Debug logging and the CLI's JSON, with a failing volume, carry no key material."""
+    guest.disk("data")
+    bad = guest.disk("logs")
+    luks_format_file(bad, b"someone-else")
+    doc = _two_volumes()
+    doc["secret"] = {"db.env": {"DB_PASSWORD": "sekrit-value-9"}}
+    (guest.secrets / PAYLOAD_GUID).write_bytes(payload_bytes(doc))
+    caplog.set_level(logging.DEBUG)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "config_from_args", lambda _args: guest.config)
+        mp.setattr(cli, "SubprocessRunner", lambda: guest.runner)
+        code = cli.main(["--log-level", "debug", "bootstrap", "--secrets-dir", str(guest.secrets)])
+    assert code == cli.EXIT_VOLUMES_FAILED
+    out = capsys.readouterr()
+    text = caplog.text + out.out + out.err
+    assert "run: cryptsetup luksFormat <arguments withheld>" in caplog.text
+    for secret in ("pw-data", "pw-logs", "sekrit-value-9"):
+        assert secret not in text
+    assert json.loads(out.out)["volumes"]["logs"]["status"] == "error"
