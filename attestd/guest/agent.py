@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hmac
 import json
 import logging
 import os
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "bootstrap.json"
 LOCK_FILE = "lock"
+KEY_FILE = "input.key"
+KEY_BYTES = 32
 STATE_VERSION = 1
 STATUS_BOOTSTRAP = "bootstrap"
 STATUS_READY = "ready"
@@ -77,6 +80,11 @@ class GuestConfig:
     def state_file(self) -> Path:
         """``<run-dir>/bootstrap.json``."""
         return self.run_dir / STATE_FILE
+
+    @property
+    def key_file(self) -> Path:
+        """``<run-dir>/input.key``: the HMAC key of the state record's ``input_mac``."""
+        return self.run_dir / KEY_FILE
 
     def mount_path(self, mount_point: str) -> Path:
         """Where ``mount_point`` is in this process's view (``mount_root`` prefixed)."""
@@ -191,13 +199,43 @@ def _ensure_dir(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def _read_key(path: Path) -> bytes | None:
+    """The input key, or None when it is missing or malformed."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        key = bytes.fromhex(text)
+    except FileNotFoundError:
+        return None
+    except ValueError:  # not hex, not ASCII
+        return None
+    return key if len(key) == KEY_BYTES else None
+
+
+def _input_key(path: Path) -> bytes:
+    """The input key (hex, 0600), made once with ``os.urandom``. Only bootstrap calls
+    this, under the run-directory lock; a malformed key is replaced, so records made
+    with it no longer match (fails closed: a conflict, never a false ready)."""
+    key = _read_key(path)
+    if key is None:
+        key = os.urandom(KEY_BYTES)
+        _write_file(path, key.hex() + "\n", 0o600)
+    return key
+
+
 def _check_record(raw: Mapping[str, Any]) -> None:
-    """A state record read back from disk obeys the rules its payload did."""
-    if set(raw) != {"version", "user_id", "fingerprint", "volumes"}:
+    """A state record read back from disk obeys the rules its payload did.
+
+    ``input_mac`` is optional: records written before it existed lack it.
+    """
+    fields = {"version", "user_id", "fingerprint", "volumes"}
+    if set(raw) not in (fields, fields | {"input_mac"}):
         raise PayloadError("unexpected fields")
     validate_user_id(raw["user_id"])
     if not isinstance(raw["fingerprint"], str):
         raise PayloadError("invalid fingerprint")
+    mac = raw.get("input_mac", "0" * 64)
+    if not isinstance(mac, str) or len(mac) != 64 or not set(mac) <= set("0123456789abcdef"):
+        raise PayloadError("invalid input_mac")
     volumes = raw["volumes"]
     if not isinstance(volumes, dict):
         raise PayloadError("volumes must be an object")
@@ -285,10 +323,29 @@ class Agent:
         mounted = self.volumes_mounted(record)
         if not all(mounted.values()):
             return False
-        if record.get("fingerprint") != payload.public_fingerprint():
+        if not self.same_input(record, payload):
             raise ConflictError("already bootstrapped with a different configuration")
         self.record, self.status = record, STATUS_READY
         return True
+
+    def same_input(self, record: Mapping[str, Any], payload: Payload) -> bool:
+        """Whether ``payload`` is the request ``record`` was saved for, secrets included.
+
+        A record without ``input_mac`` (older versions) compares the public part only.
+        Without a readable key the input cannot be proven the same: False.
+        """
+        mac = record.get("input_mac")
+        if mac is None:
+            return bool(record.get("fingerprint") == payload.public_fingerprint())
+        try:
+            key = _read_key(self.config.key_file)
+        except OSError as exc:
+            logger.warning("cannot read %s: %s", self.config.key_file, exc.strerror)
+            return False
+        if key is None:
+            logger.warning("%s is missing or malformed", self.config.key_file)
+            return False
+        return hmac.compare_digest(bytes.fromhex(mac), payload.full_digest(key))
 
     # -- bootstrap ---------------------------------------------------------------------
 
@@ -403,6 +460,7 @@ class Agent:
                 )
             try:
                 self.write_files(payload)
+                input_mac = payload.full_digest(_input_key(self.config.key_file)).hex()
             except OSError as exc:
                 run_dir = self.config.run_dir
                 raise GuestError(f"cannot write files under {run_dir}: {exc.strerror}") from exc
@@ -412,14 +470,15 @@ class Agent:
             )
             outcome = OperationResult(results)
             if outcome.ok:
-                self._save_record(payload)
+                self._save_record(payload, input_mac)
             return outcome
 
-    def _save_record(self, payload: Payload) -> None:
+    def _save_record(self, payload: Payload, input_mac: str) -> None:
         record = {
             "version": STATE_VERSION,
             "user_id": payload.user_id,
             "fingerprint": payload.public_fingerprint(),
+            "input_mac": input_mac,
             "volumes": {name: vol.public() for name, vol in payload.volumes.items()},
         }
         _write_file(self.config.state_file, json.dumps(record, indent=2) + "\n", 0o600)

@@ -8,6 +8,7 @@ secret values.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -83,13 +84,18 @@ class Payload:
         return hashlib.sha256(_canonical(doc)).hexdigest()
 
     def full_digest(self, key: bytes) -> bytes:
-        """A keyed digest over the whole request (secrets included), for retry detection."""
+        """HMAC-SHA256 of the whole request (secrets and passphrases included), canonical
+        JSON; tells an identical re-run from a different one without storing secrets."""
         doc = {
-            "public": self.public_fingerprint(),
+            "user_id": self.user_id,
+            "env": self.env,
             "secret": self.secret,
-            "pass": {n: v.passphrase.hex() for n, v in self.volumes.items()},
+            "volumes": {
+                name: {**v.public(), "passphrase": v.passphrase.hex()}
+                for name, v in self.volumes.items()
+            },
         }
-        return hashlib.blake2b(_canonical(doc), key=key, digest_size=32).digest()
+        return hmac.new(key, _canonical(doc), hashlib.sha256).digest()
 
 
 @dataclass(frozen=True, slots=True)

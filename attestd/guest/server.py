@@ -129,8 +129,7 @@ class Controller:
     def _same_as_bootstrapped(self, payload: Payload, digest: bytes) -> bool:
         if self._bootstrapped is not None:
             return hmac.compare_digest(digest, self._bootstrapped)
-        record = self.agent.record or {}
-        return record.get("fingerprint") == payload.public_fingerprint()
+        return self.agent.same_input(self.agent.record or {}, payload)
 
     def _run_bootstrap(self, op: Operation, payload: Payload) -> None:
         try:

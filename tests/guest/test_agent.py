@@ -289,3 +289,67 @@ def test_unwritable_run_dir_is_a_clean_error(guest: Guest) -> None:
     with pytest.raises(GuestError, match="cannot write files under"):
         agent.bootstrap(validate(_doc()))
     assert rec.calls == []
+
+
+def test_cli_rerun_compares_secrets_and_passphrases(guest: Guest) -> None:
+    """Issue 5 across processes: each ``bootstrap`` run is a fresh Agent with only the
+    run directory in common; a changed passphrase or secret value is a conflict."""
+    from attestd.guest.server import Controller
+
+    guest.disk("data")
+    guest.disk("logs")
+    entry = guest.secrets / PAYLOAD_GUID
+    boot = ("bootstrap", "--secrets-dir", str(guest.secrets), "--keep-secrets")
+    entry.write_bytes(payload_bytes(_doc()))
+    code, out = _cli(guest, *boot)
+    assert code == cli.EXIT_OK and out["status"] == "ready"
+    run = guest.config.run_dir
+    key = run / "input.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    record_text = (run / "bootstrap.json").read_text()
+    record = json.loads(record_text)
+    assert len(record["input_mac"]) == 64
+    for value in ("s3cret", "pw-data", "pw-logs", b"pw-data".hex(), b"pw-logs".hex()):
+        assert value not in record_text
+    secret_file = run / "secret" / "credentials.env"
+    assert secret_file.read_text() == 'DB_PASSWORD="s3cret"\n'
+
+    changed_pass = _doc()
+    changed_pass["volumes"]["data"]["passphrase"] = "pw-other"  # type: ignore[index]
+    changed_secret = _doc()
+    changed_secret["secret"] = {"credentials.env": {"DB_PASSWORD": "n3w"}}
+    for doc in (changed_pass, changed_secret):
+        entry.write_bytes(payload_bytes(doc))
+        calls = len(guest.runner.calls)
+        code, out = _cli(guest, *boot)
+        assert code == cli.EXIT_CONFLICT and out["code"] == "conflict", out
+        assert len(guest.runner.calls) == calls  # no disk touched
+        assert secret_file.read_text() == 'DB_PASSWORD="s3cret"\n'  # old files kept
+    entry.write_bytes(payload_bytes(_doc()))
+    code, out = _cli(guest, *boot)
+    assert code == cli.EXIT_OK and out["volumes"]["data"]["actions"] == ["ready"]  # type: ignore[index]
+
+    # a restarted serve (recovered from the record) compares the full input as well
+    agent = guest.agent()
+    assert agent.recover()
+    c = Controller(agent)
+    assert c.handle("POST", "/api/v1/bootstrap", payload_bytes(changed_pass))[0] == 409
+    assert c.handle("POST", "/api/v1/bootstrap", payload_bytes(changed_secret))[0] == 409
+    assert c.handle("POST", "/api/v1/bootstrap", payload_bytes(_doc())) == (
+        200,
+        {"status": "ready"},
+    )
+
+    # a lost or damaged key cannot prove the input the same: conflict, never ready
+    for damaged in (None, "not hex\n"):
+        key.unlink() if damaged is None else key.write_text(damaged)
+        code, out = _cli(guest, *boot)
+        assert code == cli.EXIT_CONFLICT, out
+
+    # a record from before input_mac: recovery and re-runs work as they did
+    del record["input_mac"]
+    (run / "bootstrap.json").write_text(json.dumps(record))
+    code, out = _cli(guest, "status")
+    assert code == cli.EXIT_OK and out["status"] == "ready"
+    code, out = _cli(guest, *boot)
+    assert code == cli.EXIT_OK and out["status"] == "ready"

@@ -99,6 +99,8 @@ GOOD_VOLUME = {"device": "virtio:data", "mount_point": "/data"}
         {"version": 1, "user_id": "u", "fingerprint": None, "volumes": {"data": GOOD_VOLUME}},
         {"version": 1, "user_id": "u", "fingerprint": "f", "volumes": {"data": GOOD_VOLUME},
          "passphrase": "x"},
+        {"version": 1, "user_id": "u", "fingerprint": "f", "volumes": {"data": GOOD_VOLUME},
+         "input_mac": "zz" * 32},
     ],
 )  # fmt: skip
 def test_tampered_state_record_is_ignored(guest: Guest, record: dict[str, object]) -> None:
