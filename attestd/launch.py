@@ -270,6 +270,33 @@ class LaunchService:
 
     # -- /validate ----------------------------------------------------------------------
 
+    def _end_launch(
+        self,
+        vm: VmRecord,
+        launch_id: str,
+        state: LaunchState,
+        finished_at: float,
+        *,
+        event_at: float,
+        outcome: str,
+        detail: dict[str, Any],
+    ) -> None:
+        """End a launch for good, recording its validate event in the same transaction."""
+        self.db.finish_launch(
+            launch_id,
+            state,
+            finished_at,
+            event=event_row(
+                vm.owner_id,
+                vm.uuid,
+                "validate",
+                event_at,
+                launch_id=launch_id,
+                outcome=outcome,
+                detail=detail,
+            ),
+        )
+
     def _claim(self, vm: VmRecord, launch_id: str) -> LaunchRecord:
         now = self.service.clock()
         known = self.db.launch(launch_id)
@@ -282,19 +309,14 @@ class LaunchService:
         state = current.state if current is not None else LaunchState.FAILED
         if state is LaunchState.PENDING:
             expired = Conflict("the launch session expired", reasons=["launch_expired"])
-            self.db.finish_launch(
+            self._end_launch(
+                vm,
                 launch_id,
                 LaunchState.FAILED,
                 now,
-                event=event_row(
-                    vm.owner_id,
-                    vm.uuid,
-                    "validate",
-                    now,
-                    launch_id=launch_id,
-                    outcome="refused",
-                    detail={"reason": "launch_expired"},
-                ),
+                event_at=now,
+                outcome="refused",
+                detail={"reason": "launch_expired"},
             )
             raise expired
         used = Conflict(f"the launch was already used ({state.value})", reasons=["launch_used"])
@@ -406,40 +428,30 @@ class LaunchService:
                 detail = {"reason": exc.code, "message": exc.message, "tried": list(exc.reasons)}
             else:
                 detail = {"reason": "internal_error"}
-            self.db.finish_launch(
+            self._end_launch(
+                vm,
                 launch.id,
                 LaunchState.FAILED,
                 self.service.clock(),
-                event=event_row(
-                    vm.owner_id,
-                    vm.uuid,
-                    "validate",
-                    now,
-                    launch_id=launch.id,
-                    outcome="refused",
-                    detail=detail,
-                ),
+                event_at=now,
+                outcome="refused",
+                detail=detail,
             )
             logger.info("validate %s for VM %s refused: %s", launch.id, vm.uuid, detail["reason"])
             raise
-        self.db.finish_launch(
+        self._end_launch(
+            vm,
             launch.id,
             LaunchState.VALIDATED,
             self.service.clock(),
-            event=event_row(
-                vm.owner_id,
-                vm.uuid,
-                "validate",
-                now,
-                launch_id=launch.id,
-                outcome="released",
-                detail={
-                    "launch_digest": digest.hex(),
-                    "matched": digest_label,
-                    "firmware": str(version),
-                    "table_size": len(table),
-                },
-            ),
+            event_at=now,
+            outcome="released",
+            detail={
+                "launch_digest": digest.hex(),
+                "matched": digest_label,
+                "firmware": str(version),
+                "table_size": len(table),
+            },
         )
         logger.info(
             "validate %s for VM %s: secret released (digest %s)", launch.id, vm.uuid, digest.hex()
