@@ -19,7 +19,7 @@ from pathlib import Path
 from attestd.sev.certs import AmdCaCertificate, SevCertificate
 from attestd.sev.chain import PlatformChain, builtin_anchors, verify_chain
 
-PLATFORM = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "sev" / "platform"
+PLATFORM = Path(__file__).resolve().parents[1] / "tests" / "data" / "sev" / "platform"
 
 
 def _timed(func: Callable[[], object], runs: int) -> tuple[list[float], list[float]]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the project and to the team's shared test data."""
+"""Shared fixtures: paths to the project and to its real test data (``tests/data``)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DIR = Path(os.environ.get("ATTESTD_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
-TESTDATA = SHARED_DIR / "testdata"
+#: Real AMD certificates, platform chains, SNP reports, KATs and OVMF, with their
+#: provenance (``tests/data/**/PROVENANCE.md``); a clone of the repository is enough.
+TESTDATA = Path(os.environ.get("ATTESTD_TESTDATA", Path(__file__).resolve().parent / "data"))
 
 
 @pytest.fixture(scope="session")
 def testdata() -> Path:
-    """The shared real-data directory (AMD certs, platform chains, KATs, OVMF)."""
+    """The real-data directory (AMD certs, platform chains, KATs, OVMF)."""
     if not TESTDATA.is_dir():
-        raise RuntimeError(f"shared test data not found at {TESTDATA}; set ATTESTD_SHARED_DIR")
+        raise RuntimeError(f"test data not found at {TESTDATA}; set ATTESTD_TESTDATA")
     return TESTDATA
 
 

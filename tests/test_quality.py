@@ -28,3 +28,19 @@ def test_ruff_format_clean() -> None:
 def test_mypy_strict() -> None:
     result = _run(str(BIN / "mypy"), "--config-file", "setup.cfg")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: How a path into the team's shared folder outside the repository is spelled.
+OUTSIDE = ("../" + "shared", "shared/" + "testdata", '"' + 'shared"')
+
+
+def test_a_clone_is_enough() -> None:
+    """No test, benchmark or tool reads data from outside the repository (``../shared``)."""
+    tracked = _run("git", "ls-files", "tests", "bench", "tools", ".ci").stdout.split()
+    offenders = [
+        name
+        for name in tracked
+        if not name.startswith("tests/data/")
+        and any(marker in (PROJECT_ROOT / name).read_text(errors="replace") for marker in OUTSIDE)
+    ]
+    assert offenders == []

@@ -1,4 +1,4 @@
-"""SEV platform and AMD CA certificates against the real AMD data in shared/testdata."""
+"""SEV platform and AMD CA certificates against the real AMD data in tests/data."""
 
 from __future__ import annotations
 
