@@ -38,7 +38,7 @@ def test_launch_on_one_node_validate_on_another(
         assert shown.status_code == 200 and shown.json["launches-used"] == 1
     finally:
         for app in (a, b):
-            app.extensions["attestd"].db.dispose()
+            app.extensions["attestd"].store.dispose()
 
 
 def _race(nodes: list[Flask], request: dict[str, Any]) -> list[tuple[int, Any]]:
@@ -83,4 +83,4 @@ def test_concurrent_double_validate_releases_once(
             assert sum("secret-table" in body for _, body in results) == 1
     finally:
         for app in nodes:
-            app.extensions["attestd"].db.dispose()
+            app.extensions["attestd"].store.dispose()

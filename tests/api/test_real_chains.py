@@ -77,4 +77,4 @@ def test_real_unsigned_cek_without_kds_is_unavailable(
         "cpu-id": _b64(chip),
     }
     resp = client.post(f"/v1/vm/{VM}/launch", json=launch)  # kds_offline in the test settings
-    assert resp.status_code == 503 and resp.json["errors"]["reason"] == "cek_unavailable"
+    assert resp.status_code == 422 and resp.json["errors"]["reason"] == "cek_required"

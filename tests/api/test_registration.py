@@ -108,13 +108,13 @@ def test_put_replaces_and_keeps_generated(
 ) -> None:
     body = sev_registration(secrets=_secrets())
     assert client.post(f"/v1/vm/{VM}", json=body, headers=alice).status_code == 201
-    service = app.extensions["attestd"].service
-    first = service.stored_secrets(service.db.vm(VM))
+    services = app.extensions["attestd"].services
+    first = services.vms.stored_secrets(services.store.vm(VM))
     body["policy"] = 3
     body["secrets"] = body["secrets"][1:2]
     replaced = client.put(f"/v1/vm/{VM}", json=body, headers=alice)
     assert replaced.status_code == 200 and replaced.json["revision"] == 2
-    second = service.stored_secrets(service.db.vm(VM))
+    second = services.vms.stored_secrets(services.store.vm(VM))
     assert len(second) == 1
     assert second[0]["passphrase"] == first[1]["passphrase"]
     assert len(second[0]["passphrase"]) >= 40
@@ -269,7 +269,7 @@ def test_examples_are_valid(tmp_path: Any) -> None:
 
 def test_reserved_mount_points_match_the_guest() -> None:
     from attestd.guest.payload import RESERVED_MOUNT_POINTS as GUEST
-    from attestd.registration import RESERVED_MOUNT_POINTS
+    from attestd.service.registration import RESERVED_MOUNT_POINTS
 
     assert RESERVED_MOUNT_POINTS == GUEST
 
@@ -280,10 +280,8 @@ def test_uploaded_firmware_secret_area_limits_the_table(
     import hashlib
 
     ovmf = (testdata / "ovmf" / "OVMF.amdsev.fd").read_bytes()  # 3072-byte secret area
-    app.extensions["attestd"].settings = app.extensions["attestd"].settings.replace(
-        secret_area_size=8192
-    )
-    app.extensions["attestd"].service.settings = app.extensions["attestd"].settings
+    services = app.extensions["attestd"].services
+    services.configure(services.settings.replace(secret_area_size=8192))
     values = {f"K{i}": "v" * 200 for i in range(20)}  # ~4.3 KB of payload
     body = sev_registration(
         **{"firmware-hashes": [hashlib.sha256(ovmf).hexdigest()]},
