@@ -10,8 +10,7 @@ from flask import Flask
 from attestd.api import create_app
 from attestd.config import Settings
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.simhost import Boot, launch_body, measure, validate_body
-from tests.api.test_launch import VM, sev
+from tests.api.simhost import VM, Boot, launch_body, measure, sev, validate_body
 from tests.servicefix import make_owner
 
 

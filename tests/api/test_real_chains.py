@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from attestd.sev.certs import SevCertificate
-from tests.api.test_launch import VM, sev
+from tests.api.simhost import VM, sev
 from tests.servicefix import make_owner
 
 

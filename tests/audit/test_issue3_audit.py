@@ -134,7 +134,7 @@ def test_firmware_of_another_owner_is_not_usable(
     host_app: Flask, platform: SimulatedPlatform, ovmf: bytes
 ) -> None:
     """Bob's upload of the same image does not give alice's SEV-ES registration its digest."""
-    from tests.api.test_launch import es_boot, sev_es
+    from tests.api.simhost import es_boot, sev_es
 
     client = host_app.test_client()
     alice, bob = make_owner(host_app, "alice"), make_owner(host_app, "bob")

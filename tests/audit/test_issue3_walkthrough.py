@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.test_kill import Server
+from tests.api.servers import Server
 
 pytestmark = pytest.mark.slow
 
