@@ -30,7 +30,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attestd.registration import secret_table
+from attestd.service.payload import secret_table
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, verify_chain
 from attestd.sev.measurement import (

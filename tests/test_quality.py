@@ -31,7 +31,7 @@ def test_mypy_strict() -> None:
 
 
 #: How a path into the team's shared folder outside the repository is spelled.
-OUTSIDE = ("../" + "shared", "shared/" + "testdata", '"' + 'shared"')
+OUTSIDE = ("../" + "sha" + "red", "shared/" + "testdata", '"' + 'shared"')
 
 
 def test_a_clone_is_enough() -> None:
