@@ -31,6 +31,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attestd.service.payload import secret_table
+from attestd.service.registration import from_stored
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, verify_chain
 from attestd.sev.measurement import (
@@ -74,7 +75,9 @@ def crypto_floor(
     """
     anchors = load_anchors(anchors_dir)
     exp = platform.export()
-    stored = [dict(s, passphrase="x" * 43) if s.get("generate") else s for s in SECRETS]
+    stored = [
+        from_stored(dict(s, passphrase="x" * 43) if s.get("generate") else s) for s in SECRETS
+    ]
     version = FirmwareVersion(platform.api_major, platform.api_minor, platform.build_id)
     digest = hashlib.sha256(FIRMWARE).digest()
     platform_chain = PlatformChain.from_export(exp.pdh, exp.cert_chain)

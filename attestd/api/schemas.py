@@ -26,7 +26,7 @@ from marshmallow import (
 )
 
 from attestd.errors import AttestdError
-from attestd.service.registration import SCHEMES, Registration, cmdline_sha256
+from attestd.service.registration import SCHEMES, Registration, Secret, cmdline_sha256, from_stored
 from attestd.sev.certs import SEV_CERT_SIZE
 from attestd.sev.measure.vmsa import VCPU_TYPES
 from attestd.sev.policy import GuestPolicy
@@ -152,11 +152,6 @@ class VolumeSchema(_Strict):
     generate = fields.Boolean()
     mount_point = fields.String(data_key="mount-point", validate=validate.Regexp(MOUNT_POINT))
 
-    @validates_schema
-    def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        if bool(data.get("passphrase")) == bool(data.get("generate")):
-            raise ValidationError("give either passphrase or generate: true", "passphrase")
-
 
 class EnvSchema(_Strict):
     """An env file (``type`` env, 0644) or a secret file (``type`` secret-file, 0600)."""
@@ -190,25 +185,24 @@ SECRET_SCHEMAS: dict[str, type[Schema]] = {
 }
 
 
-class SecretField(fields.Field[dict[str, Any]]):
-    """One ``secrets`` entry, dispatched on its ``type``; loads to a kebab-case dict."""
+class SecretField(fields.Field[Secret]):
+    """One ``secrets`` entry, dispatched on its ``type``; loads to its typed value."""
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return value
 
     def _deserialize(
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> dict[str, Any]:
+    ) -> Secret:
         if not isinstance(value, dict):
             raise ValidationError("must be an object")
         kind = value.get("type")
         if not isinstance(kind, str) or kind not in SECRET_SCHEMAS:
             raise ValidationError({"type": [f"must be one of {sorted(SECRET_SCHEMAS)}"]})
         loaded = SECRET_SCHEMAS[kind]().load(value)
-        assert isinstance(loaded, dict)
-        if "mount_point" in loaded:
-            loaded["mount-point"] = loaded.pop("mount_point")
-        return loaded
+        if not isinstance(loaded, dict):
+            raise TypeError("secret schemas load to dicts")
+        return from_stored(loaded)
 
 
 class RegistrationSchema(_Strict):

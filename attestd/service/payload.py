@@ -8,13 +8,21 @@ form (generated passphrases created once and kept across ``PUT``).
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
-from attestd.service.registration import generate_passphrase
+from attestd.service.registration import (
+    EnvFile,
+    LuksPassphrase,
+    Raw,
+    Secret,
+    SecretFile,
+    Volume,
+    generate_passphrase,
+)
 from attestd.sev.secrets import (
     ATTESTD_PAYLOAD_GUID,
     LUKS_KEY_GUID,
@@ -27,71 +35,64 @@ PAYLOAD_GUID = ATTESTD_PAYLOAD_GUID
 LUKS_GUID = LUKS_KEY_GUID
 
 
-def resolve_secrets(
-    entries: Sequence[Mapping[str, Any]], previous: Sequence[Mapping[str, Any]] = ()
-) -> list[dict[str, Any]]:
-    """The stored form of ``entries``: JSON-ready, generated passphrases filled in.
+def resolve_secrets(entries: Sequence[Secret], previous: Sequence[Secret] = ()) -> list[Secret]:
+    """The stored form of ``entries``: generated passphrases filled in.
 
     A volume with ``generate: true`` keeps the passphrase it had in ``previous``
     (same volume name, also generated), so it stays the same for every launch.
     """
     kept = {
-        entry["name"]: entry["passphrase"]
+        entry.name: entry.passphrase
         for entry in previous
-        if entry["type"] == "volume" and entry.get("generate")
+        if isinstance(entry, Volume) and entry.generate and entry.passphrase
     }
-    stored: list[dict[str, Any]] = []
-    for entry in entries:
-        item = dict(entry)
-        if item["type"] == "volume" and item.get("generate"):
-            item["passphrase"] = kept.get(item["name"]) or generate_passphrase()
-        if item["type"] == "raw":
-            item["guid"] = str(item["guid"])
-            data = item["data"]
-            item["data"] = base64.b64encode(data).decode() if isinstance(data, bytes) else data
-        stored.append(item)
-    return stored
+    return [
+        replace(entry, passphrase=kept.get(entry.name) or generate_passphrase())
+        if isinstance(entry, Volume) and entry.generate
+        else entry
+        for entry in entries
+    ]
 
 
-def payload_document(user_id: str, stored: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def payload_document(user_id: str, stored: Sequence[Secret]) -> dict[str, Any]:
     """The in-guest payload (schemas/guest-payload-v1.schema.json)."""
     doc: dict[str, Any] = {"version": PAYLOAD_VERSION, "user_id": user_id}
-    env = {e["name"]: dict(e["values"]) for e in stored if e["type"] == "env"}
-    secret = {e["name"]: dict(e["values"]) for e in stored if e["type"] == "secret-file"}
+    env = {e.name: dict(e.values) for e in stored if isinstance(e, EnvFile)}
+    secret = {e.name: dict(e.values) for e in stored if isinstance(e, SecretFile)}
     if env:
         doc["env"] = env
     if secret:
         doc["secret"] = secret
     volumes: dict[str, Any] = {}
     for entry in stored:
-        if entry["type"] != "volume":
+        if not isinstance(entry, Volume):
             continue
-        volume = {"device": entry["device"], "passphrase": entry["passphrase"]}
-        if entry.get("mount-point"):
-            volume["mount_point"] = entry["mount-point"]
-        volumes[entry["name"]] = volume
+        if entry.passphrase is None:
+            raise ValueError(f"volume {entry.name} has no passphrase (resolve_secrets first)")
+        volume = {"device": entry.device, "passphrase": entry.passphrase}
+        if entry.mount_point:
+            volume["mount_point"] = entry.mount_point
+        volumes[entry.name] = volume
     doc["volumes"] = volumes
     return doc
 
 
-def secret_table(
-    user_id: str, stored: Sequence[Mapping[str, Any]], *, max_size: int | None = None
-) -> bytes:
+def secret_table(user_id: str, stored: Sequence[Secret], *, max_size: int | None = None) -> bytes:
     """The EFI secret table delivered to the guest (``SecretTooLarge`` past ``max_size``)."""
     entries = [SecretEntry(guid, data) for guid, data in payload_entries(user_id, stored)]
     return build_secret_table(entries, max_size=max_size)
 
 
-def payload_entries(user_id: str, stored: Sequence[Mapping[str, Any]]) -> list[tuple[UUID, bytes]]:
+def payload_entries(user_id: str, stored: Sequence[Secret]) -> list[tuple[UUID, bytes]]:
     """The secret-table entries, in table order: payload, LUKS key, raw entries."""
     payload = json.dumps(
         payload_document(user_id, stored), separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")
     out: list[tuple[UUID, bytes]] = [(PAYLOAD_GUID, payload)]
-    for entry in stored:
-        if entry["type"] == "luks-passphrase":
-            out.append((LUKS_GUID, entry["passphrase"].encode("utf-8") + b"\x00"))
-    for entry in stored:
-        if entry["type"] == "raw":
-            out.append((UUID(entry["guid"]), base64.b64decode(entry["data"])))
+    out.extend(
+        (LUKS_GUID, e.passphrase.encode("utf-8") + b"\x00")
+        for e in stored
+        if isinstance(e, LuksPassphrase)
+    )
+    out.extend((e.guid, e.data) for e in stored if isinstance(e, Raw))
     return out

@@ -24,7 +24,7 @@ import secrets as _secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from attestd.errors import AttestdError, Problem
@@ -51,8 +51,6 @@ RESERVED_MOUNT_POINTS = frozenset(
 )
 #: Characters of a generated passphrase (base64url of 32 random bytes).
 GENERATED_PASSPHRASE_LEN = 43
-#: At most this many entries of each named secret type.
-SECRET_LIMITS = (("volume", 16), ("env", 32), ("secret-file", 32))
 
 
 def generate_passphrase() -> str:
@@ -65,9 +63,149 @@ def cmdline_sha256(cmdline: str) -> str:
     return cmdline_digest(cmdline).hex()
 
 
-def mount_point(entry: Mapping[str, Any]) -> str:
-    """Where a volume entry is mounted (``/<name>`` unless given)."""
-    return str(entry.get("mount-point") or f"/{entry['name']}")
+# -- the owner's secrets, one typed value per ``type`` -----------------------------------
+#
+# ``type`` in the API and in the stored (encrypted) JSON selects the class; from_stored()
+# and to_stored() convert to and from the stored form existing databases already hold.
+# Values never appear in ``repr``.
+
+
+@dataclass(frozen=True, slots=True)
+class LuksPassphrase:
+    """The GRUB / crypttab passphrase of the root volume (its own secret-table entry)."""
+
+    TYPE: ClassVar[str] = "luks-passphrase"
+    passphrase: str = field(repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The entry without its value."""
+        return {"type": self.TYPE}
+
+    def to_stored(self) -> dict[str, Any]:
+        """The stored JSON form."""
+        return {"type": self.TYPE, "passphrase": self.passphrase}
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A LUKS2 volume the guest agent unlocks (and formats on first use) and mounts."""
+
+    TYPE: ClassVar[str] = "volume"
+    name: str
+    device: str
+    passphrase: str | None = field(default=None, repr=False)
+    generate: bool = False
+    mount_point: str | None = None
+
+    @property
+    def mount(self) -> str:
+        """Where it is mounted (``/<name>`` unless given)."""
+        return self.mount_point or f"/{self.name}"
+
+    def describe(self) -> dict[str, Any]:
+        """The entry without its value."""
+        out: dict[str, Any] = {"type": self.TYPE, "name": self.name, "device": self.device}
+        if self.mount_point:
+            out["mount-point"] = self.mount_point
+        out["generate"] = self.generate
+        return out
+
+    def to_stored(self) -> dict[str, Any]:
+        """The stored JSON form."""
+        out: dict[str, Any] = {"type": self.TYPE, "name": self.name, "device": self.device}
+        if self.passphrase is not None:
+            out["passphrase"] = self.passphrase
+        if self.generate:
+            out["generate"] = True
+        if self.mount_point:
+            out["mount-point"] = self.mount_point
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class EnvFile:
+    """An environment file (0644) of ``KEY=value`` lines."""
+
+    TYPE: ClassVar[str] = "env"
+    name: str
+    values: Mapping[str, str] = field(repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The entry without its values: its name and keys."""
+        return {"type": self.TYPE, "name": self.name, "keys": sorted(self.values)}
+
+    def to_stored(self) -> dict[str, Any]:
+        """The stored JSON form."""
+        return {"type": self.TYPE, "name": self.name, "values": dict(self.values)}
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFile:
+    """A secret file (0600) of ``KEY=value`` lines."""
+
+    TYPE: ClassVar[str] = "secret-file"
+    name: str
+    values: Mapping[str, str] = field(repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The entry without its values: its name and keys."""
+        return {"type": self.TYPE, "name": self.name, "keys": sorted(self.values)}
+
+    def to_stored(self) -> dict[str, Any]:
+        """The stored JSON form."""
+        return {"type": self.TYPE, "name": self.name, "values": dict(self.values)}
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """Any other secret-table entry, by GUID."""
+
+    TYPE: ClassVar[str] = "raw"
+    guid: UUID
+    data: bytes = field(repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The entry without its value."""
+        return {"type": self.TYPE, "guid": str(self.guid)}
+
+    def to_stored(self) -> dict[str, Any]:
+        """The stored JSON form (data in base64)."""
+        return {
+            "type": self.TYPE,
+            "guid": str(self.guid),
+            "data": base64.b64encode(self.data).decode("ascii"),
+        }
+
+
+Secret = LuksPassphrase | Volume | EnvFile | SecretFile | Raw
+SECRET_TYPES: tuple[type[Secret], ...] = (LuksPassphrase, Volume, EnvFile, SecretFile, Raw)
+NAMED_TYPES: tuple[type[Volume | EnvFile | SecretFile], ...] = (Volume, EnvFile, SecretFile)
+
+
+def from_stored(entry: Mapping[str, Any]) -> Secret:
+    """A secret from its stored (or API-loaded) form; ``ValueError`` for an unknown type."""
+    kind = entry.get("type")
+    if kind == LuksPassphrase.TYPE:
+        return LuksPassphrase(entry["passphrase"])
+    if kind == Volume.TYPE:
+        return Volume(
+            name=entry["name"],
+            device=entry["device"],
+            passphrase=entry.get("passphrase"),
+            generate=bool(entry.get("generate")),
+            mount_point=entry.get("mount-point") or entry.get("mount_point"),
+        )
+    if kind == EnvFile.TYPE:
+        return EnvFile(entry["name"], dict(entry["values"]))
+    if kind == SecretFile.TYPE:
+        return SecretFile(entry["name"], dict(entry["values"]))
+    if kind == Raw.TYPE:
+        data = entry["data"]
+        return Raw(
+            UUID(str(entry["guid"])),
+            data if isinstance(data, bytes) else base64.b64decode(data),
+        )
+    raise ValueError(f"unknown secret type {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +228,7 @@ class Registration:
     min_build_id: int | None = None
     max_launches: int | None = None
     user_id: str | None = None
-    secrets: tuple[Mapping[str, Any], ...] = field(default=())
+    secrets: tuple[Secret, ...] = field(default=())
 
     @property
     def es(self) -> bool:
@@ -150,21 +288,9 @@ class Registration:
         out: list[Problem] = []
         secrets = self.secrets
         for index, entry in enumerate(secrets):
-            if entry["type"] == "volume":
-                mount = mount_point(entry)
-                where = ("secrets", index, "mount-point")
-                if any(part in (".", "..") for part in mount.split("/")):
-                    out.append(Problem(where, "mount_point_dots", "no '.' or '..' components"))
-                if mount in RESERVED_MOUNT_POINTS:
-                    out.append(
-                        Problem(where, "mount_point_reserved", f"{mount} is a system directory")
-                    )
-                device = entry["device"]
-                if "/../" in device or device.endswith("/.."):
-                    out.append(
-                        Problem(("secrets", index, "device"), "device_dots", "no '..' components")
-                    )
-            elif entry["type"] == "raw" and UUID(str(entry["guid"])) in RESERVED_GUIDS:
+            if isinstance(entry, Volume):
+                out += _check_volume(index, entry)
+            elif isinstance(entry, Raw) and entry.guid in RESERVED_GUIDS:
                 out.append(
                     Problem(
                         ("secrets", index, "guid"),
@@ -172,27 +298,27 @@ class Registration:
                         "this GUID is reserved for attestd's own entries",
                     )
                 )
-        if sum(1 for s in secrets if s["type"] == "luks-passphrase") > 1:
+        if sum(1 for s in secrets if isinstance(s, LuksPassphrase)) > 1:
             out.append(Problem("secrets", "luks_passphrase_twice", "at most one luks-passphrase"))
-        for kind, limit in SECRET_LIMITS:
-            names = [s["name"] for s in secrets if s["type"] == kind]
+        for cls, limit in SECRET_LIMITS:
+            names = [s.name for s in secrets if isinstance(s, cls)]
             if len(names) != len(set(names)):
-                out.append(Problem("secrets", "duplicate_name", f"duplicate {kind} name"))
+                out.append(Problem("secrets", "duplicate_name", f"duplicate {cls.TYPE} name"))
             if len(names) > limit:
                 out.append(
-                    Problem("secrets", "too_many_secrets", f"at most {limit} {kind} entries")
+                    Problem("secrets", "too_many_secrets", f"at most {limit} {cls.TYPE} entries")
                 )
-        volumes = [s for s in secrets if s["type"] == "volume"]
-        devices = [s["device"] for s in volumes]
+        volumes = [s for s in secrets if isinstance(s, Volume)]
+        devices = [v.device for v in volumes]
         if len(devices) != len(set(devices)):
             out.append(Problem("secrets", "duplicate_device", "two volumes share a device"))
-        mounts = sorted(mount_point(s) for s in volumes)
+        mounts = sorted(v.mount for v in volumes)
         for a, b in itertools.combinations(mounts, 2):
             if b == a or b.startswith(a + "/"):
                 out.append(
                     Problem("secrets", "mounts_overlap", f"mount points {a} and {b} overlap")
                 )
-        guids = [str(s["guid"]) for s in secrets if s["type"] == "raw"]
+        guids = [s.guid for s in secrets if isinstance(s, Raw)]
         if len(guids) != len(set(guids)):
             out.append(Problem("secrets", "duplicate_guid", "duplicate raw guid"))
         return out
@@ -222,7 +348,7 @@ class Registration:
             "user-id": self.user_id,
         }
         doc.update({key: value for key, value in optional.items() if value is not None})
-        doc["secrets"] = [describe_secret(entry) for entry in self.secrets]
+        doc["secrets"] = [entry.describe() for entry in self.secrets]
         return doc
 
     @classmethod
@@ -249,19 +375,29 @@ class Registration:
         )
 
 
-def describe_secret(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A registered secret without its value: type, names, keys, flags."""
-    kind = entry["type"]
-    out: dict[str, Any] = {"type": kind}
-    if kind == "volume":
-        out["name"] = entry["name"]
-        out["device"] = entry["device"]
-        if entry.get("mount-point"):
-            out["mount-point"] = entry["mount-point"]
-        out["generate"] = bool(entry.get("generate"))
-    elif kind in ("env", "secret-file"):
-        out["name"] = entry["name"]
-        out["keys"] = sorted(entry["values"])
-    elif kind == "raw":
-        out["guid"] = str(entry["guid"])
+def _check_volume(index: int, volume: Volume) -> list[Problem]:
+    out: list[Problem] = []
+    if bool(volume.passphrase) == volume.generate:
+        out.append(
+            Problem(
+                ("secrets", index, "passphrase"),
+                "passphrase_or_generate",
+                "give either passphrase or generate: true",
+            )
+        )
+    where = ("secrets", index, "mount-point")
+    if any(part in (".", "..") for part in volume.mount.split("/")):
+        out.append(Problem(where, "mount_point_dots", "no '.' or '..' components"))
+    if volume.mount in RESERVED_MOUNT_POINTS:
+        out.append(Problem(where, "mount_point_reserved", f"{volume.mount} is a system directory"))
+    if "/../" in volume.device or volume.device.endswith("/.."):
+        out.append(Problem(("secrets", index, "device"), "device_dots", "no '..' components"))
     return out
+
+
+#: At most this many entries of each named secret type.
+SECRET_LIMITS: tuple[tuple[type[Volume | EnvFile | SecretFile], int], ...] = (
+    (Volume, 16),
+    (EnvFile, 32),
+    (SecretFile, 32),
+)

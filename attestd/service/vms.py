@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from attestd.config import Settings
 from attestd.errors import AttestdError, InvalidRegistration, NotFound, SecretTooLarge
 from attestd.service.clock import Clock
 from attestd.service.payload import resolve_secrets, secret_table
-from attestd.service.registration import Registration
+from attestd.service.registration import Registration, Secret, from_stored
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.storage.keys import KeyRing
 from attestd.storage.ports import (
@@ -57,12 +56,12 @@ class Vms:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return vm
 
-    def stored_secrets(self, vm: VmRecord) -> list[dict[str, Any]]:
+    def stored_secrets(self, vm: VmRecord) -> list[Secret]:
         """Decrypt the VM's stored secrets."""
         value = json.loads(self.keyring.decrypt(vm.secrets_enc))
         if not isinstance(value, list):
             raise TypeError("stored secrets must be a JSON list")
-        return value
+        return [from_stored(entry) for entry in value]
 
     def _secret_area_limit(self, owner: Principal, registration: Registration) -> int:
         """The configured secret area, or less if an accepted uploaded firmware declares less."""
@@ -84,7 +83,7 @@ class Vms:
         owner: Principal,
         uuid: str,
         registration: Registration,
-        previous: Sequence[Mapping[str, Any]],
+        previous: Sequence[Secret],
     ) -> bytes:
         reasons = registration.check()
         if reasons:
@@ -98,7 +97,8 @@ class Vms:
                 f"the secret table would not fit the {limit}-byte secret area",
                 reasons=[exc.message, *exc.reasons],
             ) from None
-        return self.keyring.encrypt(json.dumps(stored, sort_keys=True).encode("utf-8"))
+        document = [entry.to_stored() for entry in stored]
+        return self.keyring.encrypt(json.dumps(document, sort_keys=True).encode("utf-8"))
 
     def register(self, owner: Principal, uuid: str, registration: Registration) -> VmRecord:
         """Register a new VM (``POST``)."""

@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from attestd.service.registration import Volume
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour
 from attestd.sev.secrets import ATTESTD_PAYLOAD_GUID, LUKS_KEY_GUID
@@ -443,7 +444,7 @@ def test_nothing_secret_in_logs_and_keys_deleted(
     assert released.status_code == 200
     assert state.store.launch(grant["launch-id"]).keys_enc is None
     stored = state.services.vms.stored_secrets(state.store.vm(VM))
-    generated = next(s["passphrase"] for s in stored if s.get("generate"))
+    generated = next(s.passphrase for s in stored if isinstance(s, Volume) and s.generate)
     assert "secret released" in caplog.text  # the log is really captured
     for value in (
         keys.tek.hex(),

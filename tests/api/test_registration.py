@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
+from attestd.service.registration import Volume
 from tests.servicefix import sev_registration
 
 VM = "57f669c2-c427-4132-bc7a-26f56b6a718c"
@@ -116,8 +117,9 @@ def test_put_replaces_and_keeps_generated(
     assert replaced.status_code == 200 and replaced.json["revision"] == 2
     second = services.vms.stored_secrets(services.store.vm(VM))
     assert len(second) == 1
-    assert second[0]["passphrase"] == first[1]["passphrase"]
-    assert len(second[0]["passphrase"]) >= 40
+    assert isinstance(first[1], Volume) and isinstance(second[0], Volume)
+    assert second[0].passphrase == first[1].passphrase
+    assert second[0].passphrase is not None and len(second[0].passphrase) >= 40
     assert client.put(f"/v1/vm/{VM.replace('5', '6')}", json=body, headers=alice).status_code == 404
 
 

@@ -11,7 +11,7 @@ import pytest
 from attestd.errors import ChainInvalid, MeasurementMismatch, PolicyViolation
 from attestd.service.factory import Services
 from attestd.service.launches import LaunchSession, ValidateRequest
-from attestd.service.registration import Registration
+from attestd.service.registration import LuksPassphrase, Registration
 from attestd.sim.platform import SimulatedPlatform
 from tests.api.simhost import Boot, measure
 from tests.servicefix import Clock
@@ -27,7 +27,7 @@ def _register(services: Services, owner_name: str, uuid: str, ovmf: bytes, **ext
         scheme="amd-sev",
         policy=1,
         firmware_hashes=(hashlib.sha256(ovmf).hexdigest(),),
-        secrets=({"type": "luks-passphrase", "passphrase": "correct horse"},),
+        secrets=(LuksPassphrase("correct horse"),),
         **extra,
     )
     services.vms.register(owner, uuid, registration)

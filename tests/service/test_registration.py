@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
+from uuid import UUID
 
 import pytest
 
-from attestd.service.registration import Registration
+from attestd.service.registration import (
+    LuksPassphrase,
+    Raw,
+    Registration,
+    Secret,
+    Volume,
+)
 
 BASE = Registration(scheme="amd-sev", policy=1, firmware_hashes=("ab" * 32,))
 
 
-def _vol(name: str, device: str, mount: str | None = None) -> dict[str, Any]:
-    entry = {"type": "volume", "name": name, "device": device, "generate": True}
-    if mount:
-        entry["mount-point"] = mount
-    return entry
+def _vol(name: str, device: str, mount: str | None = None) -> Secret:
+    return Volume(name, device, generate=True, mount_point=mount)
+
+
+def _raw(guid: str) -> Secret:
+    return Raw(UUID(guid), b"x")
 
 
 CASES: list[tuple[str, dict[str, Any], Any, str]] = [
@@ -30,7 +38,7 @@ CASES: list[tuple[str, dict[str, Any], Any, str]] = [
     ("cloud cert garbage", {"cloud_cert": b"\x00" * 0x824}, "cloud-cert", "cloud_cert_malformed"),
     (
         "two luks passphrases",
-        {"secrets": ({"type": "luks-passphrase", "passphrase": "a"},) * 2},
+        {"secrets": (LuksPassphrase("a"),) * 2},
         "secrets",
         "luks_passphrase_twice",
     ),
@@ -65,6 +73,12 @@ CASES: list[tuple[str, dict[str, Any], Any, str]] = [
         "mount_point_dots",
     ),
     (
+        "volume with neither passphrase nor generate",
+        {"secrets": (Volume("d", "virtio:x"),)},
+        ("secrets", 0, "passphrase"),
+        "passphrase_or_generate",
+    ),
+    (
         "dots in device",
         {"secrets": (_vol("d", "/dev/../etc/x"),)},
         ("secrets", 0, "device"),
@@ -72,22 +86,13 @@ CASES: list[tuple[str, dict[str, Any], Any, str]] = [
     ),
     (
         "reserved guid",
-        {
-            "secrets": (
-                {"type": "raw", "guid": "736869e5-84f0-4973-92ec-06879ce3da0b", "data": b"x"},
-            )
-        },
+        {"secrets": (_raw("736869e5-84f0-4973-92ec-06879ce3da0b"),)},
         ("secrets", 0, "guid"),
         "guid_reserved",
     ),
     (
         "duplicate raw guid",
-        {
-            "secrets": (
-                {"type": "raw", "guid": "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10", "data": b"x"},
-            )
-            * 2
-        },
+        {"secrets": (_raw("0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10"),) * 2},
         "secrets",
         "duplicate_guid",
     ),
@@ -112,3 +117,27 @@ def test_every_problem_is_reported_at_once() -> None:
     bad = replace(BASE, policy=0x5, firmware_hashes=(), initrd_hash="cd" * 32)
     codes = {p.code for p in bad.check()}
     assert codes == {"es_bit_mismatch", "no_launch_inputs", "needs_kernel_hash"}
+
+
+def test_stored_secrets_of_existing_databases_load_and_store_the_same() -> None:
+    from attestd.service.registration import from_stored
+
+    stored = [
+        {"type": "luks-passphrase", "passphrase": "grub"},
+        {
+            "type": "volume",
+            "name": "data",
+            "device": "virtio:d",
+            "generate": True,
+            "passphrase": "g" * 43,
+            "mount-point": "/data",
+        },
+        {"type": "volume", "name": "logs", "device": "virtio:l", "passphrase": "p"},
+        {"type": "env", "name": "app.env", "values": {"A": "1"}},
+        {"type": "secret-file", "name": "db.env", "values": {"PW": "x"}},
+        {"type": "raw", "guid": "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10", "data": "cmF3"},
+    ]
+    assert [from_stored(entry).to_stored() for entry in stored] == stored
+    with pytest.raises(ValueError, match="unknown secret type"):
+        from_stored({"type": "nope"})
+    assert "grub" not in repr(from_stored(stored[0]))

@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from attestd import cli
 from attestd.config import Settings
+from attestd.service.registration import Volume
 from attestd.storage.keys import KeyRing, StorageKeyError
 from attestd.storage.sql import Database
 from tests import pgserver
@@ -64,7 +65,7 @@ def test_dump_holds_no_plaintext_secret(
     _register(client, alice)
     services = app.extensions["attestd"].services
     stored = services.vms.stored_secrets(services.store.vm(VM))
-    generated = next(s["passphrase"] for s in stored if s.get("generate"))
+    generated = next(s.passphrase for s in stored if isinstance(s, Volume) and s.generate)
     dump = _dump(app, settings, request)
     assert VM.encode() in dump  # the dump is real
     for secret in [*SECRETS, generated]:
