@@ -1,4 +1,4 @@
-"""Issue 3 audit: docs/guest-owner.md's curl walk-through, run literally against
+"""The docs/guest-owner.md's curl walk-through, run literally against
 ``attestd serve`` (gunicorn), and gunicorn's chunked bodies over the limit."""
 
 from __future__ import annotations

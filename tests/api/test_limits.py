@@ -1,4 +1,4 @@
-"""Issue 3 audit: body size limits hold for streamed (chunked) requests too."""
+"""Body size limits hold for streamed (chunked) requests too."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3 audit: the secret-area boundary, secret changes during a launch, firmware and
+"""The secret-area boundary, secret changes during a launch, firmware and
 host-token isolation, and no secret value in any owner-visible response or log."""
 
 from __future__ import annotations

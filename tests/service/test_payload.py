@@ -1,4 +1,4 @@
-"""Issue 3 audit: every in-guest payload the service builds matches the published
+"""Every in-guest payload the service builds matches the published
 ``schemas/guest-payload-v1.schema.json`` (validated by jsonschema_rs, not by attestd)."""
 
 from __future__ import annotations

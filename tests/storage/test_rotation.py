@@ -1,4 +1,4 @@
-"""Issue 3 audit: ``attestd keys rotate`` under a running service (it must keep working)."""
+"""``attestd keys rotate`` under a running service (it must keep working)."""
 
 from __future__ import annotations
 
