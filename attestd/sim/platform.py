@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attestd.errors import AttestationFailed, ParseError, SecretTooLarge, Unsupported
 from attestd.sev.certs import (
+    CHIP_ID_SIZE,
     SEV_CERT_SIZE,
     Algorithm,
     AmdCaCertificate,
@@ -48,7 +49,6 @@ from attestd.sim.errors import FirmwareStatus, SevFirmwareError
 STATE_FILE = "platform.json"
 STATE_VERSION = 1
 VMSA_SIZE = 4096
-CHIP_ID_SIZE = 64
 _KEY_NAMES = ("cek", "oca", "pek", "pdh")
 _GODH_HEADER = struct.Struct("<IBBHII")
 

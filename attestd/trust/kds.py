@@ -20,12 +20,11 @@ from pathlib import Path
 import requests
 
 from attestd.errors import CekRequired, CekUnavailable, ParseError
-from attestd.sev.certs import SEV_CERT_SIZE, SevCertificate, Usage
+from attestd.sev.certs import AMD_KDS_URL, CHIP_ID_SIZE, SEV_CERT_SIZE, SevCertificate, Usage
 
 logger = logging.getLogger(__name__)
 
-KDS_URL = "https://kdsintf.amd.com"
-CHIP_ID_SIZE = 64
+KDS_URL = AMD_KDS_URL
 DEFAULT_TIMEOUT = (5.0, 30.0)
 
 _HEX_ID = re.compile(r"[0-9A-Fa-f]{128}")
