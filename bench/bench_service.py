@@ -34,14 +34,14 @@ from attestd.service.payload import secret_table
 from attestd.service.registration import from_stored
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, verify_chain
-from attestd.sev.measurement import (
+from attestd.sev.secrets import build_launch_secret
+from attestd.sev.session import (
     FirmwareVersion,
     LaunchMeasurement,
     compute_measure,
+    start_launch,
     verify_measurement,
 )
-from attestd.sev.secrets import build_launch_secret
-from attestd.sev.session import start_launch
 from attestd.sim.platform import SimulatedPlatform
 from attestd.trust import load_anchors
 from tests.api.simhost import Boot, launch_body, measure, validate_body

@@ -30,8 +30,8 @@ from attestd.service.registration import Registration
 from attestd.sev.measure.digest import LaunchInputs, SevMode
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour
-from attestd.sev.measurement import FirmwareVersion
 from attestd.sev.policy import GuestPolicy
+from attestd.sev.session import FirmwareVersion
 
 #: ``digest_of(firmware_sha256, inputs)``: the launch digest of each input for that
 #: firmware (raises an ``AttestdError`` when it cannot, e.g. firmware not uploaded).

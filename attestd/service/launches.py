@@ -39,9 +39,8 @@ from attestd.service.vms import Vms
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, TrustAnchor, VerifiedChain, verify_chain
 from attestd.sev.measure.digest import LaunchInputs, launch_digests
-from attestd.sev.measurement import LaunchMeasurement
 from attestd.sev.secrets import LaunchSecret, verify_launch
-from attestd.sev.session import TransportKeys, start_launch
+from attestd.sev.session import LaunchMeasurement, TransportKeys, start_launch
 from attestd.storage.keys import KeyRing
 from attestd.storage.ports import (
     Event,

@@ -19,13 +19,13 @@ from uuid import UUID
 from attestd.errors import AttestationFailed, ParseError, SecretTooLarge, Unsupported
 from attestd.sev._crypto import aes_ctr as _aes_ctr
 from attestd.sev._crypto import hmac_sha256
-from attestd.sev.measurement import (
+from attestd.sev.session import (
     DIGEST_SIZE,
     FirmwareVersion,
     LaunchMeasurement,
+    TransportKeys,
     verify_measurement,
 )
-from attestd.sev.session import TransportKeys
 
 SECRET_TABLE_GUID = UUID("1e74f542-71dd-4d66-963e-ef4287ff173b")
 LUKS_KEY_GUID = UUID("736869e5-84f0-4973-92ec-06879ce3da0b")

@@ -40,10 +40,16 @@ from attestd.sev.certs import (
     Usage,
 )
 from attestd.sev.chain import TrustAnchor
-from attestd.sev.measurement import FirmwareVersion, LaunchMeasurement, compute_measure
 from attestd.sev.policy import GuestPolicy, PolicyFlags
 from attestd.sev.secrets import LaunchSecret, SecretHeader, check_secret_size, open_launch_secret
-from attestd.sev.session import SESSION_SIZE, TransportKeys, open_session
+from attestd.sev.session import (
+    SESSION_SIZE,
+    FirmwareVersion,
+    LaunchMeasurement,
+    TransportKeys,
+    compute_measure,
+    open_session,
+)
 from attestd.sim.errors import FirmwareStatus, SevFirmwareError
 
 STATE_FILE = "platform.json"
