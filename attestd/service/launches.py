@@ -49,7 +49,7 @@ from attestd.storage.ports import (
     FirmwareRepository,
     LaunchRecord,
     LaunchRepository,
-    LaunchState,
+    LaunchStatus,
     Outcome,
     VmRecord,
     VmRepository,
@@ -192,7 +192,7 @@ class Launches:
             id=_secrets.token_urlsafe(24),
             vm_id=vm.id,
             vm_revision=vm.revision,
-            state=LaunchState.PENDING,
+            state=LaunchStatus.PENDING,
             policy=start.policy,
             keys_enc=self.keyring.encrypt(start.keys.to_bytes()),
             chip_id=chip,
@@ -253,7 +253,7 @@ class Launches:
         self,
         vm: VmRecord,
         launch_id: str,
-        state: LaunchState,
+        state: LaunchStatus,
         finished_at: float,
         *,
         event_at: float,
@@ -285,13 +285,13 @@ class Launches:
         if claimed is not None:
             return claimed
         current = self.repo.launch(launch_id)
-        state = current.state if current is not None else LaunchState.FAILED
-        if state is LaunchState.PENDING:
+        state = current.state if current is not None else LaunchStatus.FAILED
+        if state is LaunchStatus.PENDING:
             expired = Conflict("the launch session expired", reasons=["launch_expired"])
             self._end_launch(
                 vm,
                 launch_id,
-                LaunchState.FAILED,
+                LaunchStatus.FAILED,
                 now,
                 event_at=now,
                 outcome=Outcome.REFUSED,
@@ -372,7 +372,7 @@ class Launches:
             self._end_launch(
                 vm,
                 launch.id,
-                LaunchState.FAILED,
+                LaunchStatus.FAILED,
                 self.clock(),
                 event_at=now,
                 outcome=Outcome.REFUSED,
@@ -383,7 +383,7 @@ class Launches:
         self._end_launch(
             vm,
             launch.id,
-            LaunchState.VALIDATED,
+            LaunchStatus.VALIDATED,
             self.clock(),
             event_at=now,
             outcome=Outcome.RELEASED,

@@ -38,8 +38,11 @@ class VmRecord:
     updated_at: float
 
 
-class LaunchState(StrEnum):
-    """Life of a stored launch: pending -> validating -> validated | failed."""
+class LaunchStatus(StrEnum):
+    """Status of a stored launch: pending -> validating -> validated | failed.
+
+    (Not the host's ``attestd.host.state.LaunchState``, its per-domain record.)
+    """
 
     PENDING = "pending"
     VALIDATING = "validating"
@@ -54,7 +57,7 @@ class LaunchRecord:
     id: str
     vm_id: int
     vm_revision: int
-    state: LaunchState
+    state: LaunchStatus
     policy: int
     keys_enc: bytes | None
     chip_id: str
@@ -161,7 +164,7 @@ class LaunchRepository(Protocol):
     def launch(self, launch_id: str) -> LaunchRecord | None: ...
     def claim_launch(self, launch_id: str, vm_id: int, now: float) -> LaunchRecord | None: ...
     def finish_launch(
-        self, launch_id: str, state: LaunchState, now: float, *, event: Event
+        self, launch_id: str, state: LaunchStatus, now: float, *, event: Event
     ) -> None: ...
     def purge_expired_keys(self, now: float) -> int: ...
 

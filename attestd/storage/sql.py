@@ -38,7 +38,7 @@ from attestd.storage.ports import (
     Event,
     EventRecord,
     LaunchRecord,
-    LaunchState,
+    LaunchStatus,
     Principal,
     VmRecord,
 )
@@ -379,7 +379,7 @@ class Database:
             id=row.id,
             vm_id=row.vm_id,
             vm_revision=row.vm_revision,
-            state=LaunchState(row.state),
+            state=LaunchStatus(row.state),
             policy=int(row.policy),
             keys_enc=None if row.keys_enc is None else bytes(row.keys_enc),
             chip_id=row.chip_id,
@@ -450,11 +450,11 @@ class Database:
                     and_(
                         t.launches.c.id == launch_id,
                         t.launches.c.vm_id == vm_id,
-                        t.launches.c.state == LaunchState.PENDING.value,
+                        t.launches.c.state == LaunchStatus.PENDING.value,
                         t.launches.c.expires_at > now,
                     )
                 )
-                .values(state=LaunchState.VALIDATING.value)
+                .values(state=LaunchStatus.VALIDATING.value)
             )
             if _rowcount(result) != 1:
                 return None
@@ -464,7 +464,7 @@ class Database:
         return self._run(txn)
 
     def finish_launch(
-        self, launch_id: str, state: LaunchState, now: float, *, event: Event
+        self, launch_id: str, state: LaunchStatus, now: float, *, event: Event
     ) -> None:
         """Record the outcome and forget the transport keys."""
 
@@ -488,7 +488,7 @@ class Database:
                 .where(
                     and_(
                         t.launches.c.state.in_(
-                            [LaunchState.PENDING.value, LaunchState.VALIDATING.value]
+                            [LaunchStatus.PENDING.value, LaunchStatus.VALIDATING.value]
                         ),
                         t.launches.c.expires_at <= now,
                         t.launches.c.keys_enc.is_not(None),
@@ -575,7 +575,7 @@ class Database:
                 ),
                 "vms": int(conn.execute(select(func.count()).select_from(t.vms)).scalar_one()),
             }
-            for state in LaunchState:
+            for state in LaunchStatus:
                 out[f"launches_{state.value}"] = int(
                     conn.execute(
                         select(func.count())

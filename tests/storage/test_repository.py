@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 
 from attestd.config import Settings
 from attestd.errors import Conflict
-from attestd.storage.ports import Event, EventKind, LaunchRecord, LaunchState, VmRecord
+from attestd.storage.ports import Event, EventKind, LaunchRecord, LaunchStatus, VmRecord
 from attestd.storage.sql import Database
 from attestd.storage.tables import metadata
 
@@ -51,7 +51,7 @@ def _launch(vm: VmRecord, n: int, expires: float = 1e12) -> LaunchRecord:
         id=f"launch-{n:04d}",
         vm_id=vm.id,
         vm_revision=vm.revision,
-        state=LaunchState.PENDING,
+        state=LaunchStatus.PENDING,
         policy=1,
         keys_enc=b"k",
         chip_id="",
@@ -106,7 +106,7 @@ def test_claim_is_single_use_and_respects_expiry(db: Database) -> None:
     crashed = db.launch("launch-0003")
     assert crashed is not None and crashed.keys_enc is None
     record = db.launch("launch-0002")
-    assert record is not None and record.keys_enc is None and record.state is LaunchState.PENDING
-    db.finish_launch("launch-0001", LaunchState.VALIDATED, 11.0, event=event)
+    assert record is not None and record.keys_enc is None and record.state is LaunchStatus.PENDING
+    db.finish_launch("launch-0001", LaunchStatus.VALIDATED, 11.0, event=event)
     done = db.launch("launch-0001")
-    assert done is not None and done.state is LaunchState.VALIDATED and done.keys_enc is None
+    assert done is not None and done.state is LaunchStatus.VALIDATED and done.keys_enc is None
