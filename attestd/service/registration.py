@@ -123,10 +123,10 @@ class Volume:
 
 
 @dataclass(frozen=True, slots=True)
-class EnvFile:
-    """An environment file (0644) of ``KEY=value`` lines."""
+class _ValuesFile:
+    """A file of ``KEY=value`` lines the guest agent writes (``TYPE`` in subclasses)."""
 
-    TYPE: ClassVar[str] = "env"
+    TYPE: ClassVar[str]
     name: str
     values: Mapping[str, str] = field(repr=False)
 
@@ -140,20 +140,17 @@ class EnvFile:
 
 
 @dataclass(frozen=True, slots=True)
-class SecretFile:
-    """A secret file (0600) of ``KEY=value`` lines."""
+class EnvFile(_ValuesFile):
+    """An environment file (0644)."""
+
+    TYPE: ClassVar[str] = "env"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFile(_ValuesFile):
+    """A secret file (0600)."""
 
     TYPE: ClassVar[str] = "secret-file"
-    name: str
-    values: Mapping[str, str] = field(repr=False)
-
-    def describe(self) -> dict[str, Any]:
-        """The entry without its values: its name and keys."""
-        return {"type": self.TYPE, "name": self.name, "keys": sorted(self.values)}
-
-    def to_stored(self) -> dict[str, Any]:
-        """The stored JSON form."""
-        return {"type": self.TYPE, "name": self.name, "values": dict(self.values)}
 
 
 @dataclass(frozen=True, slots=True)
