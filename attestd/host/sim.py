@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from attestd.errors import LaunchError
-from attestd.host.client import SecretPacket
+from attestd.host.client import LaunchSecret
 from attestd.host.driver import PlatformReport
 from attestd.host.platform import PlatformData
 from attestd.host.state import LaunchState
@@ -95,7 +95,7 @@ class SimulatedFirmware:
             data = p.launch_measure(self.handle)
             return PlatformReport(data, p.api_major, p.api_minor, p.build_id, self.policy)
 
-    def inject(self, packet: SecretPacket) -> None:
+    def inject(self, packet: LaunchSecret) -> None:
         """LAUNCH_SECRET."""
         with self._locked() as p:
             p.launch_secret(self.handle, packet.header, packet.secret)
@@ -129,7 +129,7 @@ class SimulatedLaunch:
         )
         return self.firmware.measure()
 
-    def inject(self, packet: SecretPacket) -> None:
+    def inject(self, packet: LaunchSecret) -> None:
         """LAUNCH_SECRET."""
         if self.firmware is None:
             raise LaunchError("inject before measure")
