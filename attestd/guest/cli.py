@@ -1,4 +1,4 @@
-"""``attestd-guest``: bootstrap, status, rotate and serve.
+"""attestd-guest: bootstrap, status, rotate and serve.
 
 Results are JSON on stdout; logs go to stderr.
 
@@ -83,7 +83,10 @@ def config_from_args(args: argparse.Namespace) -> GuestConfig:
 def source_from_args(args: argparse.Namespace) -> SecretSource:
     """The secret source: ``--secret-table`` file, else ``--secrets-dir`` (securityfs)."""
     if args.secret_table is not None:
-        return TableFileSource(args.secret_table)
+        table: Path = args.secret_table
+        if table.exists() and not table.is_file():
+            raise SecretSourceError(f"secret table {table} is not a regular file")
+        return TableFileSource(table)
     return DirectorySource(args.secrets_dir)
 
 
@@ -185,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mountinfo", type=Path, default=DEFAULT_MOUNTINFO, help=argparse.SUPPRESS)
     parser.add_argument(
         "--device-timeout",
-        type=_number(float, 0),
+        type=_number(float, 0.0, 86400.0),
         default=30.0,
         metavar="SECONDS",
         help="how long to wait for each volume's device to appear (default 30)",
@@ -197,10 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="stderr log level (default info)",
     )
     cost = parser.add_argument_group("PBKDF cost for new keyslots (tests; default: cryptsetup's)")
-    cost.add_argument("--pbkdf-memory", type=_number(int, 8), metavar="KIB", help="argon2 memory")
-    cost.add_argument("--pbkdf-parallel", type=_number(int, 1), metavar="N", help="argon2 threads")
     cost.add_argument(
-        "--pbkdf-force-iterations", type=_number(int, 1), metavar="N", help="argon2 iterations"
+        "--pbkdf-memory", type=_number(int, 8, 4194304), metavar="KIB", help="argon2 memory"
+    )
+    cost.add_argument(
+        "--pbkdf-parallel", type=_number(int, 1, 1024), metavar="N", help="argon2 threads"
+    )
+    cost.add_argument(
+        "--pbkdf-force-iterations",
+        type=_number(int, 1, 2**32 - 1),
+        metavar="N",
+        help="argon2 iterations",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -160,7 +160,9 @@ def cmd_run(args: argparse.Namespace, settings: HostSettings) -> int:
 def cmd_hook(args: argparse.Namespace, settings: HostSettings) -> int:
     """Run the hook's work by hand (XML on stdin), e.g. to try a configuration."""
     del settings
-    return hookmod.run([args.domain, args.op, args.subop, "-"], sys.stdin.read())
+    return hookmod.run(
+        [args.domain, args.op, args.subop, "-"], sys.stdin.read(), prog="attestd-host hook"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

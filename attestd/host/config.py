@@ -91,6 +91,8 @@ def load_settings(path: Path | None = None) -> HostSettings:
     """
     explicit = path is not None
     path = path or config_path()
+    if path.exists() and not path.is_file():
+        raise ParseError(f"host config {path} is not a regular file")
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
