@@ -15,11 +15,13 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 TIMEOUT = 10.0
@@ -95,3 +97,24 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_script(
+    script: str, *argv: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """One real ``.venv/bin/<script>`` process (environment without ``ATTESTD_*`` plus ``env``)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ATTESTD_")}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / script), *argv],
+        input=stdin, capture_output=True, text=True, timeout=120, check=False,
+        env={**base, **(env or {})},
+    )  # fmt: skip
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], status: int = 1) -> str:
+    """Assert a failure with ``status``, no traceback and one stderr line; return that line."""
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
