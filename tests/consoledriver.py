@@ -100,14 +100,18 @@ if __name__ == "__main__":
 
 
 def run_script(
-    script: str, *argv: str, env: dict[str, str] | None = None, stdin: str = ""
+    script: str,
+    *argv: str,
+    env: dict[str, str] | None = None,
+    stdin: str = "",
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """One real ``.venv/bin/<script>`` process (environment without ``ATTESTD_*`` plus ``env``)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ATTESTD_")}
     return subprocess.run(
         [str(Path(sys.executable).parent / script), *argv],
         input=stdin, capture_output=True, text=True, timeout=120, check=False,
-        env={**base, **(env or {})},
+        env={**base, **(env or {})}, cwd=cwd,
     )  # fmt: skip
 
 
