@@ -96,6 +96,11 @@ def _emit(doc: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _runner(args: argparse.Namespace) -> SubprocessRunner:
+    """The command runner; a second key's private file goes under the run directory."""
+    return SubprocessRunner(key_dir=args.run_dir)
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     """Read the payload from the secret source and bootstrap; delete consumed entries."""
     source = source_from_args(args)
@@ -104,7 +109,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     if data is None:
         raise SecretSourceError(f"no attestd payload entry {guid} in {source.describe()}")
     payload = parse_payload(data)
-    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent = Agent(config_from_args(args), _runner(args))
     outcome = agent.bootstrap(payload)
     doc = outcome.full()
     if outcome.ok:
@@ -117,7 +122,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print status; exit 0 when ready, 1 otherwise."""
-    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent = Agent(config_from_args(args), _runner(args))
     agent.recover()
     _emit(agent.describe())
     return EXIT_OK if agent.status == "ready" else EXIT_VOLUMES_FAILED
@@ -136,7 +141,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     """Rotate passphrases from a cvm-control ``PUT /api/v1/passphrase`` JSON body."""
     raw = sys.stdin.buffer.read() if str(args.request) == "-" else _read_request(args.request)
     specs = validate_rotation(parse_json(raw))
-    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent = Agent(config_from_args(args), _runner(args))
     if not agent.recover():
         raise ConflictError("not bootstrapped (no state record with all volumes mounted)")
     outcome = agent.rotate(specs)
@@ -148,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the cvm-control-compatible HTTPS API until shut down."""
     from attestd.guest.server import serve
 
-    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent = Agent(config_from_args(args), _runner(args))
     agent.recover()
     serve(agent, args.address, args.port, args.tls_cn)
     return EXIT_OK
