@@ -33,7 +33,7 @@ from attestd.host.sim import SIM_RESULT_SUFFIX
 from attestd.sev.secrets import LUKS_KEY_GUID, parse_secret_table
 from attestd.sim.platform import GuestState, SimulatedPlatform
 from tests.host.conftest import WRAPPER, host_settings
-from tests.host.domains import QBOOT, attestd_domain
+from tests.host.domains import QBOOT, attestd_domain, domain_xml
 from tests.host.libvirtd import Libvirtd
 
 pytestmark = pytest.mark.slow
@@ -357,3 +357,56 @@ def test_attestd_host_start_command(libvirtd: Libvirtd, service: Service) -> Non
     finally:
         libvirtd.virsh("destroy", "e2e-cli", check=False)
         libvirtd.virsh("undefine", "e2e-cli", check=False)
+
+
+def test_attestd_host_start_of_a_wrapped_domain_tells_the_truth(
+    libvirtd: Libvirtd, service: Service
+) -> None:
+    """A wrapped domain is not left paused and unvalidated behind an "attested" message."""
+    xml, meta = attestd_domain("e2e-cli-wrapped", service.url, wrapper=WRAPPER, emulator=QEMU)
+    service.register(meta.vm_id, qboot_hash())
+    uuid = define(libvirtd, "e2e-cli-wrapped", xml)
+    config = str(libvirtd.root / "attestd" / "host.toml")
+    cli = [str(Path(WRAPPER).with_name("attestd-host")), "--config", config]
+    start = [*cli, "start", "e2e-cli-wrapped", "--connect", libvirtd.uri]
+    try:
+        result = subprocess.run(start, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "domain e2e-cli-wrapped attested and running\n"
+        assert libvirtd.virsh("domstate", "e2e-cli-wrapped").stdout.strip() == "running"
+        state, table = sim_guest(libvirtd.root, uuid)
+        assert state == GuestState.RUNNING
+        assert_registered_secrets(table)
+        # a refused validation: the start fails with the reason, the domain is not running
+        libvirtd.virsh("destroy", "e2e-cli-wrapped")
+        service.tamper_validate = lambda doc: doc.update(measurement=base64.b64encode(
+            bytes(48)).decode())  # fmt: skip
+        try:
+            result = subprocess.run(start, capture_output=True, text=True, timeout=120)
+        finally:
+            service.tamper_validate = None
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stdout == ""
+        assert "attestd-host: libvirt:" in result.stderr
+        assert "HTTP 403 measurement_mismatch" in result.stderr
+        assert libvirtd.virsh("domstate", "e2e-cli-wrapped").stdout.strip() == "shut off"
+    finally:
+        libvirtd.virsh("destroy", "e2e-cli-wrapped", check=False)
+        libvirtd.virsh("undefine", "e2e-cli-wrapped", check=False)
+
+
+def test_attestd_host_start_refuses_a_plain_domain(libvirtd: Libvirtd, service: Service) -> None:
+    del service
+    define(libvirtd, "e2e-cli-plain", domain_xml("e2e-cli-plain", emulator=QEMU))
+    config = str(libvirtd.root / "attestd" / "host.toml")
+    cli = [str(Path(WRAPPER).with_name("attestd-host")), "--config", config]
+    try:
+        result = subprocess.run(
+            [*cli, "start", "e2e-cli-plain", "--connect", libvirtd.uri],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1 and result.stdout == ""
+        assert "e2e-cli-plain is not an attestd domain" in result.stderr
+        assert libvirtd.virsh("domstate", "e2e-cli-plain").stdout.strip() == "shut off"
+    finally:
+        libvirtd.virsh("undefine", "e2e-cli-plain", check=False)
