@@ -172,7 +172,8 @@ class ServiceClient:
         if isinstance(exc, requests.exceptions.SSLError):
             how = "TLS verification failed"
             check = "the service's certificate and ca_bundle in the host config"
-        elif isinstance(exc, requests.Timeout):
+        elif isinstance(exc, requests.Timeout) or "timed out" in str(exc):
+            # a read timeout reaches us as a ConnectionError (urllib3 retries: read=0)
             how = f"no answer within {self.timeout:g} s"
             check = f"that the service at {root} is up and not overloaded (timeout in host.toml)"
         else:
