@@ -93,6 +93,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Bad values, the configs the commands read, a real simulated platform."""
     root = tmp_path_factory.mktemp("console")
     (root / "dir").mkdir()
+    (root / "cwd").mkdir()
     (root / "binary.bin").write_bytes(bytes(range(256)) * 4)
     (root / "latin1.txt").write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
     os.mkfifo(root / "fifo")
@@ -191,11 +192,12 @@ def global_cases(inputs: dict[str, Any]) -> list[dict[str, Any]]:
     return cases
 
 
-def drive(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def drive(cases: list[dict[str, Any]], cwd: Path) -> list[dict[str, Any]]:
+    """Run the cases in ``cwd`` (relative paths such as ``-1`` land there)."""
     request = json.dumps({"preload": PRELOAD, "cases": cases})
     proc = subprocess.run(
         [sys.executable, str(DRIVER)],
-        input=request, capture_output=True, text=True, timeout=600, check=False,
+        input=request, capture_output=True, text=True, timeout=600, check=False, cwd=cwd,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results: list[dict[str, Any]] = json.loads(proc.stdout)
@@ -225,7 +227,7 @@ def test_no_traceback_on_bad_input(script: str, inputs: dict[str, Any]) -> None:
     cases = global_cases(inputs) if script == "globals" else cases_for(script, inputs)
     assert cases
     failures = []
-    for result in drive(cases):
+    for result in drive(cases, inputs["root"] / "cwd"):
         why = verdict(result)
         if why is not None:
             argv = " ".join(result["argv"])

@@ -186,7 +186,7 @@ def test_tls_is_verified_against_a_real_server(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     try:
-        with pytest.raises(LaunchError, match="TLS verification failed; check .* ca_bundle"):
+        with pytest.raises(LaunchError, match=r"TLS verification failed; check .* ca_bundle"):
             ServiceClient(url, HostSettings(retries=0, timeout=5.0)).launch(VM, PLATFORM)
         trusted = ServiceClient(url, HostSettings(retries=0, timeout=5.0, ca_bundle=cert))
         assert trusted.launch(VM, PLATFORM).launch_id == "L1"
