@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -273,3 +274,14 @@ def test_help_is_plain_text_with_exit_statuses() -> None:
         [str(BIN / "attestd"), "owner", "--help"], capture_output=True, text=True, timeout=60
     )
     assert "create an owner" in owner.stdout
+
+
+def test_no_restructuredtext_in_any_help() -> None:
+    raw = re.compile(r"``|:(?:func|class|data|meth|mod|attr):`")
+    shown = [
+        f"{name}: {match.group(0)}"
+        for name, parser in all_parsers()
+        for match in [raw.search(parser.format_help())]
+        if match
+    ]
+    assert not shown, shown

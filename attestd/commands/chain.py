@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from attestd import config
-from attestd.console import read_bytes, read_text
+from attestd.console import plain, read_bytes, read_text
 from attestd.errors import ChainInvalid, ParseError
 from attestd.kds import CekStore, chip_id_hex, parse_chip_id, parse_signed_cek
 from attestd.sev._binary import raw_or_base64
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     verify = chain_sub.add_parser(
         "verify",
         help="verify PDH, PEK, OCA and CEK up to a pinned AMD root",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verify.add_argument("--pdh", type=Path, metavar="FILE", help="PDH certificate (raw or base64)")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attestd.console import read_bytes
+from attestd.console import plain, read_bytes
 from attestd.errors import ParseError
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests, parse_mode
 from attestd.sev.measure.ovmf import Ovmf
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "digest",
         help="compute the expected SEV/SEV-ES launch digest",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
