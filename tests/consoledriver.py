@@ -4,7 +4,8 @@ fork one child per case (run as ``python tests/consoledriver.py`` with the venv'
 The child does what the ``.venv/bin/<script>`` wrapper does, ``sys.exit(main())``, with
 ``sys.argv``, the environment and stdio of the case; an exception escaping ``main`` is
 printed as a traceback, exactly as the interpreter would. Cases come as JSON on stdin
-(``{"preload": [module, ...], "cases": [{"script", "argv", "env"}, ...]}``; the preloaded
+(``{"preload": [module, ...], "cases": [{"script", "argv", "env", "stdin"?}, ...]}``, stdin
+a file to read, default /dev/null; the preloaded
 modules are imported once in the parent so children do not pay for them), results go to
 stdout as JSON (``rc`` is None on timeout; the child is then killed).
 """
@@ -28,8 +29,8 @@ TIMEOUT = 10.0
 
 
 def _child(main: Any, case: dict[str, Any], out: int, err: int) -> None:
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
+    stdin = os.open(case.get("stdin") or os.devnull, os.O_RDONLY)
+    os.dup2(stdin, 0)
     os.dup2(out, 1)
     os.dup2(err, 2)
     os.environ.update(case.get("env", {}))

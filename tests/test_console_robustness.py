@@ -180,6 +180,10 @@ def global_cases(inputs: dict[str, Any]) -> list[dict[str, Any]]:
     for kind, value in bad.items():
         hook = ["--config", value, "install-hook", "--dir", str(inputs["root"] / "hooks")]
         cases.append({"script": "attestd-host", "argv": hook, "env": env, "kind": kind})
+        if kind in ("binary", "non-utf8"):  # the domain XML the hook command reads on stdin
+            hook = ["hook", "g", "start", "begin"]
+            cases.append({"script": "attestd-host", "argv": hook, "env": env, "kind": kind,
+                          "stdin": value})  # fmt: skip
         for option in ("--run-dir", "--device-timeout", "--pbkdf-memory", "--log-level"):
             cases.append({"script": "attestd-guest", "argv": [option, value, "status"],
                           "env": env, "kind": kind})  # fmt: skip
@@ -220,6 +224,8 @@ def verdict(result: dict[str, Any]) -> str | None:
     named = any(line.startswith(script) for line in stderr.splitlines())
     if rc != 0 and not named and not (script == "attestd-guest" and '"status"' in result["stdout"]):
         return "no line naming the command on stderr (nor a guest status on stdout)"
+    if "internal error" in stderr:
+        return "internal error"
     return None
 
 

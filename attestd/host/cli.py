@@ -160,9 +160,11 @@ def cmd_run(args: argparse.Namespace, settings: HostSettings) -> int:
 def cmd_hook(args: argparse.Namespace, settings: HostSettings) -> int:
     """Run the hook's work by hand (XML on stdin), e.g. to try a configuration."""
     del settings
-    return hookmod.run(
-        [args.domain, args.op, args.subop, "-"], sys.stdin.read(), prog="attestd-host hook"
-    )
+    try:
+        xml = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError("the domain XML on stdin is not UTF-8 text") from None
+    return hookmod.run([args.domain, args.op, args.subop, "-"], xml, prog="attestd-host hook")
 
 
 def build_parser() -> argparse.ArgumentParser:
