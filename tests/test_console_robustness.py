@@ -52,6 +52,10 @@ STATUSES = {
 }
 #: arguments that accept any text by design, on commands that then run until stopped
 FREE_TEXT_SERVERS = {("attestd-guest", "serve", "--tls-cn")}
+#: argument types that take any text (paths, names): they get every kind of bad value
+UNTYPED = (None, str, Path)
+#: the kinds a typed argument (int, UUID, URL, choices) gets
+TYPED_KINDS = ("binary", "uuid", "negative", "huge")
 PRELOAD = [
     "attestd.api",
     "attestd.commands.chain",
@@ -160,6 +164,8 @@ def cases_for(script: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
             if target.option_strings and target.option_strings[0] == "--rsa-bits":
                 continue
             for kind, value in inputs["bad"].items():
+                if kind not in TYPED_KINDS and (target.choices or target.type not in UNTYPED):
+                    continue  # argparse's own type check rejects every other kind alike
                 argv = [*prefix, *path]
                 if path == ("init",) and script == "attestd-sim":
                     argv += ["--rsa-bits", "2048"]
