@@ -167,6 +167,7 @@ class SimulatedPlatform:
         """
         if not name or "/" in name or name.startswith("."):
             raise ParseError(f"invalid platform name {name!r}")
+        FirmwareVersion(api_major, api_minor, build_id)  # before the version goes into certificates
         ark_key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
         ask_key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
         ark_id, ask_id = os.urandom(16), os.urandom(16)
@@ -397,9 +398,20 @@ class SimulatedPlatform:
 
     @classmethod
     def load(cls, directory: Path) -> Self:
-        """Load a platform saved by :meth:`save`; ``FileNotFoundError`` if there is none."""
+        """Load a platform saved by :meth:`save`; ``FileNotFoundError`` if there is none.
+
+        A state that does not parse (binary, truncated, edited) is a ParseError.
+        """
+        try:
+            return cls._load(directory)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # UnicodeDecodeError, JSONDecodeError and bad hex are ValueErrors
+            raise ParseError(f"simulator state in {directory} does not parse: {exc}") from None
+
+    @classmethod
+    def _load(cls, directory: Path) -> Self:
         state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
-        if state.get("version") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ParseError(f"unsupported simulator state version in {directory}")
         keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         for name in _KEY_NAMES:

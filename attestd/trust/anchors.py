@@ -52,7 +52,8 @@ def load_anchors(directory: Path | None) -> tuple[TrustAnchor, ...]:
     if directory is None:
         return anchors
     if not directory.is_dir():
-        raise ParseError(f"trust anchor directory {directory} does not exist")
+        problem = "is not a directory" if directory.exists() else "does not exist"
+        raise ParseError(f"trust anchor directory {directory} {problem}")
     builtin_names = {a.name for a in anchors}
     extra = []
     for sub in sorted(p for p in directory.iterdir() if p.is_dir() and p.name[0] != "."):
