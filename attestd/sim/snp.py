@@ -78,6 +78,7 @@ DEFAULT_TCB = {
     Generation.TURIN: TcbVersion.build(bootloader=1, tee=1, snp=3, microcode=9, fmc=1),
 }
 _VALIDITY = datetime.timedelta(days=365 * 25)
+DEFAULT_FIRMWARE = FirmwareVersion(1, 55, 40)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -93,8 +94,9 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _builder(subject: str, issuer: str, key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
-             serial: int) -> x509.CertificateBuilder:
+def _builder(
+    subject: str, issuer: str, key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, serial: int
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     return (
         x509.CertificateBuilder()
@@ -168,16 +170,13 @@ def _leaf_cert(
 
 def _spl_extensions(tcb: TcbVersion, generation: Generation) -> list[x509.UnrecognizedExtension]:
     spls = {1: tcb.bootloader, 2: tcb.tee, 3: tcb.snp, 8: tcb.microcode}
+    reserved: tuple[int, ...] = (4, 5, 6, 7)
     if generation.has_fmc:
         spls[9] = tcb.fmc or 0
         reserved = (5, 6, 7)
-    else:
-        reserved = (4, 5, 6, 7)
     for number in reserved:
         spls[number] = 0
-    return [
-        _amd_ext(f"3.{number}", _der.encode_integer(value)) for number, value in sorted(spls.items())
-    ]
+    return [_amd_ext(f"3.{n}", _der.encode_integer(value)) for n, value in sorted(spls.items())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +209,7 @@ class SnpPlatform:
     keys: dict[SigningKey, ec.EllipticCurvePrivateKey] = field(repr=False)
     chip_id: bytes = field(repr=False)
     tcb: TcbVersion
-    firmware: FirmwareVersion = FirmwareVersion(1, 55, 40)
+    firmware: FirmwareVersion = DEFAULT_FIRMWARE
     platform_info: int = int(PlatformInfo.SMT_EN | PlatformInfo.TSME_EN)
     report_version: int = 3
 
@@ -293,7 +292,9 @@ class SnpPlatform:
         """Write ``<directory>/<name>/{ark,ask,asvk}.pem`` (the trust-anchor directory layout)."""
         target = directory / self.name
         target.mkdir(parents=True, exist_ok=True)
-        for filename, der in (("ark.pem", self.ark), ("ask.pem", self.ask), ("asvk.pem", self.asvk)):
+        for filename, der in zip(
+            ("ark.pem", "ask.pem", "asvk.pem"), (self.ark, self.ask, self.asvk), strict=True
+        ):
             (target / filename).write_bytes(_pem(der))
         return target
 

@@ -32,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from jwcrypto import jwe
+from jwcrypto import jwk as jose_jwk
 
 from attestd.errors import ParseError, PolicyViolation
 from attestd.sev.snp.certs import CertTable, SnpAnchor, SnpCertificate
@@ -242,7 +244,9 @@ def check_report(
                 _signature(raw, report), signed_bytes(raw), ec.ECDSA(hashes.SHA384())
             )
         except (InvalidSignature, ValueError):
-            raise _Failed(LINK_SIGNATURE, f"the report signature does not verify with the {label}")
+            raise _Failed(
+                LINK_SIGNATURE, f"the report signature does not verify with the {label}"
+            ) from None
         links.append(f"report is signed by the {label} (ECDSA P-384 SHA-384)")
         reported = report.tcb(report.reported_tcb, gen)
         expected = cert.tcb(turin=gen.has_fmc)
@@ -255,9 +259,7 @@ def check_report(
         links.append(_chip_link(report, cert, key, gen))
     except _Failed as exc:
         return ReportCheck(tuple(links), exc.message, exc.code, report)
-    verified = VerifiedReport(
-        raw, report, gen, found.name, key, cert, tuple(links), _token=_TOKEN
-    )
+    verified = VerifiedReport(raw, report, gen, found.name, key, cert, tuple(links), _token=_TOKEN)
     return ReportCheck(tuple(links), None, None, report, verified)
 
 
@@ -346,7 +348,9 @@ def _policy_reasons(report: AttestationReport, owner_raw: int | None) -> list[Re
     policy = report.guest_policy
     if not policy.flags & PolicyFlags.RESERVED_1 or policy.unknown_bits:
         reasons.append(
-            Reason("policy_reserved_bits", f"guest policy {policy.raw:#x}: bit 17 must be 1, 26-63 0")
+            Reason(
+                "policy_reserved_bits", f"guest policy {policy.raw:#x}: bit 17 must be 1, 26-63 0"
+            )
         )
     info = report.platform_info
     if not policy.flags & PolicyFlags.SMT and info & PlatformInfo.SMT_EN:
@@ -368,7 +372,9 @@ def _policy_reasons(report: AttestationReport, owner_raw: int | None) -> list[Re
         if policy.flags & flag and not owner.flags & flag:
             name = _FLAG_NAMES[flag]
             reasons.append(
-                Reason(f"policy_{name}_not_allowed", f"the policy allows {name}; the owner does not")
+                Reason(
+                    f"policy_{name}_not_allowed", f"the policy allows {name}; the owner does not"
+                )
             )
     for flag in POLICY_REQUIRES:
         if owner.flags & flag and not policy.flags & flag:
@@ -501,8 +507,6 @@ _JWK_MEMBERS = {"kty", "crv", "x", "y"}
 
 def tee_pubkey(jwk: object) -> dict[str, str]:
     """Validate an EC P-384 public JWK (kty, crv, x, y; no private part); return a copy."""
-    from jwcrypto import jwk as jose_jwk  # noqa: PLC0415  (only the JWE path needs it)
-
     if not isinstance(jwk, Mapping) or not all(isinstance(k, str) for k in jwk):
         raise ParseError("tee-pubkey must be a JSON object")
     if set(jwk) != _JWK_MEMBERS or not all(isinstance(v, str) for v in jwk.values()):
@@ -524,8 +528,9 @@ def report_data_binding(nonce: str, jwk: Mapping[str, Any]) -> bytes:
     SHA-384 of ``{"nonce": nonce, "tee-pubkey": jwk}`` as JSON with sorted keys and no
     whitespace, followed by 16 zero bytes (64 bytes).
     """
-    document = json.dumps({"nonce": nonce, "tee-pubkey": dict(jwk)}, sort_keys=True,
-                          separators=(",", ":"))
+    document = json.dumps(
+        {"nonce": nonce, "tee-pubkey": dict(jwk)}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha384(document.encode("utf-8")).digest() + bytes(16)
 
 
@@ -550,15 +555,13 @@ class VerifiedAttestation:
 
         ``ValueError`` if this attestation bound no key or ``tee_pubkey_jwk`` is another.
         """
-        from jwcrypto import jwe, jwk  # noqa: PLC0415
-
         key = tee_pubkey(tee_pubkey_jwk)
         if self.tee_key is None or dict(self.tee_key) != key:
             raise ValueError("the payload may only be encrypted to the key REPORT_DATA binds")
         token = jwe.JWE(
             plaintext, protected=json.dumps({"alg": JWE_ALG, "enc": JWE_ENC}, sort_keys=True)
         )
-        token.add_recipient(jwk.JWK(**key))
+        token.add_recipient(jose_jwk.JWK(**key))
         return str(token.serialize(compact=True))
 
 
