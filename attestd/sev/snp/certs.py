@@ -44,6 +44,15 @@ _SPL_BYTES_MILAN = {1: 0, 2: 1, 4: 2, 5: 3, 6: 4, 7: 5, 3: 6, 8: 7}
 _SPL_BYTES_TURIN = {9: 0, 1: 1, 2: 2, 3: 3, 5: 4, 6: 5, 7: 6, 8: 7}
 
 _PSS_SALT = 48
+#: The AlgorithmIdentifier of RSASSA-PSS with SHA-384, MGF1-SHA-384, salt 48, as AMD encodes
+#: it (trailerField 1 explicit) and as ``cryptography`` does (default trailerField omitted).
+PSS_SHA384_ALGORITHMS = frozenset(
+    bytes.fromhex(
+        "30" + length + "06092a864886f70d01010a30" + inner + "a00f300d06096086480165030402020500"
+        "a11c301a06092a864886f70d010108300d06096086480165030402020500a203020130" + trailer
+    )
+    for length, inner, trailer in (("46", "39", "a303020101"), ("41", "34", ""))
+)
 
 #: Extended-report certificate table GUIDs (SEV-SNP GHCB spec; snp.md §2).
 GUID_ARK = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
@@ -64,8 +73,10 @@ def pss_sha384() -> padding.PSS:
 class SnpCertificate:
     """One X.509 certificate reduced to what SNP verification uses.
 
-    ``tbs`` and ``signature`` are the exact bytes received; ``extensions`` maps each
-    extension OID to its raw ``extnValue`` contents. ``fallback`` says the minimal
+    ``tbs`` and ``signature`` are the exact bytes received; ``signature_algorithm`` is the
+    outer AlgorithmIdentifier, which must equal the one inside the TBS
+    (``tbs_algorithm_matches``); ``extensions`` maps each extension OID to its raw
+    ``extnValue`` contents. ``fallback`` says the minimal
     DER reader parsed it (``cryptography`` refused it).
     """
 
@@ -76,6 +87,8 @@ class SnpCertificate:
     public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey = field(repr=False)
     serial_number: int
     extensions: dict[str, bytes] = field(repr=False)
+    signature_algorithm: bytes = field(default=b"", repr=False)
+    tbs_algorithm_matches: bool = False
     fallback: bool = False
 
     @classmethod
@@ -84,8 +97,10 @@ class SnpCertificate:
         if not force_fallback:
             try:
                 return _from_cryptography(der)
-            except ValueError:
-                pass  # refused (serial 0 in a future release, or other DER strictness)
+            except ParseError:
+                raise
+            except Exception:  # noqa: BLE001  refused: serial 0 (announced), version, strictness
+                pass  # the DER reader decides; it raises only ParseError
         return _from_der_reader(der)
 
     @property
@@ -105,7 +120,12 @@ class SnpCertificate:
 
     def is_signed_by(self, issuer: SnpCertificate) -> bool:
         """True if ``issuer``'s RSA key made this certificate's RSA-PSS SHA-384 signature."""
-        if self.signature_oid != OID_RSASSA_PSS or not issuer.is_rsa:
+        if (
+            self.signature_oid != OID_RSASSA_PSS
+            or self.signature_algorithm not in PSS_SHA384_ALGORITHMS
+            or not self.tbs_algorithm_matches
+            or not issuer.is_rsa
+        ):
             return False
         try:
             issuer.rsa_key().verify(self.signature, self.tbs, pss_sha384(), hashes.SHA384())
@@ -221,6 +241,7 @@ def _from_cryptography(der: bytes) -> SnpCertificate:
                 extensions[ext.oid.dotted_string] = ext.value.value
             else:
                 extensions[ext.oid.dotted_string] = ext.value.public_bytes()
+        outer, matches = _algorithms(der)
         return SnpCertificate(
             der,
             cert.tbs_certificate_bytes,
@@ -229,27 +250,41 @@ def _from_cryptography(der: bytes) -> SnpCertificate:
             key,
             serial,
             extensions,
+            outer,
+            matches,
         )
 
 
-def _from_der_reader(der: bytes) -> SnpCertificate:
-    """RFC 5280 §4.1 read by hand: Certificate ::= SEQUENCE {tbs, sigAlg, BIT STRING}."""
+def _tbs_fields(der: bytes) -> tuple[_der.Tlv, _der.Tlv, _der.Tlv, list[_der.Tlv], int]:
+    """Certificate ::= SEQUENCE {tbs, sigAlg, BIT STRING}; the TBS fields after the version."""
     outer = _der.read_one(der, _der.SEQUENCE, "certificate")
     parts = _der.children(outer.value)
     if len(parts) != 3 or parts[0].tag != _der.SEQUENCE or parts[2].tag != _der.BIT_STRING:
         raise ParseError("certificate: not an X.509 Certificate")
     tbs, sig_alg, sig_bits = parts
+    fields_ = _der.children(tbs.value)
+    index = 1 if fields_ and fields_[0].tag == _der.EXPLICIT_0 else 0
+    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
+    if len(fields_) < index + 6:
+        raise ParseError("certificate: truncated TBSCertificate")
+    return tbs, sig_alg, sig_bits, fields_, index
+
+
+def _algorithms(der: bytes) -> tuple[bytes, bool]:
+    """The outer signature AlgorithmIdentifier and whether the TBS names the same one."""
+    _, sig_alg, _, fields_, index = _tbs_fields(der)
+    return sig_alg.raw, fields_[index + 1].raw == sig_alg.raw
+
+
+def _from_der_reader(der: bytes) -> SnpCertificate:
+    """RFC 5280 §4.1 read by hand: Certificate ::= SEQUENCE {tbs, sigAlg, BIT STRING}."""
+    tbs, sig_alg, sig_bits, fields_, index = _tbs_fields(der)
     algs = _der.children(sig_alg.value)
     if not algs:
         raise ParseError("certificate: empty signatureAlgorithm")
     signature_oid = _der.decode_oid(algs[0])
     if not sig_bits.value or sig_bits.value[0] != 0:
         raise ParseError("certificate: signature BIT STRING has unused bits")
-    fields_ = _der.children(tbs.value)
-    index = 1 if fields_ and fields_[0].tag == _der.EXPLICIT_0 else 0
-    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
-    if len(fields_) < index + 6:
-        raise ParseError("certificate: truncated TBSCertificate")
     serial = _der.decode_integer(fields_[index], "certificate serialNumber")
     spki = fields_[index + 5]
     if spki.tag != _der.SEQUENCE:
@@ -275,6 +310,8 @@ def _from_der_reader(der: bytes) -> SnpCertificate:
         _public_key(spki.raw),
         serial,
         extensions,
+        sig_alg.raw,
+        fields_[index + 1].raw == sig_alg.raw,
         fallback=True,
     )
 
