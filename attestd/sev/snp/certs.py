@@ -262,6 +262,8 @@ def _tbs_fields(der: bytes) -> tuple[_der.Tlv, _der.Tlv, _der.Tlv, list[_der.Tlv
     if len(parts) != 3 or parts[0].tag != _der.SEQUENCE or parts[2].tag != _der.BIT_STRING:
         raise ParseError("certificate: not an X.509 Certificate")
     tbs, sig_alg, sig_bits = parts
+    if not sig_bits.value or sig_bits.value[0] != 0:
+        raise ParseError("certificate: signature BIT STRING has unused bits")
     fields_ = _der.children(tbs.value)
     index = 1 if fields_ and fields_[0].tag == _der.EXPLICIT_0 else 0
     # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
@@ -283,8 +285,6 @@ def _from_der_reader(der: bytes) -> SnpCertificate:
     if not algs:
         raise ParseError("certificate: empty signatureAlgorithm")
     signature_oid = _der.decode_oid(algs[0])
-    if not sig_bits.value or sig_bits.value[0] != 0:
-        raise ParseError("certificate: signature BIT STRING has unused bits")
     serial = _der.decode_integer(fields_[index], "certificate serialNumber")
     spki = fields_[index + 5]
     if spki.tag != _der.SEQUENCE:

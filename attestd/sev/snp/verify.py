@@ -21,6 +21,8 @@ Pure: bytes and objects in, objects out.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -513,12 +515,20 @@ def tee_pubkey(jwk: object) -> dict[str, str]:
         raise ParseError("tee-pubkey must have exactly the string members kty, crv, x and y")
     if jwk["kty"] != "EC" or jwk["crv"] != "P-384":
         raise ParseError("tee-pubkey must be an EC P-384 key")
+    coordinates = []
+    for name in ("x", "y"):
+        text = jwk[name]
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            raise ParseError(f"tee-pubkey {name} is not base64url") from None
+        if len(raw) != 48 or "=" in text:
+            raise ParseError(f"tee-pubkey {name} must be 48 bytes in unpadded base64url")
+        coordinates.append(int.from_bytes(raw, "big"))
     try:
-        key = jose_jwk.JWK(**dict(jwk))
-    except Exception:  # jwcrypto raises several types for bad coordinates
-        raise ParseError("tee-pubkey is not a valid P-384 point") from None
-    if key.has_private:
-        raise ParseError("tee-pubkey must be a public key")
+        ec.EllipticCurvePublicNumbers(coordinates[0], coordinates[1], ec.SECP384R1()).public_key()
+    except ValueError:
+        raise ParseError("tee-pubkey is not a point on P-384") from None
     return {k: str(v) for k, v in jwk.items()}
 
 
