@@ -189,7 +189,10 @@ def _leaf(args: argparse.Namespace) -> tuple[bytes | None, bytes | None]:
     path = args.vcek or args.cert_chain
     if path is None:
         raise UsageError("give the signing certificate: --vcek, --cert-chain or --cert-table")
-    return load_pem_or_der(_read(path, "certificate"))[0].der, None
+    data = _read(path, "certificate")
+    if b"-----BEGIN" in data:  # PEM: the leaf is the first certificate
+        return load_pem_or_der(data)[0].der, None
+    return data, None  # DER: check_report() parses it and names a bad one
 
 
 def describe(report: AttestationReport, generation: Generation | None) -> dict[str, Any]:
