@@ -94,14 +94,14 @@ class SnpCertificate:
     @classmethod
     def from_der(cls, der: bytes, *, force_fallback: bool = False) -> SnpCertificate:
         """Parse a DER certificate (with ``cryptography``, else the fallback reader)."""
-        if not force_fallback:
-            try:
-                return _from_cryptography(der)
-            except ParseError:
-                raise
-            except Exception:  # noqa: BLE001  refused: serial 0 (announced), version, strictness
-                pass  # the DER reader decides; it raises only ParseError
-        return _from_der_reader(der)
+        if force_fallback:
+            return _from_der_reader(der)
+        try:
+            return _from_cryptography(der)
+        except ParseError:
+            raise
+        except Exception:  # refused: serial 0 (announced), X.509 version, other strictness
+            return _from_der_reader(der)  # the DER reader decides; it raises only ParseError
 
     @property
     def is_rsa(self) -> bool:
