@@ -60,6 +60,7 @@ from attestd.sev.snp.report import (
     TcbVersion,
 )
 from attestd.sim.errors import FirmwareStatus, SevFirmwareError
+from attestd.sim.platform import write_private
 
 STATE_FILE = "snp.json"
 STATE_VERSION = 1
@@ -428,7 +429,7 @@ class SnpPlatform:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            _write_private(directory / _KEY_FILES[key_kind], pem)
+            write_private(directory / _KEY_FILES[key_kind], pem)
         state = {
             "version": STATE_VERSION,
             "name": self.name,
@@ -446,7 +447,7 @@ class SnpPlatform:
                 "vlek": None if self.vlek is None else self.vlek.hex(),
             },
         }
-        _write_private(directory / STATE_FILE, json.dumps(state, indent=1).encode())
+        write_private(directory / STATE_FILE, json.dumps(state, indent=1).encode())
 
     @classmethod
     def load(cls, directory: Path) -> Self:
@@ -487,12 +488,3 @@ class SnpPlatform:
 def _pem(der: bytes) -> bytes:
     """PEM for a root certificate (positive serial: ``cryptography`` re-encodes it as is)."""
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically to ``path`` with mode 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import IntEnum, IntFlag, StrEnum
 from typing import ClassVar, Self
@@ -195,21 +196,30 @@ class SnpPolicy:
 
     def to_json(self) -> dict[str, object]:
         """The policy decoded for display."""
-        return {
+        head: dict[str, object] = {
             "value": f"{self.raw:#x}",
             "abi-major": self.abi_major,
             "abi-minor": self.abi_minor,
-            "smt": bool(self.flags & PolicyFlags.SMT),
-            "reserved-bit17": bool(self.flags & PolicyFlags.RESERVED_1),
-            "migrate-ma": bool(self.flags & PolicyFlags.MIGRATE_MA),
-            "debug": bool(self.flags & PolicyFlags.DEBUG),
-            "single-socket": bool(self.flags & PolicyFlags.SINGLE_SOCKET),
-            "cxl-allow": bool(self.flags & PolicyFlags.CXL_ALLOW),
-            "mem-aes-256-xts": bool(self.flags & PolicyFlags.MEM_AES_256_XTS),
-            "rapl-disable": bool(self.flags & PolicyFlags.RAPL_DIS),
-            "ciphertext-hiding": bool(self.flags & PolicyFlags.CIPHERTEXT_HIDING),
-            "page-swap-disable": bool(self.flags & PolicyFlags.PAGE_SWAP_DISABLE),
         }
+        return head | _flags_json(self.raw, _POLICY_NAMES)
+
+
+_POLICY_NAMES = {
+    "smt": PolicyFlags.SMT,
+    "reserved-bit17": PolicyFlags.RESERVED_1,
+    "migrate-ma": PolicyFlags.MIGRATE_MA,
+    "debug": PolicyFlags.DEBUG,
+    "single-socket": PolicyFlags.SINGLE_SOCKET,
+    "cxl-allow": PolicyFlags.CXL_ALLOW,
+    "mem-aes-256-xts": PolicyFlags.MEM_AES_256_XTS,
+    "rapl-disable": PolicyFlags.RAPL_DIS,
+    "ciphertext-hiding": PolicyFlags.CIPHERTEXT_HIDING,
+    "page-swap-disable": PolicyFlags.PAGE_SWAP_DISABLE,
+}
+
+
+def _flags_json(raw: int, names: Mapping[str, int]) -> dict[str, object]:
+    return {name: bool(raw & flag) for name, flag in names.items()}
 
 
 class PlatformInfo(IntFlag):
@@ -224,18 +234,20 @@ class PlatformInfo(IntFlag):
     TIO_EN = 1 << 7
 
 
+_PLATFORM_INFO_NAMES = {
+    "smt-enabled": PlatformInfo.SMT_EN,
+    "tsme-enabled": PlatformInfo.TSME_EN,
+    "ecc-enabled": PlatformInfo.ECC_EN,
+    "rapl-disabled": PlatformInfo.RAPL_DIS,
+    "ciphertext-hiding-enabled": PlatformInfo.CIPHERTEXT_HIDING_EN,
+    "alias-check-complete": PlatformInfo.ALIAS_CHECK_COMPLETE,
+    "tio-enabled": PlatformInfo.TIO_EN,
+}
+
+
 def platform_info_json(raw: int) -> dict[str, object]:
     """PLATFORM_INFO decoded for display."""
-    return {
-        "value": f"{raw:#x}",
-        "smt-enabled": bool(raw & PlatformInfo.SMT_EN),
-        "tsme-enabled": bool(raw & PlatformInfo.TSME_EN),
-        "ecc-enabled": bool(raw & PlatformInfo.ECC_EN),
-        "rapl-disabled": bool(raw & PlatformInfo.RAPL_DIS),
-        "ciphertext-hiding-enabled": bool(raw & PlatformInfo.CIPHERTEXT_HIDING_EN),
-        "alias-check-complete": bool(raw & PlatformInfo.ALIAS_CHECK_COMPLETE),
-        "tio-enabled": bool(raw & PlatformInfo.TIO_EN),
-    }
+    return {"value": f"{raw:#x}"} | _flags_json(raw, _PLATFORM_INFO_NAMES)
 
 
 class SigningKey(IntEnum):

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwcrypto import jwe
 from jwcrypto import jwk as jose_jwk
 
-from attestd.errors import ParseError, PolicyViolation
+from attestd.errors import ChainInvalid, ParseError, PolicyViolation
 from attestd.sev.snp.certs import CertTable, SnpAnchor, SnpCertificate
 from attestd.sev.snp.report import (
     POLICY_ALLOWS,
@@ -145,8 +145,8 @@ def _leaf(
         hw_id, csp_id = cert.hw_id, cert.csp_id
     except ParseError as exc:
         raise _Failed(LINK_CERTIFICATE, f"{label}: {exc.message}") from None
-    except Exception as exc:  # ChainInvalid from ec_key()
-        raise _Failed(LINK_CERTIFICATE, f"{label}: {exc}") from None
+    except ChainInvalid as exc:  # not a P-384 key
+        raise _Failed(LINK_CERTIFICATE, f"{label}: {exc.message}") from None
     if key is SigningKey.VCEK and hw_id is None:
         raise _Failed(LINK_CERTIFICATE, "the certificate has no hwID: it is not a VCEK")
     if key is SigningKey.VLEK and (hw_id is not None or csp_id is None):
@@ -170,8 +170,8 @@ def _anchor(
             continue
         try:
             links.extend(anchor.check())
-        except Exception as exc:  # ChainInvalid
-            raise _Failed(LINK_CHAIN, str(exc)) from None
+        except ChainInvalid as exc:
+            raise _Failed(LINK_CHAIN, exc.message) from None
         links.append(f"{label} is signed by the {anchor.name} {role}")
         return anchor
     tried = ", ".join(a.name for a in candidates) or "none"
@@ -200,7 +200,8 @@ def _generation(
     return next(iter(known.values()))
 
 
-def _signature(raw: bytes, report: AttestationReport) -> bytes:
+def _signature(report: AttestationReport) -> bytes:
+    """The report's r and s (72 bytes each, little-endian) as a DER ECDSA signature."""
     r = int.from_bytes(report.signature_r, "little")
     s = int.from_bytes(report.signature_s, "little")
     return encode_dss_signature(r, s)
@@ -242,9 +243,7 @@ def check_report(
         gen = _generation(report, cert, found, generation)
         links.append(f"generation {gen.value}")
         try:
-            cert.ec_key().verify(
-                _signature(raw, report), signed_bytes(raw), ec.ECDSA(hashes.SHA384())
-            )
+            cert.ec_key().verify(_signature(report), signed_bytes(raw), ec.ECDSA(hashes.SHA384()))
         except (InvalidSignature, ValueError):
             raise _Failed(
                 LINK_SIGNATURE, f"the report signature does not verify with the {label}"

@@ -514,3 +514,12 @@ def test_tee_pubkey_refuses_a_private_key_and_off_curve_points() -> None:
     with pytest.raises(ParseError):
         tee_pubkey(off)
     assert tee_pubkey(public) == public
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0x4A0, max_size=0x4A0), st.binary(max_size=200))
+def test_random_evidence_is_refused_without_exceptions(report: bytes, leaf: bytes) -> None:
+    for raw in (report, bytes([2, 0, 0, 0]) + report[4:]):
+        for cert in (leaf, VCEK_VECTOR.leaf()):
+            assert_refused(check_report(raw, ANCHORS, leaf=cert))
+            assert_refused(check_report(raw, ANCHORS, cert_table=leaf))
