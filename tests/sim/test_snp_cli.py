@@ -34,6 +34,12 @@ def sh(
     return result
 
 
+def report_args(directory: Path) -> list[str]:
+    """``snp report`` with a zero REPORT_DATA and a fixed measurement."""
+    data = ["--report-data", "00" * 64, "--measurement", "11" * 48]
+    return ["snp", "report", "--dir", str(directory), *data]
+
+
 @pytest.fixture(scope="module")
 def snp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("snp") / "platform"
@@ -118,14 +124,7 @@ def test_vlek_report_and_status(snp_dir: Path, tmp_path: Path) -> None:
     report, table = tmp_path / "vlek.bin", tmp_path / "table.bin"
     result = sh(
         "attestd-sim",
-        "snp",
-        "report",
-        "--dir",
-        str(snp_dir),
-        "--report-data",
-        "00" * 64,
-        "--measurement",
-        "11" * 48,
+        *report_args(snp_dir),
         "--signing-key",
         "vlek",
         "--vmpl",
@@ -199,14 +198,7 @@ def test_errors_are_one_line(snp_dir: Path, tmp_path: Path) -> None:
         ),
         (
             [
-                "snp",
-                "report",
-                "--dir",
-                str(snp_dir),
-                "--report-data",
-                "00" * 64,
-                "--measurement",
-                "11" * 48,
+                *report_args(snp_dir),
                 "--policy",
                 "0x10000",
                 "--out",
