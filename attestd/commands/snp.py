@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from attestd import config
-from attestd.errors import ParseError
+from attestd.console import int_range, plain, read_bytes
 from attestd.sev.snp.certs import load_pem_or_der
 from attestd.sev.snp.report import (
     AttestationReport,
@@ -54,10 +54,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     verify = snp_sub.add_parser(
         "verify",
         help="verify an SNP attestation report against the pinned AMD roots",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    verify.add_argument("--report", type=Path, required=True, metavar="FILE")
+    verify.add_argument(
+        "--report", type=Path, required=True, metavar="FILE", help="binary, hex text or Azure HCL"
+    )
     verify.add_argument("--vcek", type=Path, metavar="FILE", help="VCEK or VLEK (DER or PEM)")
     verify.add_argument(
         "--cert-chain", type=Path, metavar="FILE", help="PEM bundle, the leaf first"
@@ -86,12 +88,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     policy.add_argument(
         "--guest-policy", metavar="VALUE", help="the owner's policy (go-sev-guest's rule)"
     )
-    policy.add_argument("--max-vmpl", type=int, metavar="N", help="highest VMPL allowed")
+    policy.add_argument(
+        "--max-vmpl", type=int_range(0, 3), metavar="N", help="highest VMPL allowed"
+    )
     policy.add_argument(
         "--signing-key", action="append", choices=("vcek", "vlek"), help="allowed (repeat)"
     )
-    policy.add_argument("--min-guest-svn", type=int, metavar="N")
-    policy.add_argument("--min-firmware", metavar="MAJOR.MINOR.BUILD")
+    policy.add_argument(
+        "--min-guest-svn", type=int_range(0, (1 << 32) - 1), metavar="N", help="minimum GUEST_SVN"
+    )
+    policy.add_argument(
+        "--min-firmware", metavar="MAJOR.MINOR.BUILD", help="minimum current firmware version"
+    )
     policy.add_argument(
         "--no-provisional", action="store_true", help="require COMMITTED = CURRENT (TCB, firmware)"
     )
@@ -103,10 +111,7 @@ class UsageError(Exception):
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ParseError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    return read_bytes(path, what)
 
 
 def _hex(value: str, size: int, what: str) -> bytes:

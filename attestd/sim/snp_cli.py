@@ -1,6 +1,6 @@
-"""``attestd-sim snp ...``: drive the simulated SEV-SNP platform from the shell.
+"""attestd-sim snp: drive the simulated SEV-SNP platform from the shell.
 
-The SNP state lives in the same ``--dir`` as the SEV platform (``snp.json`` and the
+The SNP state lives in the same --dir as the SEV platform (snp.json and the
 VCEK/VLEK keys, mode 0600) and is read under the same lock.
 """
 
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from attestd.console import int_range, read_bytes
 from attestd.errors import ParseError
 from attestd.sev.snp.report import Generation, SigningKey, TcbVersion
 from attestd.sim.snp import STATE_FILE, ReportRequest, SnpPlatform
@@ -60,6 +61,8 @@ def _tcb(value: str, generation: Generation) -> TcbVersion:
 
 
 def _write(path: Path, data: bytes) -> None:
+    if path.exists() and not path.is_file():  # a FIFO would block, a directory fails late
+        raise ParseError(f"output {path} is not a regular file")
     path.write_bytes(data)
     print(path)
 
@@ -110,7 +113,7 @@ def _cert_table(args: argparse.Namespace) -> int:
 
 
 def _read(path: Path | None) -> bytes | None:
-    return None if path is None else path.read_bytes()
+    return None if path is None else read_bytes(path)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -118,7 +121,7 @@ def _report(args: argparse.Namespace) -> int:
         measurement = _hex(args.measurement, 48, "--measurement")
     elif args.firmware is not None:
         measurement = SnpPlatform.measure(
-            args.firmware.read_bytes(),
+            read_bytes(args.firmware, "firmware"),
             kernel=_read(args.kernel),
             initrd=_read(args.initrd),
             cmdline=args.cmdline,
@@ -165,39 +168,54 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         return cmd
 
     def key_option(cmd: argparse.ArgumentParser) -> None:
-        cmd.add_argument("--signing-key", choices=("vcek", "vlek"), default="vcek")
+        cmd.add_argument(
+            "--signing-key", choices=("vcek", "vlek"), default="vcek", help="VCEK or VLEK"
+        )
 
     init = command("init", _init, "mint an SNP platform: ARK/ASK/ASVK, chip id, VCEK [, VLEK]")
     init.add_argument("--name", default="sim-snp", help="platform / trust anchor name")
-    init.add_argument("--generation", choices=[g.value for g in Generation], default="milan")
+    init.add_argument(
+        "--generation", choices=[g.value for g in Generation], default="milan", help="CPU line"
+    )
     init.add_argument("--tcb", metavar="BL,TEE,SNP,UCODE[,FMC]", help="the platform TCB")
     init.add_argument("--vlek", action="store_true", help="also mint a VLEK (signed by the ASVK)")
-    init.add_argument("--report-version", type=int, choices=(3, 5), default=3)
+    init.add_argument(
+        "--report-version", type=int, choices=(3, 5), default=3, help="report version signed"
+    )
     init.add_argument("--force", action="store_true", help="replace an existing SNP platform")
 
     anchor = command("export-anchor", _export_anchor, "write <out>/<name>/{ark,ask,asvk}.pem")
-    anchor.add_argument("--out", type=Path, required=True, metavar="DIR")
+    anchor.add_argument("--out", type=Path, required=True, metavar="DIR", help="anchors dir")
     vcek = command("vcek", _vcek, "write the VCEK (or VLEK) as DER")
-    vcek.add_argument("--out", type=Path, required=True, metavar="FILE")
+    vcek.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
     key_option(vcek)
     table = command("cert-table", _cert_table, "write the extended-report certificate table")
-    table.add_argument("--out", type=Path, required=True, metavar="FILE")
+    table.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
     key_option(table)
 
     report = command("report", _report, "sign an attestation report for REPORT_DATA")
     report.add_argument("--report-data", required=True, metavar="HEX", help="64 bytes in hex")
     report.add_argument("--firmware", type=Path, metavar="FILE", help="OVMF image")
-    report.add_argument("--kernel", type=Path, metavar="FILE")
-    report.add_argument("--initrd", type=Path, metavar="FILE")
-    report.add_argument("--cmdline")
-    report.add_argument("--vcpus", type=int, default=1)
-    report.add_argument("--vcpu-type", default="EPYC-v4")
-    report.add_argument("--guest-features", type=lambda s: int(s, 0), default=0x1)
+    report.add_argument("--kernel", type=Path, metavar="FILE", help="kernel (direct boot)")
+    report.add_argument("--initrd", type=Path, metavar="FILE", help="initrd (needs --kernel)")
+    report.add_argument("--cmdline", help="kernel command line (needs --kernel)")
+    report.add_argument("--vcpus", type=int_range(1, 4096), default=1, help="number of vCPUs")
+    report.add_argument("--vcpu-type", default="EPYC-v4", help="QEMU vCPU model")
+    report.add_argument(
+        "--guest-features",
+        type=int_range(0, (1 << 64) - 1, base=0),
+        default=0x1,
+        help="VMSA SEV_FEATURES (QEMU: 0x1)",
+    )
     report.add_argument("--measurement", metavar="HEX", help="instead of the launch files")
     report.add_argument("--host-data", metavar="HEX", help="32 bytes in hex (default zero)")
-    report.add_argument("--policy", type=lambda s: int(s, 0), default=0x30000)
-    report.add_argument("--vmpl", type=int, default=0)
-    report.add_argument("--guest-svn", type=int, default=0)
-    report.add_argument("--out", type=Path, required=True, metavar="FILE")
+    report.add_argument(
+        "--policy", type=int_range(0, (1 << 64) - 1, base=0), default=0x30000, help="guest policy"
+    )
+    report.add_argument("--vmpl", type=int_range(0, 3), default=0, help="VMPL of the request")
+    report.add_argument(
+        "--guest-svn", type=int_range(0, (1 << 32) - 1), default=0, help="GUEST_SVN"
+    )
+    report.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
     key_option(report)
     command("status", _status, "print the SNP platform's generation, TCB and chip id")
