@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attestd.commands.digest",
     "attestd.commands.server",
     "attestd.commands.chain",
+    "attestd.commands.snp",
 )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from attestd.console import int_range, new_parser, read_bytes, run_guarded
 from attestd.errors import NotFound
 from attestd.sev._binary import raw_or_base64
+from attestd.sim import snp_cli
 from attestd.sim.platform import STATE_FILE, SimulatedPlatform
 
 LOCK_FILE = ".lock"
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     table = guest("secret-table", _secret_table, "write the decrypted secret table to --out")
     table.add_argument("--out", type=Path, required=True, help="output file")
     command("status", _status, "print the platform's version and guest states")
+    snp_cli.register(sub)
     return parser
 
 
