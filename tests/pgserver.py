@@ -17,14 +17,38 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("ATTESTD_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_LIB = Path("/usr/lib/postgresql")
+
+
+def find_bindir(base: Path = PG_LIB) -> Path | None:
+    """``$ATTESTD_PG_BIN``, else the newest ``<base>/<major>/bin`` that has ``initdb``.
+
+    Debian installs each major version side by side (15 on Debian 12, 17 on Debian 13).
+    """
+    configured = os.environ.get("ATTESTD_PG_BIN")
+    if configured:
+        return Path(configured)
+    found = [
+        (int(d.name), d / "bin")
+        for d in (base.iterdir() if base.is_dir() else ())
+        if d.name.isdigit() and (d / "bin" / "initdb").is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+def _bindir() -> Path:
+    bindir = find_bindir()
+    if bindir is None:
+        raise RuntimeError(f"no PostgreSQL server under {PG_LIB} (apt-get install postgresql)")
+    return bindir
 
 
 def available() -> bool:
     """True when a server can be started or one is configured."""
     if os.environ.get("ATTESTD_TEST_PG_URL"):
         return True
-    return (PG_BIN / "initdb").is_file() and _pg_user() is not None
+    bindir = find_bindir()
+    return bindir is not None and (bindir / "initdb").is_file() and _pg_user() is not None
 
 
 def _pg_user() -> pwd.struct_passwd | None:
@@ -48,6 +72,7 @@ class PgServer:
     root: Path
     socket_dir: Path
     port: int
+    bindir: Path = Path()
     external: str | None = None
     databases: list[str] = field(default_factory=list)
 
@@ -64,8 +89,9 @@ class PgServer:
         if os.geteuid() == 0:
             os.chown(root, user.pw_uid, user.pw_gid)
         data = root / "data"
+        bindir = _bindir()
         result = _as_postgres(
-            [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
         )
         if result.returncode != 0:
             raise RuntimeError("initdb failed: " + result.stderr[-2000:])
@@ -73,7 +99,7 @@ class PgServer:
         options = f"-k {root} -c listen_addresses='' -p {port} -c fsync=off -c max_connections=200"
         result = _as_postgres(
             [
-                str(PG_BIN / "pg_ctl"),
+                str(bindir / "pg_ctl"),
                 "-D",
                 str(data),
                 "-o",
@@ -87,7 +113,7 @@ class PgServer:
         if result.returncode != 0:
             log = (root / "log").read_text() if (root / "log").exists() else ""
             raise RuntimeError("pg_ctl start failed: " + result.stderr[-2000:] + log[-2000:])
-        return cls(root=root, socket_dir=root, port=port)
+        return cls(root=root, socket_dir=root, port=port, bindir=bindir)
 
     def url(self, database: str = "postgres") -> str:
         """SQLAlchemy URL of ``database``."""
@@ -118,7 +144,7 @@ class PgServer:
         name = make_url(url).database or ""
         result = subprocess.run(
             [
-                str(PG_BIN / "pg_dump"),
+                str(self.bindir / "pg_dump"),
                 "-h",
                 str(self.socket_dir),
                 "-p",
@@ -138,6 +164,14 @@ class PgServer:
         if self.external:
             return
         _as_postgres(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"]
+            [
+                str(_bindir() / "pg_ctl"),
+                "-D",
+                str(self.root / "data"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ]
         )
         shutil.rmtree(self.root, ignore_errors=True)

@@ -14,7 +14,6 @@ from attestd.sev.measure import KernelHashes, VmsaFlavour, launch_digest
 
 BIN = Path(sys.executable).parent
 DEBIAN_OVMF = "/usr/share/ovmf/OVMF.fd"
-DEBIAN_OVMF_CODE_4M = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 
 
 @pytest.fixture
@@ -105,7 +104,9 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], amdsev: Path, tmp_path
     assert exc.value.code == 2
 
 
-def test_snp(capsys: pytest.CaptureFixture[str], amdsev: Path, kernel: Path) -> None:
+def test_snp(
+    capsys: pytest.CaptureFixture[str], amdsev: Path, kernel: Path, tmp_path: Path
+) -> None:
     status, out, _ = _main(
         capsys,
         *("--mode", "snp", "--firmware", str(amdsev), "--kernel", str(kernel)),
@@ -120,7 +121,9 @@ def test_snp(capsys: pytest.CaptureFixture[str], amdsev: Path, kernel: Path) -> 
         guest_features=0x21,
     )
     assert out.splitlines()[-1] == expected.hex()
-    status, _, err = _main(capsys, "--mode", "snp", "--firmware", DEBIAN_OVMF_CODE_4M)
+    no_metadata = tmp_path / "plain.fd"
+    no_metadata.write_bytes(b"\xff" * 0x10000)
+    status, _, err = _main(capsys, "--mode", "snp", "--firmware", str(no_metadata))
     assert status == 1 and "SEV metadata" in err
 
 

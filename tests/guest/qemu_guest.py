@@ -3,7 +3,7 @@
 The kernel comes from Debian's ``linux-image-*-amd64`` package (``apt-get download``
 + ``dpkg -x``, once, into a cache dir outside git); the initramfs holds busybox,
 the modules for virtio, 9p, dm-crypt and ext4, and an ``/init`` script. The host's
-``/usr`` (python3.11, cryptsetup, e2fsprogs, util-linux and their libraries) is
+``/usr`` (python3, cryptsetup, e2fsprogs, util-linux and their libraries) is
 shared read-only over 9p; a second 9p share, the work directory, carries the
 agent (as a zipapp), the secret table and the step script in and the guest's
 output back.
@@ -11,6 +11,7 @@ output back.
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import subprocess
@@ -78,6 +79,28 @@ def _kernel_package() -> str:
     raise RuntimeError("apt knows no linux-image-amd64 dependency")
 
 
+def module_base(root: Path, version: str) -> Path:
+    """The ``depmod -b`` / ``modprobe -d`` base of an unpacked kernel package.
+
+    Debian 12's kernel packages ship ``lib/modules/<version>``; Debian 13's (merged /usr)
+    only ``usr/lib/modules/<version>``.
+    """
+    for base in (root, root / "usr"):
+        if (base / "lib" / "modules" / version).is_dir():
+            return base
+    raise RuntimeError(f"{root} has neither lib/modules/{version} nor usr/lib/modules/{version}")
+
+
+def copy_module(ko: Path, dest: Path) -> str:
+    """Copy one module into ``dest`` as a plain ``.ko`` (busybox insmod loads no ``.ko.xz``)."""
+    if ko.name.endswith(".ko.xz"):
+        name = ko.name.removesuffix(".xz")
+        (dest / name).write_bytes(lzma.decompress(ko.read_bytes()))
+        return name
+    shutil.copy(ko, dest / ko.name)
+    return ko.name
+
+
 @dataclass(frozen=True)
 class Kernel:
     """A kernel image and the ordered modules the initramfs loads."""
@@ -99,19 +122,19 @@ def ensure_kernel() -> Kernel:
             deb = next(Path(tmp).glob("linux-image-*.deb"))
             root = Path(tmp) / "root"
             _out(["dpkg", "-x", str(deb), str(root)])
-            _out(["depmod", "-b", str(root), version])
+            base = module_base(root, version)
+            _out(["depmod", "-b", str(base), version])
             staging = Path(tmp) / "slim"
             (staging / "modules").mkdir(parents=True)
             shutil.copy(root / "boot" / f"vmlinuz-{version}", staging / "vmlinuz")
             names: list[str] = []
             for module in MODULES:
-                shown = _out(["modprobe", "-d", str(root), "-S", version, "--show-depends", module])
+                shown = _out(["modprobe", "-d", str(base), "-S", version, "--show-depends", module])
                 for line in shown.splitlines():
                     if line.startswith("insmod "):
                         ko = Path(line.split()[1])
-                        if ko.name not in names:
-                            names.append(ko.name)
-                            shutil.copy(ko, staging / "modules" / ko.name)
+                        if ko.name.removesuffix(".xz") not in names:
+                            names.append(copy_module(ko, staging / "modules"))
             (staging / "modules" / "order").write_text("\n".join(names) + "\n")
             if dest.exists():
                 shutil.rmtree(dest)

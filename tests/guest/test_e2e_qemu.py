@@ -1,6 +1,6 @@
 """End to end: attestd-guest bootstrap inside a Linux guest under QEMU (TCG).
 
-The agent runs as a standalone zipapp (stdlib only) with the guest's python3.11.
+The agent runs as a standalone zipapp (stdlib only) with the guest's python3 (the host's, over 9p).
 Three virtio disks, the payload in a secret table delivered as a file over 9p:
 
 * ``data``: blank -> LUKS2-formatted, ext4, mounted; a marker file is written.

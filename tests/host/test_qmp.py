@@ -84,11 +84,10 @@ def test_greeting_negotiation_and_queries_pass_unchanged(tmp_path: Path, qemu: s
     with pytest.raises(QmpError, match="capabilities negotiation"):
         c.execute("query-status")  # QEMU itself enforces negotiation through the relay
     c.execute("qmp_capabilities")
-    assert c.execute("query-status") == {
-        "status": "prelaunch",
-        "singlestep": False,
-        "running": False,
-    }
+    status = c.execute("query-status")
+    assert status["status"] == "prelaunch" and status["running"] is False
+    # QEMU 7.2 (Debian 12) also says "singlestep": false; QEMU 10 (Debian 13) dropped it.
+    assert set(status) - {"singlestep"} == {"status", "running"}
     c.close()
 
 

@@ -1,7 +1,7 @@
 """Launch digests against both independent oracles (see shared/reference/oracles.md).
 
 * sev-snp-measure (PyPI, in .venv): builds the current (host >= 6.10) VMSA flavour.
-* libvirt's virt-qemu-sev-validate (Debian bookworm): validates a launch measurement we
+* libvirt's virt-qemu-sev-validate (Debian 12 and 13): validates a launch measurement we
   compute from attestd's digest with a known TIK. It builds the legacy VMSA flavour
   itself from --cpu-family/model/stepping, or takes VMSA pages as files.
 Both tools really run here, on real firmware and small fake kernels/initrds.
@@ -285,13 +285,32 @@ def test_kernel_hashes_unsupported_firmware(
 ) -> None:
     """Debian's OVMF has its hashes area at address 0: attestd and sev-snp-measure refuse.
 
-    (For snp, Debian's OVMF.fd lacks the SNP kernel hashes section and OVMF_CODE_4M.fd
-    has no SEV metadata at all.)
+    (For snp, Debian's OVMF.fd lacks the SNP kernel hashes section; OVMF_CODE_4M.fd has
+    no SEV metadata at all on Debian 12, and metadata without that section on Debian 13.)
     """
     case = Case(mode, firmware, FULL)
-    message = "SEV metadata" if (mode, firmware) == ("snp", "debian-code-4m") else "direct boot"
+    has_metadata = bool(Ovmf.from_bytes(FIRMWARE[firmware].read_bytes()).metadata)
+    message = "SEV metadata" if mode == "snp" and not has_metadata else "direct boot"
     with pytest.raises(Unsupported, match=message):
         _attestd_digest(case, guest_files, VmsaFlavour.CURRENT)
     result = _sev_snp_measure(case, guest_files, tmp_path)
     assert result.returncode != 0
     assert "Kernel specified but OVMF" in result.stdout + result.stderr
+
+
+def test_snp_on_debian_ovmf_code_4m(guest_files: GuestFiles, tmp_path: Path) -> None:
+    """SEV-SNP without a kernel on Debian's OVMF_CODE_4M.fd: the digest is sev-snp-measure's.
+
+    Debian 13's OVMF_CODE_4M.fd (edk2 2025.02) has SEV metadata and both tools agree.
+    Debian 12's (edk2 2022.11) has none: such firmware cannot boot SEV-SNP, and attestd
+    refuses it, where sev-snp-measure still prints a digest (of the image and VMSAs only).
+    """
+    case = Case("snp", "debian-code-4m", NO_KERNEL, 2, "EPYC-Genoa")
+    if not Ovmf.from_bytes(FIRMWARE[case.firmware].read_bytes()).metadata:
+        with pytest.raises(Unsupported, match="SEV metadata"):
+            _attestd_digest(case, guest_files, VmsaFlavour.CURRENT)
+        return
+    result = _sev_snp_measure(case, guest_files, tmp_path)
+    assert result.returncode == 0, result.stderr
+    digest = _attestd_digest(case, guest_files, VmsaFlavour.CURRENT)
+    assert len(digest) == 48 and digest.hex() == result.stdout.strip()
