@@ -167,7 +167,7 @@ def cases_for(script: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
                 if kind not in TYPED_KINDS and (target.choices or target.type not in UNTYPED):
                     continue  # argparse's own type check rejects every other kind alike
                 argv = [*prefix, *path]
-                if path == ("init",) and script == "attestd-sim":
+                if path in (("init",), ("snp", "init")) and script == "attestd-sim":
                     argv += ["--rsa-bits", "2048"]
                 for other in actions:
                     if other is target or not (other.required or not other.option_strings):

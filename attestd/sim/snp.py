@@ -223,10 +223,13 @@ class SnpPlatform:
         tcb: TcbVersion | None = None,
         vlek: bool = False,
         report_version: int = 3,
+        rsa_bits: int = 4096,
     ) -> Self:
         """Mint roots (ARK, ASK, ASVK), a chip id, a VCEK for ``tcb`` and optionally a VLEK."""
         if not name or "/" in name or name.startswith("."):
             raise ParseError(f"invalid platform name {name!r}")
+        if rsa_bits not in (2048, 4096):
+            raise ParseError("the roots are RSA-4096 like AMD's (2048 for quick tests)")
         if report_version not in (3, 5):
             raise ParseError("the simulator signs report versions 3 and 5")
         tcb = tcb or DEFAULT_TCB[generation]
@@ -234,7 +237,7 @@ class SnpPlatform:
             raise ParseError("an FMC SPL is given exactly for Turin")
         product = generation.product
         ark_key, ask_key, asvk_key = (
-            rsa.generate_private_key(public_exponent=65537, key_size=4096) for _ in range(3)
+            rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits) for _ in range(3)
         )
         ark = _ca_cert(f"ARK-{product}", f"ARK-{product}", ark_key, ark_key)
         ask = _ca_cert(f"SEV-{product}", f"ARK-{product}", ask_key, ark_key)

@@ -82,6 +82,7 @@ def _init(args: argparse.Namespace) -> int:
         tcb=None if args.tcb is None else _tcb(args.tcb, generation),
         vlek=args.vlek,
         report_version=args.report_version,
+        rsa_bits=args.rsa_bits,
     )
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with (directory / LOCK_FILE).open("a") as lock:
@@ -181,6 +182,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     init.add_argument("--vlek", action="store_true", help="also mint a VLEK (signed by the ASVK)")
     init.add_argument(
         "--report-version", type=int, choices=(3, 5), default=3, help="report version signed"
+    )
+    init.add_argument(
+        "--rsa-bits", type=int, choices=(2048, 4096), default=4096, help="root key size (AMD: 4096)"
     )
     init.add_argument("--force", action="store_true", help="replace an existing SNP platform")
 

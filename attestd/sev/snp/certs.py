@@ -353,8 +353,8 @@ class SnpAnchor:
         for role, cert in (("ARK", self.ark), ("ASK", self.ask), ("ASVK", self.asvk)):
             if cert is None:
                 continue
-            if not cert.is_rsa or cert.rsa_key().key_size != 4096:
-                raise ChainInvalid(f"the {self.name} {role} is not an RSA-4096 key")
+            if not cert.is_rsa or cert.rsa_key().key_size not in (2048, 4096):
+                raise ChainInvalid(f"the {self.name} {role} is not an RSA-4096 (or 2048) key")
         if not self.ark.is_signed_by(self.ark):
             raise ChainInvalid(f"the {self.name} ARK is not self-signed (RSA-PSS SHA-384)")
         links.append(f"ARK ({self.name}) is self-signed")

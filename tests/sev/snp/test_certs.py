@@ -171,7 +171,7 @@ def test_anchor_from_pem_validates() -> None:
         anchor_from_pem("x", ark, pem("genoa", "ask"))
     with pytest.raises(ChainInvalid, match="ASVK is not signed"):
         anchor_from_pem("x", ark, ask, pem("turin", "ask"))
-    with pytest.raises(ChainInvalid, match="RSA-4096"):
+    with pytest.raises(ChainInvalid, match=r"RSA-4096 \(or 2048\)"):
         anchor_from_pem("x", ark, (SNP / "vcek_milan.der").read_bytes())
     with pytest.raises(ParseError, match="one certificate"):
         anchor_from_pem("x", (SNP / "trustee/milan_ask_ark_asvk.pem").read_bytes(), ask)
