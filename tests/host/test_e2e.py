@@ -34,7 +34,7 @@ from attestd.sev.secrets import LUKS_KEY_GUID, parse_secret_table
 from attestd.sim.platform import GuestState, SimulatedPlatform
 from tests.host.conftest import WRAPPER, host_settings
 from tests.host.domains import QBOOT, attestd_domain
-from tests.host.libvirtd import Libvirtd
+from tools.libvirtd import Libvirtd
 
 pytestmark = pytest.mark.slow
 QEMU = "/usr/bin/qemu-system-x86_64"

@@ -19,7 +19,7 @@ from attestd.host.platform import PlatformData, write_cache
 from attestd.host.state import read_state
 from tests.host.conftest import WRAPPER, host_settings
 from tests.host.domains import attestd_domain, domain_xml
-from tests.host.libvirtd import Libvirtd
+from tools.libvirtd import Libvirtd
 from tests.host.stubservice import StubService
 
 pytestmark = pytest.mark.slow
