@@ -382,7 +382,7 @@ class Demo:
             raise DemoFailed("virsh start succeeded although the firmware is not accepted")
         error = done.stderr.strip().splitlines()
         say(f"virsh start: {error[0]}")
-        for line in textwrap.wrap(error[-1].partition("refused: ")[2], 88):
+        for line in textwrap.wrap(error[-1], 88, break_on_hyphens=False):
             say(f"    {line}")
         if self.virsh("domstate", DOMAIN).stdout.strip() != "shut off":
             raise DemoFailed("the refused domain is not shut off")

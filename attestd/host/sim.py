@@ -25,7 +25,6 @@ import os
 import select
 import socket
 import termios
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -195,12 +194,36 @@ def _linger(sock: socket.socket, deadline: float) -> None:
         sock.close()
 
 
+def _hold_detached(sock: socket.socket, deadline: float) -> None:
+    """Hand the connection to a detached process that lingers (double fork).
+
+    The launching process may be a one-shot command (``attestd-host start``) that
+    exits long before the guest opens its port. The holder keeps only this socket
+    (every other inherited descriptor is closed, so it holds no QMP or libvirt
+    connection open) and exits once QEMU took the table, QEMU went away, or at
+    ``deadline``.
+    """
+    fd = sock.fileno()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked children
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                os.closerange(3, fd)
+                os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+                _linger(sock, deadline)
+        finally:
+            os._exit(0)
+    sock.close()
+    os.waitpid(pid, 0)
+
+
 def deliver_secret_area(path: Path, table: bytes, *, linger: float = DELIVERY_LINGER) -> None:
     """Write ``table`` into the simulated secret area's socket (QEMU's chardev).
 
-    The guest reads it whenever it opens the port; until QEMU has taken all of it,
-    a non-daemon thread keeps the connection (at most ``linger`` seconds), so that
-    a one-shot command waits for the guest instead of dropping the table.
+    The guest reads it whenever it opens the port. Closing the connection before
+    QEMU has taken the bytes would drop them, so a detached holder keeps it until
+    then (at most ``linger`` seconds) and the caller returns at once.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -210,7 +233,4 @@ def deliver_secret_area(path: Path, table: bytes, *, linger: float = DELIVERY_LI
     except OSError as exc:
         sock.close()
         raise LaunchError(f"cannot deliver the simulated secret area to {path}: {exc}") from exc
-    thread = threading.Thread(
-        target=_linger, args=(sock, time.monotonic() + linger), name="attestd-sim-secret"
-    )
-    thread.start()
+    _hold_detached(sock, time.monotonic() + linger)
