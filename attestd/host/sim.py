@@ -199,9 +199,9 @@ def _hold_detached(sock: socket.socket, deadline: float) -> None:
 
     The launching process may be a one-shot command (``attestd-host start``) that
     exits long before the guest opens its port. The holder keeps only this socket
-    (every other inherited descriptor is closed, so it holds no QMP or libvirt
-    connection open) and exits once QEMU took the table, QEMU went away, or at
-    ``deadline``.
+    (stdin/stdout/stderr go to /dev/null and every other inherited descriptor is
+    closed, so it holds no pipe, QMP or libvirt connection open) and exits once QEMU
+    took the table, QEMU went away, or at ``deadline``.
     """
     fd = sock.fileno()
     pid = os.fork()
@@ -209,6 +209,9 @@ def _hold_detached(sock: socket.socket, deadline: float) -> None:
         try:
             if os.fork() == 0:
                 os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                for std in (0, 1, 2):  # a caller waiting for our stdout must not wait for us
+                    os.dup2(null, std)
                 os.closerange(3, fd)
                 os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
                 _linger(sock, deadline)
