@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from attestd.errors import ParseError
+from attestd.sev.certs import AMD_KDS_URL
 
 DEFAULT_CONFIG_FILE = Path("/etc/attestd/attestd.toml")
 DEFAULT_DATA_DIR = Path("/var/lib/attestd")
@@ -44,7 +45,7 @@ class Settings:
     cek_cache_dir: Path | None = None
     #: Never contact AMD's key server; only cached / imported CEKs are used.
     kds_offline: bool = False
-    kds_url: str = "https://kdsintf.amd.com"
+    kds_url: str = AMD_KDS_URL
     #: Size of the firmware's secret area the table must fit (bytes).
     secret_area_size: int = 3072
     #: Seconds a launch session stays valid.

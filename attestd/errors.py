@@ -1,11 +1,19 @@
-"""The attestd exception taxonomy.
+"""The attestd exception taxonomy (pyca's discipline).
 
-Every error carries a stable machine-readable ``code``. The mapping to HTTP
-status codes lives only in ``attestd.api.errors``; nothing here knows HTTP.
-Messages never contain key material or secret values.
+- misuse by the calling code (a wrong type, an out-of-range argument) raises the
+  built-in ``TypeError`` / ``ValueError``;
+- bytes or text from outside that do not decode raise :class:`ParseError`;
+- a refusal by the service raises an :class:`AttestdError` subclass with a stable
+  machine ``code``, a human ``message`` and, where useful, ``reasons`` (what was
+  tried or checked).
+
+The mapping to HTTP status codes lives only in ``attestd.api.errors``; nothing
+here knows HTTP. Messages never contain key material or secret values.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class AttestdError(Exception):
@@ -61,8 +69,17 @@ class SecretTooLarge(AttestdError):
     code = "secret_too_large"
 
 
+class CekRequired(AttestdError):
+    """The host gave neither a signed CEK nor a chip id whose CEK the service has.
+
+    A client error: the host can send the ASK-signed CEK (``cek``) itself.
+    """
+
+    code = "cek_required"
+
+
 class CekUnavailable(AttestdError):
-    """No ASK-signed CEK for the chip: not in the cache and not fetchable."""
+    """AMD KDS could not be asked for the chip's CEK (unreachable, error answer)."""
 
     code = "cek_unavailable"
 
@@ -71,12 +88,6 @@ class AuthenticationError(AttestdError):
     """Missing or invalid credentials."""
 
     code = "unauthenticated"
-
-
-class PermissionDenied(AttestdError):
-    """Authenticated, but not allowed to touch this resource."""
-
-    code = "forbidden"
 
 
 class NotFound(AttestdError):
@@ -91,19 +102,54 @@ class Conflict(AttestdError):
     code = "conflict"
 
 
+class RegistrationChanged(Conflict):
+    """The VM's registration changed (or was deleted) after the launch started."""
+
+    code = "registration_changed"
+
+
+Field = str | tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a registration is invalid: the API field, a stable code, a message."""
+
+    field: Field
+    code: str
+    message: str
+
+
+class InvalidRegistration(AttestdError):
+    """A registration breaks one or more rules (every :class:`Problem` is listed)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, problems: list[Problem]) -> None:
+        super().__init__(message, reasons=[p.code for p in problems])
+        self.problems = list(problems)
+
+
 class StorageUnavailable(AttestdError):
     """The database cannot be reached."""
 
     code = "storage_unavailable"
 
 
+class StorageKeyError(AttestdError):
+    """The storage key file is missing, unreadable or does not decrypt stored data."""
+
+    code = "storage_key"
+
+
 class LaunchError(AttestdError):
-    """Host-side launch driver failure (service refused, QMP failure, timeout)."""
+    """Host-side launch driver failure (service refused, QMP failure, timeout).
+
+    Raised by ``attestd.host`` only; never by the service, so not in its HTTP table.
+    """
 
     code = "launch_failed"
 
 
-class GuestError(AttestdError):
-    """In-guest bootstrap failure."""
-
-    code = "guest_error"
+#: Errors of the host side that the service never raises (no HTTP status).
+HOST_SIDE_ERRORS: tuple[type[AttestdError], ...] = (LaunchError,)

@@ -30,17 +30,18 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attestd.registration import secret_table
+from attestd.service.payload import secret_table
+from attestd.service.registration import from_stored
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, verify_chain
-from attestd.sev.measurement import (
+from attestd.sev.secrets import build_launch_secret
+from attestd.sev.session import (
     FirmwareVersion,
     LaunchMeasurement,
     compute_measure,
+    start_launch,
     verify_measurement,
 )
-from attestd.sev.secrets import build_launch_secret
-from attestd.sev.session import start_launch
 from attestd.sim.platform import SimulatedPlatform
 from attestd.trust import load_anchors
 from tests.api.simhost import Boot, launch_body, measure, validate_body
@@ -74,7 +75,9 @@ def crypto_floor(
     """
     anchors = load_anchors(anchors_dir)
     exp = platform.export()
-    stored = [dict(s, passphrase="x" * 43) if s.get("generate") else s for s in SECRETS]
+    stored = [
+        from_stored(dict(s, passphrase="x" * 43) if s.get("generate") else s) for s in SECRETS
+    ]
     version = FirmwareVersion(platform.api_major, platform.api_minor, platform.build_id)
     digest = hashlib.sha256(FIRMWARE).digest()
     platform_chain = PlatformChain.from_export(exp.pdh, exp.cert_chain)

@@ -15,12 +15,6 @@ import os
 import sys
 
 from attestd.sev.certs import SevCertificate
-from attestd.sev.measurement import (
-    FirmwareVersion,
-    LaunchMeasurement,
-    compute_measure,
-    verify_measurement,
-)
 from attestd.sev.secrets import (
     ATTESTD_PAYLOAD_GUID,
     LUKS_KEY_GUID,
@@ -28,7 +22,13 @@ from attestd.sev.secrets import (
     build_launch_secret,
     build_secret_table,
 )
-from attestd.sev.session import start_launch
+from attestd.sev.session import (
+    FirmwareVersion,
+    LaunchMeasurement,
+    compute_measure,
+    start_launch,
+    verify_measurement,
+)
 from bench.bench_chain import PLATFORM, _report
 
 

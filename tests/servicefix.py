@@ -53,7 +53,7 @@ def app(settings: Settings) -> Iterator[Flask]:
     """The application under test."""
     application = create_app(settings)
     yield application
-    application.extensions["attestd"].db.dispose()
+    application.extensions["attestd"].store.dispose()
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def client(app: Flask) -> FlaskClient:
 
 def make_owner(app: Flask, name: str) -> dict[str, str]:
     """Create an owner; returns its Authorization header."""
-    token = app.extensions["attestd"].service.create_owner(name)
+    token = app.extensions["attestd"].services.principals.create_owner(name)
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -145,7 +145,7 @@ def host_app(host_settings: Settings, clock: Clock) -> Iterator[Flask]:
     """An app that trusts the simulator, with a settable clock."""
     application = create_app(host_settings, clock=clock)
     yield application
-    application.extensions["attestd"].db.dispose()
+    application.extensions["attestd"].store.dispose()
 
 
 @pytest.fixture(scope="session")

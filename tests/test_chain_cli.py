@@ -225,7 +225,7 @@ def test_verify_offline_without_cached_cek(
         capsys, [*args, "--chip-id", CHIP_HEX, "--cache", str(tmp_path / "c"), "--offline"]
     )
     assert status == 1
-    assert "cek_unavailable" in err and "attestd cek import" in err
+    assert "cek_required" in err and "attestd cek import" in err
 
 
 @responses.activate
@@ -328,7 +328,7 @@ def test_virsh_nodesevinfo_uses_the_cek_store_by_cpu0_id(
     cache = tmp_path / "cache"
     args = ["chain", "verify", "--nodesevinfo", str(info), "--cache", str(cache), "--offline"]
     status, _, err = run(capsys, args)
-    assert status == 1 and "cek_unavailable" in err
+    assert status == 1 and "cek_required" in err
     cek = str(PLATFORM / "naples/cek.cert")
     assert (
         run(capsys, ["cek", "import", "--chip-id", CHIP_HEX, "--cek", cek, "--cache", str(cache)])[

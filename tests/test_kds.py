@@ -11,9 +11,9 @@ import responses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attestd.errors import CekUnavailable, ParseError
-from attestd.kds import CekStore, chip_id_hex, parse_chip_id, parse_signed_cek
+from attestd.errors import CekRequired, CekUnavailable, ParseError
 from attestd.sev.chain import PlatformChain, builtin_anchors, verify_chain
+from attestd.trust.kds import CekStore, chip_id_hex, parse_chip_id, parse_signed_cek
 from tests.conftest import TESTDATA
 
 PLATFORM = TESTDATA / "sev" / "platform"
@@ -117,7 +117,7 @@ def test_timeout_is_passed_to_requests(tmp_path: Path) -> None:
 @responses.activate
 def test_offline_never_touches_the_network(tmp_path: Path) -> None:
     cek_store = store(tmp_path, offline=True)
-    with pytest.raises(CekUnavailable, match="offline"):
+    with pytest.raises(CekRequired, match="offline"):
         cek_store.get(CHIP_ID)
     assert len(responses.calls) == 0
     cek_store.put(CHIP_ID, SIGNED_CEK)

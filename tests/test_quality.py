@@ -33,11 +33,13 @@ def test_mypy_strict() -> None:
 
 
 #: How a path into the team's shared folder outside the repository is spelled.
-OUTSIDE = ("../" + "shared", "shared/" + "testdata", '"' + 'shared"')
+OUTSIDE = tuple(
+    form.format(name="sha" + "red") for form in ("../{name}", "{name}/testdata", '"{name}"')
+)
 
 
 def test_a_clone_is_enough() -> None:
-    """No test, benchmark or tool reads data from outside the repository (``../shared``)."""
+    """No test, benchmark or tool reads data from the team folder outside the repository."""
     tracked = _run("git", "ls-files", "tests", "bench", "tools", ".ci").stdout.split()
     offenders = [
         name
@@ -46,3 +48,47 @@ def test_a_clone_is_enough() -> None:
         and any(marker in (PROJECT_ROOT / name).read_text(errors="replace") for marker in OUTSIDE)
     ]
     assert offenders == []
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_only_storage_imports_the_sql_adapter() -> None:
+    package = PROJECT_ROOT / "attestd"
+    offenders = [
+        str(path.relative_to(PROJECT_ROOT))
+        for path in package.rglob("*.py")
+        if "storage" not in path.relative_to(package).parts[:1]
+        and any(name.startswith("attestd.storage.sql") for name in _imports(path))
+    ]
+    assert offenders == [], "use attestd.storage.open_store / the Store Protocol"
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    tests = PROJECT_ROOT / "tests"
+    offenders = [
+        f"{path.relative_to(PROJECT_ROOT)}: {name}"
+        for path in tests.rglob("*.py")
+        for name in _imports(path)
+        if (name.startswith("tests.") and name.split(".")[-1].startswith("test_"))
+        or (name.startswith("tests.") and any(p.startswith("test_") for p in name.split(".")[1:-1]))
+    ]
+    assert offenders == [], "move common helpers into a helper module or a conftest fixture"
+
+
+def test_flask_and_cli_build_services_only_through_the_factory() -> None:
+    for rel in ("attestd/api/__init__.py", "attestd/commands/server.py"):
+        names = _imports(PROJECT_ROOT / rel)
+        assert "attestd.service.factory.build_services" in names, rel
+        direct = {"attestd.service.vms.Vms", "attestd.service.launches.Launches"}
+        assert not names & direct, rel

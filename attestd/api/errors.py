@@ -16,30 +16,30 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from attestd import errors as e
-from attestd.storage.keys import StorageKeyError
 
 logger = logging.getLogger(__name__)
 
 #: Exception class -> HTTP status. Looked up along the MRO; a test checks that
-#: every class in ``attestd.errors`` is listed.
+#: every service class in ``attestd.errors`` is listed (host-side errors are not)
+#: and that every row is reachable through a real request.
 STATUS: dict[type[e.AttestdError], int] = {
     e.AttestdError: 500,
     e.ParseError: 400,
+    e.InvalidRegistration: 422,
     e.Unsupported: 422,
     e.AttestationFailed: 403,
     e.ChainInvalid: 403,
     e.MeasurementMismatch: 403,
     e.PolicyViolation: 403,
     e.SecretTooLarge: 413,
+    e.CekRequired: 422,
     e.CekUnavailable: 503,
     e.AuthenticationError: 401,
-    e.PermissionDenied: 403,
     e.NotFound: 404,
     e.Conflict: 409,
+    e.RegistrationChanged: 409,
     e.StorageUnavailable: 503,
-    e.LaunchError: 502,
-    e.GuestError: 500,
-    StorageKeyError: 503,
+    e.StorageKeyError: 503,
 }
 
 
@@ -62,7 +62,27 @@ def envelope(status: int, message: str, errors: dict[str, Any]) -> Response:
     return response
 
 
+def problem_fields(problems: list[e.Problem]) -> dict[str, Any]:
+    """The 422 field map of registration problems (nested like marshmallow's)."""
+    out: dict[str, Any] = {}
+    for problem in problems:
+        path = [problem.field] if isinstance(problem.field, str) else list(problem.field)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(str(part), {})
+            if isinstance(child, list):  # messages of the container itself
+                child = node[str(part)] = {"_schema": child}
+            node = child
+        leaf = node.setdefault(str(path[-1]), [])
+        if isinstance(leaf, dict):
+            leaf = leaf.setdefault("_schema", [])
+        leaf.append(problem.message)
+    return out
+
+
 def _attestd_error(exc: e.AttestdError) -> Response:
+    if isinstance(exc, e.InvalidRegistration):
+        return _fields_error(problem_fields(exc.problems), [p.code for p in exc.problems])
     status = status_for(exc)
     if status >= 500:
         logger.error("%s: %s", exc.code, exc.message)
@@ -72,16 +92,16 @@ def _attestd_error(exc: e.AttestdError) -> Response:
     return envelope(status, exc.message, errors)
 
 
+def _fields_error(messages: dict[str, Any], codes: list[str] | None = None) -> Response:
+    errors: dict[str, Any] = {"reason": "invalid_request", "fields": messages}
+    if codes:
+        errors["reasons"] = codes
+    return envelope(422, "the request does not match the schema", errors)
+
+
 def _validation_error(exc: ValidationError) -> Response:
     messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-    return envelope(
-        422,
-        "the request does not match the schema",
-        {
-            "reason": "invalid_request",
-            "fields": messages,
-        },
-    )
+    return _fields_error(messages)
 
 
 def _http_error(exc: HTTPException) -> Response:

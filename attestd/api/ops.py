@@ -13,7 +13,7 @@ bp = Blueprint("ops", __name__)
 @bp.get("/healthz")
 def healthz() -> Response:
     """200 when the database answers (503 envelope otherwise)."""
-    state().db.ping()
+    state().store.ping()
     return jsonify({"status": "ok"})
 
 
@@ -59,7 +59,7 @@ def metrics() -> Response:
             f'attestd_attestations_total{{operation="{_label(operation)}",'
             f'result="{_label(result)}"}} {count}'
         )
-    stats = st.db.stats()
+    stats = st.store.stats()
     lines += [
         "# HELP attestd_owners Registered guest owners.",
         "# TYPE attestd_owners gauge",

@@ -1,10 +1,14 @@
-"""marshmallow schemas of the v1 protocol (kebab-case JSON, base64 binaries, hex digests)."""
+"""marshmallow schemas of the v1 protocol (kebab-case JSON, base64 binaries, hex digests).
+
+The schemas only map JSON to the model (shape, types, patterns); the rules of a
+registration are :meth:`attestd.service.registration.Registration.check`, run by
+the VM use-cases for every entry.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -22,15 +26,10 @@ from marshmallow import (
 )
 
 from attestd.errors import AttestdError
-from attestd.registration import (
-    RESERVED_GUIDS,
-    RESERVED_MOUNT_POINTS,
-    SCHEMES,
-    Registration,
-    cmdline_sha256,
-)
-from attestd.sev.certs import SevCertificate, Usage
+from attestd.service.registration import SCHEMES, Registration, Secret, cmdline_sha256, from_stored
+from attestd.sev.certs import SEV_CERT_SIZE
 from attestd.sev.measure.vmsa import VCPU_TYPES
+from attestd.sev.policy import GuestPolicy
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX96 = re.compile(r"^[0-9a-f]{96}$")
@@ -42,9 +41,6 @@ ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 ENV_VALUE = re.compile(r"^[^\x00\n\r]*$")
 NO_CONTROL = r"^[^\x00-\x1f]+$"
 VCPU_TYPE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-POLICY_BITS_RESERVED = 0xFFC0  # bits 6-15 must be zero
-ES_BIT = 0x4
-SEV_CERT_SIZE = 0x824
 
 
 class Base64Bytes(fields.Field[bytes]):
@@ -100,8 +96,10 @@ class Policy(fields.Field[int]):
             raise ValidationError("must be an integer or a hex string")
         if not 0 <= number <= 0xFFFFFFFF:
             raise ValidationError("must fit in 32 bits")
-        if number & POLICY_BITS_RESERVED:
-            raise ValidationError("reserved policy bits 6-15 must be zero")
+        try:
+            GuestPolicy.from_u32(number)
+        except AttestdError:
+            raise ValidationError("reserved policy bits 6-15 must be zero") from None
         return number
 
 
@@ -154,19 +152,6 @@ class VolumeSchema(_Strict):
     generate = fields.Boolean()
     mount_point = fields.String(data_key="mount-point", validate=validate.Regexp(MOUNT_POINT))
 
-    @validates_schema
-    def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        if bool(data.get("passphrase")) == bool(data.get("generate")):
-            raise ValidationError("give either passphrase or generate: true", "passphrase")
-        mount = data.get("mount_point", f"/{data['name']}")
-        if any(part in (".", "..") for part in mount.split("/")):
-            raise ValidationError("no '.' or '..' components", "mount-point")
-        if mount in RESERVED_MOUNT_POINTS:
-            raise ValidationError(f"{mount} is a system directory", "mount-point")
-        device = data["device"]
-        if "/../" in device or device.endswith("/.."):
-            raise ValidationError("no '..' components", "device")
-
 
 class EnvSchema(_Strict):
     """An env file (``type`` env, 0644) or a secret file (``type`` secret-file, 0600)."""
@@ -190,11 +175,6 @@ class RawSchema(_Strict):
     guid = fields.UUID(required=True)
     data = Base64Bytes(required=True, max_length=4096)
 
-    @validates_schema
-    def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        if data["guid"] in RESERVED_GUIDS:
-            raise ValidationError("this GUID is reserved for attestd's own entries", "guid")
-
 
 SECRET_SCHEMAS: dict[str, type[Schema]] = {
     "luks-passphrase": LuksPassphraseSchema,
@@ -205,25 +185,24 @@ SECRET_SCHEMAS: dict[str, type[Schema]] = {
 }
 
 
-class SecretField(fields.Field[dict[str, Any]]):
-    """One ``secrets`` entry, dispatched on its ``type``; loads to a kebab-case dict."""
+class SecretField(fields.Field[Secret]):
+    """One ``secrets`` entry, dispatched on its ``type``; loads to its typed value."""
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return value
 
     def _deserialize(
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> dict[str, Any]:
+    ) -> Secret:
         if not isinstance(value, dict):
             raise ValidationError("must be an object")
         kind = value.get("type")
         if not isinstance(kind, str) or kind not in SECRET_SCHEMAS:
             raise ValidationError({"type": [f"must be one of {sorted(SECRET_SCHEMAS)}"]})
         loaded = SECRET_SCHEMAS[kind]().load(value)
-        assert isinstance(loaded, dict)
-        if "mount_point" in loaded:
-            loaded["mount-point"] = loaded.pop("mount_point")
-        return loaded
+        if not isinstance(loaded, dict):
+            raise TypeError("secret schemas load to dicts")
+        return from_stored(loaded)
 
 
 class RegistrationSchema(_Strict):
@@ -278,50 +257,11 @@ class RegistrationSchema(_Strict):
 
     @validates_schema
     def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        errors: dict[str, list[str]] = {}
-        if "cloud_cert" in data:
-            try:
-                oca = SevCertificate.unpack(data["cloud_cert"])
-            except AttestdError as exc:
-                errors["cloud-cert"] = [f"not a SEV certificate: {exc.message}"]
-            else:
-                if oca.usage is not Usage.OCA:
-                    errors["cloud-cert"] = ["must be an OCA certificate"]
-        es = data["scheme"] == "amd-sev-es"
-        if bool(data["policy"] & ES_BIT) != es:
-            errors.setdefault("policy", []).append("the ES bit (0x4) must match the scheme")
-        if not data["firmware_hashes"] and not data["launch_digests"]:
-            errors.setdefault("firmware-hashes", []).append(
-                "give firmware-hashes or launch-digests"
-            )
+        # ``cmdline`` is JSON sugar for ``cmdline-hash``: its own two mapping rules
         if "cmdline" in data and "cmdline_hash" in data:
-            errors.setdefault("cmdline", []).append("give cmdline or cmdline-hash, not both")
-        has_kernel = "kernel_hash" in data
-        for name in ("initrd_hash", "cmdline_hash", "cmdline"):
-            if name in data and not has_kernel:
-                errors.setdefault(name.replace("_", "-"), []).append("needs kernel-hash")
-        secrets = data["secrets"]
-        if sum(1 for s in secrets if s["type"] == "luks-passphrase") > 1:
-            errors.setdefault("secrets", []).append("at most one luks-passphrase")
-        for kind, limit in (("volume", 16), ("env", 32), ("secret-file", 32)):
-            names = [s["name"] for s in secrets if s["type"] == kind]
-            if len(names) != len(set(names)):
-                errors.setdefault("secrets", []).append(f"duplicate {kind} name")
-            if len(names) > limit:
-                errors.setdefault("secrets", []).append(f"at most {limit} {kind} entries")
-        volumes = [s for s in secrets if s["type"] == "volume"]
-        devices = [s["device"] for s in volumes]
-        if len(devices) != len(set(devices)):
-            errors.setdefault("secrets", []).append("two volumes share a device")
-        mounts = sorted(s.get("mount-point") or f"/{s['name']}" for s in volumes)
-        for a, b in itertools.combinations(mounts, 2):
-            if b == a or b.startswith(a + "/"):
-                errors.setdefault("secrets", []).append(f"mount points {a} and {b} overlap")
-        guids = [s["guid"] for s in secrets if s["type"] == "raw"]
-        if len(guids) != len(set(guids)):
-            errors.setdefault("secrets", []).append("duplicate raw guid")
-        if errors:
-            raise ValidationError(errors)
+            raise ValidationError("give cmdline or cmdline-hash, not both", "cmdline")
+        if "cmdline" in data and "kernel_hash" not in data:
+            raise ValidationError("needs kernel-hash", "cmdline")
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> Registration:
@@ -343,8 +283,8 @@ class LaunchRequestSchema(_Strict):
     cek = Base64Bytes(length=SEV_CERT_SIZE, metadata={"description": "ASK-signed CEK"})
 
 
-class LaunchResponseSchema(Schema):
-    """``/launch`` success."""
+class LaunchSessionSchema(Schema):
+    """``/launch`` success: the :class:`~attestd.service.launches.LaunchSession`."""
 
     launch_id = fields.String(data_key="launch-id", required=True)
     session = Base64Bytes(required=True)
@@ -375,8 +315,8 @@ class ValidateRequestSchema(_Strict):
     vcpu_type = fields.String(data_key="vcpu-type", validate=validate.Regexp(VCPU_TYPE))
 
 
-class ValidateResponseSchema(Schema):
-    """``/validate`` success: the LAUNCH_SECRET packet."""
+class LaunchSecretSchema(Schema):
+    """``/validate`` success: the LAUNCH_SECRET packet (``attestd.sev.secrets.LaunchSecret``)."""
 
     secret_header = Base64Bytes(data_key="secret-header", required=True)
     secret_table = Base64Bytes(data_key="secret-table", required=True)

@@ -13,9 +13,8 @@ from marshmallow import Schema
 
 from attestd.config import Settings
 from attestd.errors import ParseError
-from attestd.service import Service
-from attestd.storage.ports import Principal
-from attestd.storage.sql import Database
+from attestd.service.factory import Services
+from attestd.storage.ports import Principal, Store
 
 
 @dataclass
@@ -45,17 +44,25 @@ class Metrics:
 class AppState:
     """Everything a view needs; stored in ``app.extensions["attestd"]``."""
 
-    settings: Settings
-    db: Database
-    service: Service
-    launches: Any
+    services: Services
     metrics: Metrics
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the services run with."""
+        return self.services.settings
+
+    @property
+    def store(self) -> Store:
+        """The database (as its repository Protocols)."""
+        return self.services.store
 
 
 def state() -> AppState:
     """The current application's state."""
     value = current_app.extensions["attestd"]
-    assert isinstance(value, AppState)
+    if not isinstance(value, AppState):
+        raise TypeError("the application was not built by attestd.api.create_app")
     return value
 
 
@@ -70,7 +77,7 @@ def bearer_token() -> str | None:
 
 def current_owner() -> Principal:
     """The authenticated owner (401 otherwise)."""
-    return state().service.authenticate_owner(bearer_token())
+    return state().services.principals.authenticate_owner(bearer_token())
 
 
 def load_json(schema: Schema) -> Any:

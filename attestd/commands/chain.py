@@ -19,11 +19,11 @@ from typing import Any
 
 from attestd import config
 from attestd.errors import ChainInvalid, ParseError
-from attestd.kds import CekStore, chip_id_hex, parse_chip_id, parse_signed_cek
 from attestd.sev._binary import raw_or_base64
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, check_chain
 from attestd.trust import load_anchors
+from attestd.trust.kds import CekStore, chip_id_hex, parse_chip_id, parse_signed_cek
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

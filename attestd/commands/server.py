@@ -8,11 +8,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from attestd import config
 from attestd.config import Settings
 from attestd.errors import ParseError
+
+if TYPE_CHECKING:
+    from attestd.service.factory import Services
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +35,16 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _service(settings: Settings) -> Any:
-    from attestd.api import open_database, open_keyring
-    from attestd.service import Service
+def _services(settings: Settings) -> Services:
+    from attestd.service.factory import build_services
 
-    db = open_database(settings)
-    db.upgrade()
-    return Service(settings, db, open_keyring(settings), clock=time.time)
+    return build_services(settings, clock=time.time, migrate=True)
 
 
 def cmd_owner_create(args: argparse.Namespace) -> int:
     """Create a guest owner and print its token (last line)."""
-    service = _service(_settings(args))
-    token = service.create_owner(_check_name(args.name))
+    principals = _services(_settings(args)).principals
+    token = principals.create_owner(_check_name(args.name))
     print(f"created owner {args.name}; its bearer token (shown only now):")
     print(token)
     return 0
@@ -52,8 +52,8 @@ def cmd_owner_create(args: argparse.Namespace) -> int:
 
 def cmd_host_create(args: argparse.Namespace) -> int:
     """Create a host and print its token (last line)."""
-    service = _service(_settings(args))
-    token = service.create_host(_check_name(args.name))
+    principals = _services(_settings(args)).principals
+    token = principals.create_host(_check_name(args.name))
     print(f"created host {args.name}; its bearer token (shown only now):")
     print(token)
     return 0
@@ -61,33 +61,33 @@ def cmd_host_create(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Create or migrate the schema."""
-    from attestd.api import open_database
+    from attestd.storage import open_store
 
-    open_database(_settings(args)).upgrade(args.revision)
+    open_store(_settings(args)).upgrade(args.revision)
     print(f"database at revision {args.revision}")
     return 0
 
 
 def cmd_db_downgrade(args: argparse.Namespace) -> int:
     """Migrate the schema down."""
-    from attestd.api import open_database
+    from attestd.storage import open_store
 
-    open_database(_settings(args)).downgrade(args.revision)
+    open_store(_settings(args)).downgrade(args.revision)
     print(f"database at revision {args.revision}")
     return 0
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     """Add a new primary storage key and re-encrypt every stored value with it."""
-    from attestd.api import open_database, open_keyring
+    from attestd.service.factory import build_services
     from attestd.storage.keys import KeyRing, add_primary_key, retire_old_keys
 
     settings = _settings(args)
     path = settings.effective_storage_key_file
-    open_keyring(settings)  # creates the dev key if that is what is configured
+    # creates the dev key if that is what is configured
+    db = build_services(settings, migrate=False).store
     add_primary_key(path)
     keyring = KeyRing.snapshot(path)  # old and new keys, also after --retire
-    db = open_database(settings)
     count = db.rotate_encrypted(keyring.rotate)
     if args.retire:
         retire_old_keys(path)
@@ -130,10 +130,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.config:
         os.environ["ATTESTD_CONFIG"] = str(Path(args.config).resolve())
-    from attestd.api import open_database, open_keyring
+    from attestd.service.factory import build_services
 
-    open_database(settings).upgrade()
-    open_keyring(settings)
+    build_services(settings, migrate=True).store.dispose()
     os.environ["ATTESTD_AUTO_MIGRATE"] = "0"
     extra = list(args.gunicorn)
     if extra[:1] == ["--"]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from attestd.errors import LaunchError
-from attestd.host.client import SecretPacket, ServiceClient
+from attestd.host.client import LaunchSecret, ServiceClient
 from attestd.host.config import HostSettings
 from attestd.host.domain import parse_domain
 from attestd.host.driver import PlatformReport, complete_launch
@@ -60,7 +60,7 @@ class LibvirtBackend:
         except (KeyError, ValueError) as exc:
             raise LaunchError(f"launchSecurityInfo() incomplete: {exc}") from exc
 
-    def inject(self, packet: SecretPacket) -> None:
+    def inject(self, packet: LaunchSecret) -> None:
         """``virDomainSetLaunchSecurityState``."""
         lv = _libvirt()
         self.dom.setLaunchSecurityState(
@@ -96,7 +96,7 @@ class SimLibvirtBackend(LibvirtBackend):
             raise LaunchError("domain is not paused")
         return self.launch.measure()
 
-    def inject(self, packet: SecretPacket) -> None:
+    def inject(self, packet: LaunchSecret) -> None:
         """LAUNCH_SECRET in the simulator."""
         self.launch.inject(packet)
 

@@ -54,14 +54,14 @@ class LaunchReport:
 
 
 @dataclass(frozen=True, slots=True)
-class SecretPacket:
+class LaunchSecret:
     """The service's answer to a successful ``POST /validate``."""
 
     header: bytes
     secret: bytes
 
     def __repr__(self) -> str:
-        return f"SecretPacket(header=<{len(self.header)} bytes>, secret=<{len(self.secret)} bytes>)"
+        return f"LaunchSecret(header=<{len(self.header)} bytes>, secret=<{len(self.secret)} bytes>)"
 
 
 def _b64(doc: dict[str, Any], key: str) -> bytes:
@@ -185,7 +185,7 @@ class ServiceClient:
         except (KeyError, ParseError) as exc:
             raise LaunchError(f"service /launch response malformed: {exc}") from exc
 
-    def validate(self, vm_id: UUID, launch_id: str, report: LaunchReport) -> SecretPacket:
+    def validate(self, vm_id: UUID, launch_id: str, report: LaunchReport) -> LaunchSecret:
         """``POST /vm/<uuid>/validate``: the secret packet, or a LaunchError with the reason."""
         body: dict[str, Any] = {
             "launch-id": launch_id,
@@ -203,6 +203,6 @@ class ServiceClient:
             body["vcpu-type"] = report.vcpu_type
         doc = self._post(f"/vm/{vm_id}/validate", body)
         try:
-            return SecretPacket(header=_b64(doc, "secret-header"), secret=_b64(doc, "secret-table"))
+            return LaunchSecret(header=_b64(doc, "secret-header"), secret=_b64(doc, "secret-table"))
         except ParseError as exc:
             raise LaunchError(f"service /validate response malformed: {exc}") from exc

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from attestd.errors import AttestdError, LaunchError
-from attestd.host.client import LaunchReport, LaunchSession, SecretPacket, ServiceClient
+from attestd.host.client import LaunchReport, LaunchSecret, LaunchSession, ServiceClient
 from attestd.host.config import HostSettings
 from attestd.host.domain import WRAPPER_NAME, DomainInfo
 from attestd.host.platform import read_cache
@@ -57,7 +57,7 @@ class LaunchBackend(Protocol):
         """Read the launch measurement and firmware version."""
         ...
 
-    def inject(self, packet: SecretPacket) -> None:
+    def inject(self, packet: LaunchSecret) -> None:
         """Hand the secret packet to the firmware (LAUNCH_SECRET)."""
         ...
 

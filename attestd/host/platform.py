@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from attestd.errors import LaunchError, ParseError
-
-SEV_CERT_SIZE = 0x824
-CHIP_ID_SIZE = 64
-
+from attestd.sev.certs import CHIP_ID_SIZE, SEV_CERT_SIZE
 
 # linux/psp-sev.h: enum sev_cmd (user API)
 SEV_PDH_CERT_EXPORT = 5

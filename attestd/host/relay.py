@@ -10,7 +10,7 @@ import logging
 import socket
 
 from attestd.errors import LaunchError
-from attestd.host.client import SecretPacket, ServiceClient
+from attestd.host.client import LaunchSecret, ServiceClient
 from attestd.host.config import HostSettings
 from attestd.host.driver import PlatformReport, complete_launch
 from attestd.host.qmp import RelayController, RelaySession, serve_relay
@@ -40,7 +40,7 @@ class QmpBackend:
             policy=int(info["policy"]),
         )
 
-    def inject(self, packet: SecretPacket) -> None:
+    def inject(self, packet: LaunchSecret) -> None:
         """``sev-inject-launch-secret`` (address from OVMF's secret GUID entry)."""
         self.session.command(
             "sev-inject-launch-secret",
@@ -70,7 +70,7 @@ class SimQmpBackend(QmpBackend):
             raise LaunchError("guest CPUs already running before attestation")
         return self.launch.measure()
 
-    def inject(self, packet: SecretPacket) -> None:
+    def inject(self, packet: LaunchSecret) -> None:
         """LAUNCH_SECRET in the simulator."""
         self.launch.inject(packet)
 

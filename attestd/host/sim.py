@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from attestd.errors import LaunchError
-from attestd.host.client import SecretPacket
+from attestd.host.client import LaunchSecret
 from attestd.host.driver import PlatformReport
 from attestd.host.platform import PlatformData
 from attestd.host.state import LaunchState
@@ -114,7 +114,7 @@ class SimulatedFirmware:
             data = p.launch_measure(self.handle)
             return PlatformReport(data, p.api_major, p.api_minor, p.build_id, self.policy)
 
-    def inject(self, packet: SecretPacket) -> bytes:
+    def inject(self, packet: LaunchSecret) -> bytes:
         """LAUNCH_SECRET; returns the table the firmware decrypted into the guest."""
         with self._locked() as p:
             p.launch_secret(self.handle, packet.header, packet.secret)
@@ -152,7 +152,7 @@ class SimulatedLaunch:
         )
         return self.firmware.measure()
 
-    def inject(self, packet: SecretPacket) -> None:
+    def inject(self, packet: LaunchSecret) -> None:
         """LAUNCH_SECRET, then the decrypted table into the simulated secret area."""
         if self.firmware is None:
             raise LaunchError("inject before measure")

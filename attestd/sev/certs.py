@@ -77,7 +77,12 @@ class Curve(IntEnum):
 
 _CURVE_IDS = {"secp256r1": Curve.P256, "secp384r1": Curve.P384}
 
+#: Size of a SEV (v1) platform certificate (PDH, PEK, OCA, CEK; spec appendix C.1).
 SEV_CERT_SIZE = 0x824
+#: Size of a chip id (GET_ID output), the key of the CEK at AMD KDS.
+CHIP_ID_SIZE = 64
+#: AMD's key distribution server (ASK-signed CEKs; SNP VCEKs).
+AMD_KDS_URL = "https://kdsintf.amd.com"
 _SIG_SIZE = 0x200
 _COORD_SIZE = 72
 

@@ -19,8 +19,13 @@ from uuid import UUID
 from attestd.errors import AttestationFailed, ParseError, SecretTooLarge, Unsupported
 from attestd.sev._crypto import aes_ctr as _aes_ctr
 from attestd.sev._crypto import hmac_sha256
-from attestd.sev.measurement import DIGEST_SIZE, FirmwareVersion
-from attestd.sev.session import TransportKeys
+from attestd.sev.session import (
+    DIGEST_SIZE,
+    FirmwareVersion,
+    LaunchMeasurement,
+    TransportKeys,
+    verify_measurement,
+)
 
 SECRET_TABLE_GUID = UUID("1e74f542-71dd-4d66-963e-ef4287ff173b")
 LUKS_KEY_GUID = UUID("736869e5-84f0-4973-92ec-06879ce3da0b")
@@ -173,6 +178,52 @@ def build_launch_secret(
     ciphertext = _aes_ctr(keys.tek, iv, table)
     mac = secret_mac(keys.tik, 0, iv, ciphertext, measure, version)
     return LaunchSecret(SecretHeader(0, iv, mac).pack(), ciphertext)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedLaunch:
+    """A launch whose measurement HMAC verified: the only door to a LAUNCH_SECRET packet.
+
+    Made only by :func:`verify_launch` (like virtee's ``Session<Verified>``): it holds
+    the transport keys, the proved ``measure``, the firmware version the HMAC was
+    verified with and the launch digest it proved.
+    """
+
+    keys: TransportKeys = field(repr=False)
+    measure: bytes
+    version: FirmwareVersion
+    launch_digest: bytes
+    _proof: object = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._proof is not _VERIFIED:
+            raise TypeError("a VerifiedLaunch is made only by verify_launch()")
+
+    def launch_secret(
+        self, table: bytes, *, iv: bytes | None = None, area_size: int | None = None
+    ) -> LaunchSecret:
+        """Encrypt and MAC ``table`` for LAUNCH_SECRET (flags 0, fresh IV by default)."""
+        return build_launch_secret(
+            self.keys, self.measure, table, version=self.version, iv=iv, area_size=area_size
+        )
+
+
+_VERIFIED = object()
+
+
+def verify_launch(
+    keys: TransportKeys,
+    measurement: LaunchMeasurement,
+    version: FirmwareVersion,
+    policy: int,
+    candidates: Sequence[bytes],
+) -> VerifiedLaunch:
+    """Verify the measurement HMAC (``verify_measurement``); the verified launch on success.
+
+    Raises ``MeasurementMismatch`` when no candidate launch digest is proved.
+    """
+    digest = verify_measurement(keys.tik, measurement, version, policy, candidates)
+    return VerifiedLaunch(keys, measurement.measure, version, digest, _VERIFIED)
 
 
 def open_launch_secret(

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attestd.errors import AttestationFailed, ParseError, SecretTooLarge, Unsupported
 from attestd.sev.certs import (
+    CHIP_ID_SIZE,
     SEV_CERT_SIZE,
     Algorithm,
     AmdCaCertificate,
@@ -39,16 +40,21 @@ from attestd.sev.certs import (
     Usage,
 )
 from attestd.sev.chain import TrustAnchor
-from attestd.sev.measurement import FirmwareVersion, LaunchMeasurement, compute_measure
 from attestd.sev.policy import GuestPolicy, PolicyFlags
 from attestd.sev.secrets import LaunchSecret, SecretHeader, check_secret_size, open_launch_secret
-from attestd.sev.session import SESSION_SIZE, TransportKeys, open_session
+from attestd.sev.session import (
+    SESSION_SIZE,
+    FirmwareVersion,
+    LaunchMeasurement,
+    TransportKeys,
+    compute_measure,
+    open_session,
+)
 from attestd.sim.errors import FirmwareStatus, SevFirmwareError
 
 STATE_FILE = "platform.json"
 STATE_VERSION = 1
 VMSA_SIZE = 4096
-CHIP_ID_SIZE = 64
 _KEY_NAMES = ("cek", "oca", "pek", "pdh")
 _GODH_HEADER = struct.Struct("<IBBHII")
 

@@ -18,15 +18,9 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from attestd.errors import AttestdError, ParseError
+from attestd.errors import ParseError, StorageKeyError
 
 logger = logging.getLogger(__name__)
-
-
-class StorageKeyError(AttestdError):
-    """The storage key file is missing, unreadable or does not decrypt stored data."""
-
-    code = "storage_key"
 
 
 class KeyRing:

@@ -1,9 +1,17 @@
-"""Records the storage layer hands to the service (plain frozen dataclasses)."""
+"""What the service needs from storage: records, the audit ``Event`` and repository Protocols.
+
+The use-cases in :mod:`attestd.service` depend only on these Protocols; the
+SQLAlchemy adapter (:mod:`attestd.storage.sql`) implements all of them in one
+``Database`` class. JSON encoding of registrations and event details happens
+inside the adapter: records carry decoded values.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,13 +24,13 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class VmRecord:
-    """A registered VM. ``registration`` is JSON without secret values."""
+    """A registered VM. ``registration`` is the public document (no secret values)."""
 
     id: int
     uuid: str
     owner_id: int
     revision: int
-    registration: str
+    registration: Mapping[str, Any]
     secrets_enc: bytes
     launches_used: int
     max_launches: int | None
@@ -30,8 +38,11 @@ class VmRecord:
     updated_at: float
 
 
-class LaunchState(StrEnum):
-    """Life of a launch: pending -> validating -> validated | failed."""
+class LaunchStatus(StrEnum):
+    """Status of a stored launch: pending -> validating -> validated | failed.
+
+    (Not the host's ``attestd.host.state.LaunchState``, its per-domain record.)
+    """
 
     PENDING = "pending"
     VALIDATING = "validating"
@@ -46,7 +57,7 @@ class LaunchRecord:
     id: str
     vm_id: int
     vm_revision: int
-    state: LaunchState
+    state: LaunchStatus
     policy: int
     keys_enc: bytes | None
     chip_id: str
@@ -57,9 +68,40 @@ class LaunchRecord:
     finished_at: float | None
 
 
+class EventKind(StrEnum):
+    """What an audit event records."""
+
+    REGISTERED = "registered"
+    REPLACED = "replaced"
+    DELETED = "deleted"
+    LAUNCH = "launch"
+    VALIDATE = "validate"
+
+
+class Outcome(StrEnum):
+    """The result of a launch or validate event."""
+
+    STARTED = "started"
+    RELEASED = "released"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One audit event to append (``detail`` is JSON-ready and never holds secret material)."""
+
+    owner_id: int
+    vm_uuid: str
+    kind: EventKind
+    ts: float
+    launch_id: str | None = None
+    outcome: Outcome | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class EventRecord:
-    """One audit event (never holds secret material)."""
+    """One stored audit event (never holds secret material)."""
 
     id: int
     vm_uuid: str
@@ -67,4 +109,84 @@ class EventRecord:
     kind: str
     launch_id: str | None
     outcome: str | None
-    detail: str
+    detail: Mapping[str, Any]
+
+
+class PrincipalRepository(Protocol):
+    """Owners and hosts, found by the SHA-256 of their bearer token."""
+
+    def create_owner(self, name: str, token_hash: str, now: float) -> int: ...
+    def create_host(self, name: str, token_hash: str, now: float) -> int: ...
+    def owner_by_token_hash(self, token_hash: str) -> Principal | None: ...
+    def host_by_token_hash(self, token_hash: str) -> Principal | None: ...
+
+
+class FirmwareRepository(Protocol):
+    """Uploaded firmware images, per owner, content-addressed."""
+
+    def put_firmware(self, owner_id: int, sha256: str, data: bytes, now: float) -> bool: ...
+    def firmware(self, owner_id: int, sha256: str) -> bytes | None: ...
+
+
+class VmRepository(Protocol):
+    """Registered VMs; every change appends its event in the same transaction."""
+
+    def vm(self, uuid: str) -> VmRecord | None: ...
+    def list_vms(self, owner_id: int) -> list[VmRecord]: ...
+    def insert_vm(
+        self,
+        *,
+        uuid: str,
+        owner_id: int,
+        registration: Mapping[str, Any],
+        secrets_enc: bytes,
+        max_launches: int | None,
+        now: float,
+        event: Event,
+    ) -> VmRecord: ...
+    def replace_vm(
+        self,
+        vm: VmRecord,
+        *,
+        registration: Mapping[str, Any],
+        secrets_enc: bytes,
+        max_launches: int | None,
+        now: float,
+        event: Event,
+    ) -> VmRecord: ...
+    def delete_vm(self, vm: VmRecord, *, event: Event) -> None: ...
+
+
+class LaunchRepository(Protocol):
+    """Launch sessions: budget spent and claim taken atomically across service processes."""
+
+    def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: Event) -> bool: ...
+    def launch(self, launch_id: str) -> LaunchRecord | None: ...
+    def claim_launch(self, launch_id: str, vm_id: int, now: float) -> LaunchRecord | None: ...
+    def finish_launch(
+        self, launch_id: str, state: LaunchStatus, now: float, *, event: Event
+    ) -> None: ...
+    def purge_expired_keys(self, now: float) -> int: ...
+
+
+class EventLog(Protocol):
+    """The append-only audit trail."""
+
+    def add_event(self, event: Event) -> None: ...
+    def events(
+        self, owner_id: int, vm_uuid: str, *, after: int = 0, limit: int = 100
+    ) -> list[EventRecord]: ...
+
+
+class Store(
+    PrincipalRepository, FirmwareRepository, VmRepository, LaunchRepository, EventLog, Protocol
+):
+    """Every repository plus the operations of one database (schema, health, key rotation)."""
+
+    def upgrade(self, revision: str = "head") -> None: ...
+    def downgrade(self, revision: str) -> None: ...
+    def ping(self) -> None: ...
+    def dispose(self) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def count_hosts(self) -> int: ...
+    def rotate_encrypted(self, rotate: Callable[[bytes], bytes]) -> int: ...

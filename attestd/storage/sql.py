@@ -7,8 +7,9 @@ claim), so several nodes sharing one PostgreSQL behave as one service.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypeVar
@@ -33,7 +34,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from attestd.errors import Conflict, StorageUnavailable
 from attestd.storage import tables as t
-from attestd.storage.ports import EventRecord, LaunchRecord, LaunchState, Principal, VmRecord
+from attestd.storage.ports import (
+    Event,
+    EventRecord,
+    LaunchRecord,
+    LaunchStatus,
+    Principal,
+    VmRecord,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,24 @@ T = TypeVar("T")
 def _rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
+
+
+def _dumps(value: Mapping[str, Any]) -> str:
+    return json.dumps(dict(value), sort_keys=True)
+
+
+def _insert_event(conn: Connection, event: Event) -> None:
+    conn.execute(
+        insert(t.events).values(
+            owner_id=event.owner_id,
+            vm_uuid=event.vm_uuid,
+            ts=event.ts,
+            kind=event.kind.value,
+            launch_id=event.launch_id,
+            outcome=None if event.outcome is None else event.outcome.value,
+            detail=_dumps(event.detail),
+        )
+    )
 
 
 class Database:
@@ -244,7 +270,7 @@ class Database:
             uuid=row.uuid,
             owner_id=row.owner_id,
             revision=row.revision,
-            registration=row.registration,
+            registration=json.loads(row.registration),
             secrets_enc=bytes(row.secrets_enc),
             launches_used=row.launches_used,
             max_launches=row.max_launches,
@@ -269,11 +295,11 @@ class Database:
         *,
         uuid: str,
         owner_id: int,
-        registration: str,
+        registration: Mapping[str, Any],
         secrets_enc: bytes,
         max_launches: int | None,
         now: float,
-        event: dict[str, Any],
+        event: Event,
     ) -> VmRecord:
         """Register a new VM; :class:`Conflict` when the UUID is taken."""
 
@@ -283,7 +309,7 @@ class Database:
                     uuid=uuid,
                     owner_id=owner_id,
                     revision=1,
-                    registration=registration,
+                    registration=_dumps(registration),
                     secrets_enc=secrets_enc,
                     launches_used=0,
                     max_launches=max_launches,
@@ -291,7 +317,7 @@ class Database:
                     updated_at=now,
                 )
             )
-            conn.execute(insert(t.events).values(**event))
+            _insert_event(conn, event)
 
         try:
             self._run(txn)
@@ -305,11 +331,11 @@ class Database:
         self,
         vm: VmRecord,
         *,
-        registration: str,
+        registration: Mapping[str, Any],
         secrets_enc: bytes,
         max_launches: int | None,
         now: float,
-        event: dict[str, Any],
+        event: Event,
     ) -> VmRecord:
         """Replace a registration if nobody changed it since ``vm`` was read."""
 
@@ -319,14 +345,14 @@ class Database:
                 .where(and_(t.vms.c.id == vm.id, t.vms.c.revision == vm.revision))
                 .values(
                     revision=vm.revision + 1,
-                    registration=registration,
+                    registration=_dumps(registration),
                     secrets_enc=secrets_enc,
                     max_launches=max_launches,
                     updated_at=now,
                 )
             )
             if _rowcount(result) == 1:
-                conn.execute(insert(t.events).values(**event))
+                _insert_event(conn, event)
             return _rowcount(result)
 
         if self._run(txn) != 1:
@@ -335,13 +361,13 @@ class Database:
         assert record is not None
         return record
 
-    def delete_vm(self, vm: VmRecord, *, event: dict[str, Any]) -> None:
+    def delete_vm(self, vm: VmRecord, *, event: Event) -> None:
         """Remove a VM, its secrets and its launches."""
 
         def txn(conn: Connection) -> None:
             conn.execute(delete(t.launches).where(t.launches.c.vm_id == vm.id))
             conn.execute(delete(t.vms).where(t.vms.c.id == vm.id))
-            conn.execute(insert(t.events).values(**event))
+            _insert_event(conn, event)
 
         self._run(txn)
 
@@ -353,7 +379,7 @@ class Database:
             id=row.id,
             vm_id=row.vm_id,
             vm_revision=row.vm_revision,
-            state=LaunchState(row.state),
+            state=LaunchStatus(row.state),
             policy=int(row.policy),
             keys_enc=None if row.keys_enc is None else bytes(row.keys_enc),
             chip_id=row.chip_id,
@@ -364,7 +390,7 @@ class Database:
             finished_at=row.finished_at,
         )
 
-    def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: dict[str, Any]) -> bool:
+    def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: Event) -> bool:
         """Spend one launch of the budget and store ``launch``; False when none is left."""
 
         def txn(conn: Connection) -> bool:
@@ -400,7 +426,7 @@ class Database:
                     finished_at=None,
                 )
             )
-            conn.execute(insert(t.events).values(**event))
+            _insert_event(conn, event)
             return True
 
         return self._run(txn)
@@ -424,11 +450,11 @@ class Database:
                     and_(
                         t.launches.c.id == launch_id,
                         t.launches.c.vm_id == vm_id,
-                        t.launches.c.state == LaunchState.PENDING.value,
+                        t.launches.c.state == LaunchStatus.PENDING.value,
                         t.launches.c.expires_at > now,
                     )
                 )
-                .values(state=LaunchState.VALIDATING.value)
+                .values(state=LaunchStatus.VALIDATING.value)
             )
             if _rowcount(result) != 1:
                 return None
@@ -438,7 +464,7 @@ class Database:
         return self._run(txn)
 
     def finish_launch(
-        self, launch_id: str, state: LaunchState, now: float, *, event: dict[str, Any]
+        self, launch_id: str, state: LaunchStatus, now: float, *, event: Event
     ) -> None:
         """Record the outcome and forget the transport keys."""
 
@@ -448,7 +474,7 @@ class Database:
                 .where(t.launches.c.id == launch_id)
                 .values(state=state.value, keys_enc=None, finished_at=now)
             )
-            conn.execute(insert(t.events).values(**event))
+            _insert_event(conn, event)
 
         self._run(txn)
 
@@ -462,7 +488,7 @@ class Database:
                 .where(
                     and_(
                         t.launches.c.state.in_(
-                            [LaunchState.PENDING.value, LaunchState.VALIDATING.value]
+                            [LaunchStatus.PENDING.value, LaunchStatus.VALIDATING.value]
                         ),
                         t.launches.c.expires_at <= now,
                         t.launches.c.keys_enc.is_not(None),
@@ -476,9 +502,9 @@ class Database:
 
     # -- events -------------------------------------------------------------------------
 
-    def add_event(self, event: dict[str, Any]) -> None:
+    def add_event(self, event: Event) -> None:
         """Append an audit event."""
-        self._run(lambda conn: conn.execute(insert(t.events).values(**event)))
+        self._run(lambda conn: _insert_event(conn, event))
 
     def events(
         self, owner_id: int, vm_uuid: str, *, after: int = 0, limit: int = 100
@@ -505,7 +531,7 @@ class Database:
                     kind=r.kind,
                     launch_id=r.launch_id,
                     outcome=r.outcome,
-                    detail=r.detail,
+                    detail=json.loads(r.detail),
                 )
                 for r in conn.execute(query)
             ]
@@ -549,7 +575,7 @@ class Database:
                 ),
                 "vms": int(conn.execute(select(func.count()).select_from(t.vms)).scalar_one()),
             }
-            for state in LaunchState:
+            for state in LaunchStatus:
                 out[f"launches_{state.value}"] = int(
                     conn.execute(
                         select(func.count())

@@ -133,3 +133,68 @@ def validate_body(
     if boot.es:
         body["vcpu-type"] = boot.vcpu_type
     return body
+
+
+# -- registrations and boots shared by the launch suites ------------------------------
+
+VM = "6f1d3a2c-9b8e-4f7a-8c6d-5e4b3a291807"
+RAW_GUID = "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10"
+KERNEL, INITRD, CMDLINE = b"\x7fkernel" * 1000, b"initrd-bytes" * 500, "console=ttyS0 root=/dev/vda"
+
+
+def launch_secrets() -> list[dict[str, Any]]:
+    return [
+        {"type": "luks-passphrase", "passphrase": "grub-root-pass"},
+        {
+            "type": "volume",
+            "name": "data",
+            "device": "virtio:data-disk",
+            "generate": True,
+            "mount-point": "/data",
+        },
+        {"type": "env", "name": "app.env", "values": {"APP_MODE": "production"}},
+        {"type": "secret-file", "name": "credentials.env", "values": {"DB_PASSWORD": "s3cret"}},
+        {"type": "raw", "guid": RAW_GUID, "data": b64(b"raw-secret")},
+    ]
+
+
+def sev(ovmf: bytes, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "scheme": "amd-sev",
+        "policy": 1,
+        "firmware-hashes": [hashlib.sha256(ovmf).hexdigest()],
+        "secrets": launch_secrets(),
+        "user-id": "owner-42",
+    }
+    body.update(extra)
+    return body
+
+
+def sev_es(ovmf: bytes, **extra: Any) -> dict[str, Any]:
+    kh = KernelHashes.from_content(KERNEL, INITRD, CMDLINE)
+    body = sev(
+        ovmf,
+        scheme="amd-sev-es",
+        policy=5,
+        **{
+            "cpu-count": 2,
+            "vcpu-types": ["EPYC-v4", "EPYC-Milan"],
+            "kernel-hash": kh.kernel.hex(),
+            "initrd-hash": kh.initrd.hex(),
+            "cmdline": CMDLINE,
+        },
+    )
+    body.update(extra)
+    return body
+
+
+def es_boot(ovmf: bytes, **extra: Any) -> Boot:
+    values: dict[str, Any] = {
+        "firmware": ovmf,
+        "hashes": KernelHashes.from_content(KERNEL, INITRD, CMDLINE),
+        "es": True,
+        "vcpus": 2,
+        "vcpu_type": "EPYC-Milan",
+    }
+    values.update(extra)
+    return Boot(**values)

@@ -34,7 +34,7 @@ def test_owner_and_host_tokens(
     assert (
         client.get("/v1/vm", headers={"Authorization": f"Bearer {host_token}"}).status_code == 401
     )
-    service = app.extensions["attestd"].service
+    service = app.extensions["attestd"].services.principals
     assert service.authenticate_host(host_token).name == "node-1"
     stored = (tmp_path / "attestd.sqlite3").read_bytes()
     assert owner_token.encode() not in stored and host_token.encode() not in stored

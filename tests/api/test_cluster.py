@@ -10,8 +10,7 @@ from flask import Flask
 from attestd.api import create_app
 from attestd.config import Settings
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.simhost import Boot, launch_body, measure, validate_body
-from tests.api.test_launch import VM, sev
+from tests.api.simhost import VM, Boot, launch_body, measure, sev, validate_body
 from tests.servicefix import make_owner
 
 
@@ -38,7 +37,7 @@ def test_launch_on_one_node_validate_on_another(
         assert shown.status_code == 200 and shown.json["launches-used"] == 1
     finally:
         for app in (a, b):
-            app.extensions["attestd"].db.dispose()
+            app.extensions["attestd"].store.dispose()
 
 
 def _race(nodes: list[Flask], request: dict[str, Any]) -> list[tuple[int, Any]]:
@@ -83,4 +82,4 @@ def test_concurrent_double_validate_releases_once(
             assert sum("secret-table" in body for _, body in results) == 1
     finally:
         for app in nodes:
-            app.extensions["attestd"].db.dispose()
+            app.extensions["attestd"].store.dispose()

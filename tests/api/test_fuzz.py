@@ -44,7 +44,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, 
     body = {"scheme": "amd-sev", "policy": 1, "firmware-hashes": ["ab" * 32]}
     assert app.test_client().post(f"/v1/vm/{VM}", json=body, headers=owner).status_code == 201
     yield app, owner
-    app.extensions["attestd"].db.dispose()
+    app.extensions["attestd"].store.dispose()
 
 
 def _operations(app: Flask) -> list[Any]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,58 +16,10 @@ import pytest
 import requests
 
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.simhost import Boot, launch_body, measure, validate_body
-from tests.api.test_launch import VM, sev
+from tests.api.servers import Server
+from tests.api.simhost import VM, Boot, launch_body, measure, sev, validate_body
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``attestd serve`` in its own process group."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = (Path(env["ATTESTD_DATA_DIR"]) / "serve.log").open("ab")
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "attestd.cli",
-                "serve",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                "2",
-            ],
-            env=self.env,
-            start_new_session=True,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/healthz", timeout=10).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        raise RuntimeError("attestd serve did not come up")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
 
 
 @pytest.fixture

@@ -12,74 +12,28 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from attestd.service.registration import Volume
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour
 from attestd.sev.secrets import ATTESTD_PAYLOAD_GUID, LUKS_KEY_GUID
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.simhost import Boot, b64, launch_body, measure, run_launch, validate_body
+from tests.api.simhost import (
+    CMDLINE,
+    INITRD,
+    KERNEL,
+    RAW_GUID,
+    VM,
+    Boot,
+    b64,
+    es_boot,
+    launch_body,
+    measure,
+    run_launch,
+    sev,
+    sev_es,
+    validate_body,
+)
 from tests.servicefix import Clock, make_owner
-
-VM = "6f1d3a2c-9b8e-4f7a-8c6d-5e4b3a291807"
-RAW_GUID = "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10"
-KERNEL, INITRD, CMDLINE = b"\x7fkernel" * 1000, b"initrd-bytes" * 500, "console=ttyS0 root=/dev/vda"
-
-
-def _secrets() -> list[dict[str, Any]]:
-    return [
-        {"type": "luks-passphrase", "passphrase": "grub-root-pass"},
-        {
-            "type": "volume",
-            "name": "data",
-            "device": "virtio:data-disk",
-            "generate": True,
-            "mount-point": "/data",
-        },
-        {"type": "env", "name": "app.env", "values": {"APP_MODE": "production"}},
-        {"type": "secret-file", "name": "credentials.env", "values": {"DB_PASSWORD": "s3cret"}},
-        {"type": "raw", "guid": RAW_GUID, "data": b64(b"raw-secret")},
-    ]
-
-
-def sev(ovmf: bytes, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "scheme": "amd-sev",
-        "policy": 1,
-        "firmware-hashes": [hashlib.sha256(ovmf).hexdigest()],
-        "secrets": _secrets(),
-        "user-id": "owner-42",
-    }
-    body.update(extra)
-    return body
-
-
-def sev_es(ovmf: bytes, **extra: Any) -> dict[str, Any]:
-    kh = KernelHashes.from_content(KERNEL, INITRD, CMDLINE)
-    body = sev(
-        ovmf,
-        scheme="amd-sev-es",
-        policy=5,
-        **{
-            "cpu-count": 2,
-            "vcpu-types": ["EPYC-v4", "EPYC-Milan"],
-            "kernel-hash": kh.kernel.hex(),
-            "initrd-hash": kh.initrd.hex(),
-            "cmdline": CMDLINE,
-        },
-    )
-    body.update(extra)
-    return body
-
-
-def es_boot(ovmf: bytes, **extra: Any) -> Boot:
-    values: dict[str, Any] = {
-        "firmware": ovmf,
-        "hashes": KernelHashes.from_content(KERNEL, INITRD, CMDLINE),
-        "es": True,
-        "vcpus": 2,
-        "vcpu_type": "EPYC-Milan",
-    }
-    values.update(extra)
-    return Boot(**values)
 
 
 @pytest.fixture
@@ -347,7 +301,7 @@ def test_launch_refusals(
     assert hclient.post(f"/v1/vm/{VM}/launch", json=garbage).status_code in (400, 403)
     no_cek = launch_body(platform, cek=None)
     resp = hclient.post(f"/v1/vm/{VM}/launch", json=no_cek)
-    assert resp.status_code == 503 and resp.json["errors"]["reason"] == "cek_unavailable"
+    assert resp.status_code == 422 and resp.json["errors"]["reason"] == "cek_required"
     events = hclient.get(f"/v1/vm/{VM}/events", headers=owner).json["events"]
     assert [e["outcome"] for e in events[1:]] == ["refused"] * 6
 
@@ -423,7 +377,7 @@ def test_registration_change_invalidates_pending_launch(
     assert hclient.put(f"/v1/vm/{VM}", json=sev(ovmf), headers=owner).status_code == 200
     body = validate_body(platform, grant, measurement, Boot(firmware=ovmf))
     resp = hclient.post(f"/v1/vm/{VM}/validate", json=body)
-    assert resp.status_code == 403 and resp.json["errors"]["reason"] == "policy_violation"
+    assert resp.status_code == 409 and resp.json["errors"]["reason"] == "registration_changed"
 
 
 def test_host_tokens(host_settings: Any, platform: SimulatedPlatform, ovmf: bytes) -> None:
@@ -432,7 +386,7 @@ def test_host_tokens(host_settings: Any, platform: SimulatedPlatform, ovmf: byte
     app = create_app(host_settings.replace(require_host_token=True))
     client = app.test_client()
     owner = make_owner(app, "alice")
-    host = app.extensions["attestd"].service.create_host("node-1")
+    host = app.extensions["attestd"].services.principals.create_host("node-1")
     _register(client, owner, sev(ovmf))
     assert client.post(f"/v1/vm/{VM}/launch", json=launch_body(platform)).status_code == 401
     assert (
@@ -443,7 +397,7 @@ def test_host_tokens(host_settings: Any, platform: SimulatedPlatform, ovmf: byte
         client, platform, VM, Boot(firmware=ovmf), headers={"Authorization": f"Bearer {host}"}
     )
     assert outcome.released
-    app.extensions["attestd"].db.dispose()
+    app.extensions["attestd"].store.dispose()
 
 
 def test_es_without_uploaded_firmware_says_so(
@@ -482,15 +436,15 @@ def test_nothing_secret_in_logs_and_keys_deleted(
     _register(hclient, owner, sev(ovmf))
     grant = hclient.post(f"/v1/vm/{VM}/launch", json=launch_body(platform)).json
     state = host_app.extensions["attestd"]
-    record = state.db.launch(grant["launch-id"])
-    keys = TransportKeys.from_bytes(state.service.keyring.decrypt(record.keys_enc))
+    record = state.store.launch(grant["launch-id"])
+    keys = TransportKeys.from_bytes(state.services.keyring.decrypt(record.keys_enc))
     _handle, measurement = measure(platform, grant, Boot(firmware=ovmf))
     body = validate_body(platform, grant, measurement, Boot(firmware=ovmf))
     released = hclient.post(f"/v1/vm/{VM}/validate", json=body)
     assert released.status_code == 200
-    assert state.db.launch(grant["launch-id"]).keys_enc is None
-    stored = state.service.stored_secrets(state.db.vm(VM))
-    generated = next(s["passphrase"] for s in stored if s.get("generate"))
+    assert state.store.launch(grant["launch-id"]).keys_enc is None
+    stored = state.services.vms.stored_secrets(state.store.vm(VM))
+    generated = next(s.passphrase for s in stored if isinstance(s, Volume) and s.generate)
     assert "secret released" in caplog.text  # the log is really captured
     for value in (
         keys.tek.hex(),
@@ -513,13 +467,13 @@ def test_signed_cek_from_the_cek_store(
     platform: SimulatedPlatform,
     ovmf: bytes,
 ) -> None:
-    from attestd.kds import CekStore
+    from attestd.trust.kds import CekStore
 
     _register(hclient, owner, sev(ovmf))
     exp = platform.export()
     settings = host_app.extensions["attestd"].settings
     body = launch_body(platform, cek=None)
-    assert hclient.post(f"/v1/vm/{VM}/launch", json=body).status_code == 503
+    assert hclient.post(f"/v1/vm/{VM}/launch", json=body).status_code == 422
     CekStore(settings.effective_cek_cache_dir, offline=True).put(exp.chip_id, exp.signed_cek)
     outcome = run_launch(hclient, platform, VM, Boot(firmware=ovmf), launch=body)
     assert outcome.released, outcome.launch.json

@@ -53,7 +53,11 @@ def test_error_table_is_exhaustive() -> None:
         for _name, obj in inspect.getmembers(errors, inspect.isclass)
         if issubclass(obj, errors.AttestdError)
     }
-    assert declared <= set(STATUS)
+    host_side = set(errors.HOST_SIDE_ERRORS)
+    assert declared - host_side == set(STATUS)
+    assert not host_side & set(STATUS)  # the service never raises them
+    assert STATUS[errors.RegistrationChanged] == 409
+    assert STATUS[errors.CekRequired] == 422
     assert STATUS[errors.ParseError] == 400
     assert STATUS[errors.AuthenticationError] == 401
     assert STATUS[errors.MeasurementMismatch] == 403
@@ -84,11 +88,11 @@ def test_database_down_is_503(app: Flask, client: FlaskClient) -> None:
 
     state = app.extensions["attestd"]
     broken = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")
-    real = state.db
-    state.db = broken
+    real = state.services.store
+    state.services.store = broken
     try:
         resp = client.get("/healthz")
         assert resp.status_code == 503 and resp.json["errors"]["reason"] == "storage_unavailable"
     finally:
-        state.db = real
+        state.services.store = real
         broken.dispose()

@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from attestd.sev.certs import SevCertificate
-from tests.api.test_launch import VM, sev
+from tests.api.simhost import VM, sev
 from tests.servicefix import make_owner
 
 
@@ -77,4 +77,4 @@ def test_real_unsigned_cek_without_kds_is_unavailable(
         "cpu-id": _b64(chip),
     }
     resp = client.post(f"/v1/vm/{VM}/launch", json=launch)  # kds_offline in the test settings
-    assert resp.status_code == 503 and resp.json["errors"]["reason"] == "cek_unavailable"
+    assert resp.status_code == 422 and resp.json["errors"]["reason"] == "cek_required"

@@ -6,9 +6,11 @@ import base64
 import json
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from attestd.service.registration import Volume
 from tests.servicefix import sev_registration
 
 VM = "57f669c2-c427-4132-bc7a-26f56b6a718c"
@@ -108,16 +110,17 @@ def test_put_replaces_and_keeps_generated(
 ) -> None:
     body = sev_registration(secrets=_secrets())
     assert client.post(f"/v1/vm/{VM}", json=body, headers=alice).status_code == 201
-    service = app.extensions["attestd"].service
-    first = service.stored_secrets(service.db.vm(VM))
+    services = app.extensions["attestd"].services
+    first = services.vms.stored_secrets(services.store.vm(VM))
     body["policy"] = 3
     body["secrets"] = body["secrets"][1:2]
     replaced = client.put(f"/v1/vm/{VM}", json=body, headers=alice)
     assert replaced.status_code == 200 and replaced.json["revision"] == 2
-    second = service.stored_secrets(service.db.vm(VM))
+    second = services.vms.stored_secrets(services.store.vm(VM))
     assert len(second) == 1
-    assert second[0]["passphrase"] == first[1]["passphrase"]
-    assert len(second[0]["passphrase"]) >= 40
+    assert isinstance(first[1], Volume) and isinstance(second[0], Volume)
+    assert second[0].passphrase == first[1].passphrase
+    assert second[0].passphrase is not None and len(second[0].passphrase) >= 40
     assert client.put(f"/v1/vm/{VM.replace('5', '6')}", json=body, headers=alice).status_code == 404
 
 
@@ -132,89 +135,188 @@ def test_secret_area_limit(app: Flask, client: FlaskClient, alice: dict[str, str
     assert client.post(f"/v1/vm/{VM}", json=small, headers=alice).status_code == 201
 
 
-def test_invalid_registrations(client: FlaskClient, alice: dict[str, str]) -> None:
-    bad: list[dict[str, Any]] = [
-        sev_registration(scheme="amd-sev-snp"),
-        sev_registration(policy=4),  # ES bit on a plain SEV registration
+def _vol(**entry: Any) -> dict[str, Any]:
+    return {"type": "volume", "name": "d", "device": "virtio:x", "generate": True, **entry}
+
+
+def _raw(guid: str, data: str = "AA==") -> dict[str, Any]:
+    return {"type": "raw", "guid": guid, "data": data}
+
+
+LUKS_GUID_TEXT = "736869e5-84f0-4973-92ec-06879ce3da0b"
+RAW_GUID = "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10"
+
+#: (id, body, the path of the field error in ``errors.fields``, the machine code of a
+#: registration rule in ``errors.reasons`` or None for a shape error of the schema)
+INVALID: list[tuple[str, dict[str, Any], tuple[str, ...], str | None]] = [
+    ("unknown scheme", sev_registration(scheme="amd-sev-snp"), ("scheme",), None),
+    ("ES bit on plain SEV", sev_registration(policy=4), ("policy",), "es_bit_mismatch"),
+    (
+        "SEV-ES without the ES bit",
         {**sev_registration(scheme="amd-sev-es"), "policy": 1},
-        sev_registration(policy=0x40),  # reserved bit
-        sev_registration(policy="zz"),
-        sev_registration(policy=True),
+        ("policy",),
+        "es_bit_mismatch",
+    ),
+    ("reserved policy bit", sev_registration(policy=0x40), ("policy",), None),
+    ("policy not a number", sev_registration(policy="zz"), ("policy",), None),
+    ("policy a boolean", sev_registration(policy=True), ("policy",), None),
+    (
+        "upper-case firmware hash",
         sev_registration(**{"firmware-hashes": ["AB" * 32]}),
+        ("firmware-hashes", "0"),
+        None,
+    ),
+    (
+        "no firmware and no digest",
         sev_registration(**{"firmware-hashes": []}),
+        ("firmware-hashes",),
+        "no_launch_inputs",
+    ),
+    (
+        "initrd without kernel",
         sev_registration(**{"initrd-hash": "00" * 32}),
-        sev_registration(**{"cpu-count": 0}),
-        sev_registration(**{"cloud-cert": "AAAA"}),
+        ("initrd-hash",),
+        "needs_kernel_hash",
+    ),
+    ("zero vCPUs", sev_registration(**{"cpu-count": 0}), ("cpu-count",), None),
+    ("cloud-cert too short", sev_registration(**{"cloud-cert": "AAAA"}), ("cloud-cert",), None),
+    (
+        "cloud-cert not a certificate",
         sev_registration(**{"cloud-cert": base64.b64encode(b"\x01" * 0x824).decode()}),
-        sev_registration(unknown=1),
+        ("cloud-cert",),
+        "cloud_cert_malformed",
+    ),
+    ("unknown field", sev_registration(unknown=1), ("unknown",), None),
+    (
+        "volume without passphrase or generate",
         sev_registration(secrets=[{"type": "volume", "name": "data", "device": "virtio:x"}]),
-        sev_registration(
-            secrets=[{"type": "volume", "name": "Data", "device": "virtio:x", "generate": True}]
-        ),
-        sev_registration(
-            secrets=[{"type": "volume", "name": "d", "device": "/etc/passwd", "generate": True}]
-        ),
-        sev_registration(
-            secrets=[
-                {
-                    "type": "volume",
-                    "name": "d",
-                    "device": "virtio:x",
-                    "generate": True,
-                    "mount-point": "/a/../b",
-                }
-            ]
-        ),
+        ("secrets", "0", "passphrase"),
+        "passphrase_or_generate",
+    ),
+    (
+        "upper-case volume name",
+        sev_registration(secrets=[_vol(name="Data")]),
+        ("secrets", "0", "name"),
+        None,
+    ),
+    (
+        "device outside /dev",
+        sev_registration(secrets=[_vol(device="/etc/passwd")]),
+        ("secrets", "0", "device"),
+        None,
+    ),
+    (
+        "dots in the mount point",
+        sev_registration(secrets=[_vol(**{"mount-point": "/a/../b"})]),
+        ("secrets", "0", "mount-point"),
+        "mount_point_dots",
+    ),
+    (
+        "env file name with a path",
         sev_registration(secrets=[{"type": "env", "name": "../x", "values": {}}]),
-        sev_registration(
-            secrets=[{"type": "volume", "name": "home", "device": "virtio:x", "generate": True}]
-        ),
-        sev_registration(
-            secrets=[{"type": "volume", "name": "d", "device": "/dev/../etc/x", "generate": True}]
-        ),
+        ("secrets", "0", "name"),
+        None,
+    ),
+    (
+        "mount over a system directory",
+        sev_registration(secrets=[_vol(name="home")]),
+        ("secrets", "0", "mount-point"),
+        "mount_point_reserved",
+    ),
+    (
+        "dots in the device",
+        sev_registration(secrets=[_vol(device="/dev/../etc/x")]),
+        ("secrets", "0", "device"),
+        "device_dots",
+    ),
+    (
+        "two volumes on one device",
+        sev_registration(secrets=[_vol(name="a"), _vol(name="b")]),
+        ("secrets",),
+        "duplicate_device",
+    ),
+    (
+        "overlapping mount points",
         sev_registration(
             secrets=[
-                {"type": "volume", "name": "a", "device": "virtio:x", "generate": True},
-                {"type": "volume", "name": "b", "device": "virtio:x", "generate": True},
+                _vol(name="a", **{"mount-point": "/data"}),
+                _vol(name="b", device="virtio:y", **{"mount-point": "/data/b"}),
             ]
         ),
-        sev_registration(
-            secrets=[
-                {
-                    "type": "volume",
-                    "name": "a",
-                    "device": "virtio:x",
-                    "generate": True,
-                    "mount-point": "/data",
-                },
-                {
-                    "type": "volume",
-                    "name": "b",
-                    "device": "virtio:y",
-                    "generate": True,
-                    "mount-point": "/data/b",
-                },
-            ]
-        ),
+        ("secrets",),
+        "mounts_overlap",
+    ),
+    (
+        "env value with a newline",
         sev_registration(secrets=[{"type": "env", "name": "x", "values": {"A": "a\nb"}}]),
+        ("secrets", "0", "values"),
+        None,
+    ),
+    (
+        "env key not an identifier",
         sev_registration(secrets=[{"type": "env", "name": "x", "values": {"1A": "a"}}]),
-        sev_registration(
-            secrets=[
-                {"type": "raw", "guid": "736869e5-84f0-4973-92ec-06879ce3da0b", "data": "AA=="}
-            ]
-        ),
-        sev_registration(secrets=[{"type": "raw", "guid": "not-a-guid", "data": "AA=="}]),
-        sev_registration(
-            secrets=[{"type": "raw", "guid": "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10", "data": "%%%"}]
-        ),
+        ("secrets", "0", "values"),
+        None,
+    ),
+    (
+        "reserved raw GUID",
+        sev_registration(secrets=[_raw(LUKS_GUID_TEXT)]),
+        ("secrets", "0", "guid"),
+        "guid_reserved",
+    ),
+    (
+        "raw GUID not a GUID",
+        sev_registration(secrets=[_raw("not-a-guid")]),
+        ("secrets", "0", "guid"),
+        None,
+    ),
+    (
+        "raw data not base64",
+        sev_registration(secrets=[_raw(RAW_GUID, "%%%")]),
+        ("secrets", "0", "data"),
+        None,
+    ),
+    (
+        "unknown secret type",
         sev_registration(secrets=[{"type": "nope"}]),
-        sev_registration(secrets=["x"]),
+        ("secrets", "0", "type"),
+        None,
+    ),
+    ("secret not an object", sev_registration(secrets=["x"]), ("secrets", "0"), None),
+    (
+        "two LUKS passphrases",
         sev_registration(secrets=[{"type": "luks-passphrase", "passphrase": "a"}] * 2),
-    ]
-    for body in bad:
-        resp = client.post(f"/v1/vm/{VM}", json=body, headers=alice)
-        assert resp.status_code == 422, (body, resp.json)
-        assert resp.json["errors"]["reason"] == "invalid_request"
+        ("secrets",),
+        "luks_passphrase_twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "code"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID]
+)
+def test_invalid_registration_names_its_field(
+    client: FlaskClient,
+    alice: dict[str, str],
+    body: dict[str, Any],
+    path: tuple[str, ...],
+    code: str | None,
+) -> None:
+    resp = client.post(f"/v1/vm/{VM}", json=body, headers=alice)
+    assert resp.status_code == 422, resp.json
+    errors = resp.json["errors"]
+    assert errors["reason"] == "invalid_request"
+    node: Any = errors["fields"]
+    for part in path:
+        assert isinstance(node, dict) and part in node, (path, errors["fields"])
+        node = node[part]
+    assert node, errors["fields"]
+    if code is not None:
+        assert code in errors["reasons"], errors
+    assert client.get(f"/v1/vm/{VM}", headers=alice).status_code == 404
+
+
+def test_invalid_requests(client: FlaskClient, alice: dict[str, str]) -> None:
     assert (
         client.post("/v1/vm/not-a-uuid", json=sev_registration(), headers=alice).status_code == 422
     )
@@ -269,7 +371,7 @@ def test_examples_are_valid(tmp_path: Any) -> None:
 
 def test_reserved_mount_points_match_the_guest() -> None:
     from attestd.guest.payload import RESERVED_MOUNT_POINTS as GUEST
-    from attestd.registration import RESERVED_MOUNT_POINTS
+    from attestd.service.registration import RESERVED_MOUNT_POINTS
 
     assert RESERVED_MOUNT_POINTS == GUEST
 
@@ -280,10 +382,8 @@ def test_uploaded_firmware_secret_area_limits_the_table(
     import hashlib
 
     ovmf = (testdata / "ovmf" / "OVMF.amdsev.fd").read_bytes()  # 3072-byte secret area
-    app.extensions["attestd"].settings = app.extensions["attestd"].settings.replace(
-        secret_area_size=8192
-    )
-    app.extensions["attestd"].service.settings = app.extensions["attestd"].settings
+    services = app.extensions["attestd"].services
+    services.configure(services.settings.replace(secret_area_size=8192))
     values = {f"K{i}": "v" * 200 for i in range(20)}  # ~4.3 KB of payload
     body = sev_registration(
         **{"firmware-hashes": [hashlib.sha256(ovmf).hexdigest()]},

@@ -104,7 +104,7 @@ def service(libvirtd: Libvirtd) -> Iterator[Service]:
             require_host_token=True,
         )
     )
-    svc = app.extensions["attestd"].service
+    svc = app.extensions["attestd"].services.principals
     owner = {"Authorization": f"Bearer {svc.create_owner('alice')}"}
     assert settings.token_file is not None
     settings.token_file.write_text(svc.create_host("host-under-test") + "\n")
@@ -118,7 +118,7 @@ def service(libvirtd: Libvirtd) -> Iterator[Service]:
     proxy.svc = Service(f"http://127.0.0.1:{server.server_port}/v1", owner, root)
     yield proxy.svc
     server.shutdown()
-    app.extensions["attestd"].db.dispose()
+    app.extensions["attestd"].store.dispose()
 
 
 def qboot_hash() -> str:

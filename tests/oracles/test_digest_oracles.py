@@ -23,7 +23,7 @@ from attestd.errors import Unsupported
 from attestd.sev.measure import KernelHashes, VmsaFlavour, launch_digest
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.sev.measure.vmsa import VCPU_TYPES, vcpu_signature, vmsa_pages
-from attestd.sev.measurement import FirmwareVersion, compute_measure
+from attestd.sev.session import FirmwareVersion, compute_measure
 from tests.conftest import TESTDATA
 
 SEV_SNP_MEASURE = Path(sys.executable).parent / "sev-snp-measure"

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestd.sev.certs import SevCertificate
 from attestd.sev.measure.sev_hashes import KernelHashes
-from attestd.sev.measurement import FirmwareVersion, LaunchMeasurement
 from attestd.sev.secrets import (
     LUKS_KEY_GUID,
     LaunchSecret,
@@ -28,7 +27,13 @@ from attestd.sev.secrets import (
     open_launch_secret,
     parse_secret_table,
 )
-from attestd.sev.session import LaunchStart, TransportKeys, start_launch
+from attestd.sev.session import (
+    FirmwareVersion,
+    LaunchMeasurement,
+    LaunchStart,
+    TransportKeys,
+    start_launch,
+)
 from attestd.sim.platform import SimulatedPlatform
 
 TOOL = Path("/usr/bin/virt-qemu-sev-validate")

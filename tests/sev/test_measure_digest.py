@@ -22,7 +22,7 @@ from attestd.sev.measure import (
     launch_digests,
 )
 from attestd.sev.measure.digest import MAX_VCPUS, parse_mode
-from attestd.sev.measurement import FirmwareVersion, compute_measure
+from attestd.sev.session import FirmwareVersion, compute_measure
 
 DEBIAN_OVMF = Path("/usr/share/ovmf/OVMF.fd")
 

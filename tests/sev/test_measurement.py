@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attestd.errors import MeasurementMismatch, ParseError
-from attestd.sev.measurement import (
+from attestd.sev.session import (
     FirmwareVersion,
     LaunchMeasurement,
     compute_measure,

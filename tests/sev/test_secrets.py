@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attestd.errors import AttestationFailed, ParseError, SecretTooLarge, Unsupported
-from attestd.sev.measurement import FirmwareVersion
 from attestd.sev.secrets import (
     FIRMWARE_SECRET_MAX,
     LUKS_KEY_GUID,
@@ -25,7 +24,7 @@ from attestd.sev.secrets import (
     open_launch_secret,
     parse_secret_table,
 )
-from attestd.sev.session import TransportKeys
+from attestd.sev.session import FirmwareVersion, TransportKeys
 from tests.sev.session_kat import b64, read, vectors
 
 KEYS = TransportKeys(b"\x10" * 16, b"\x20" * 16)

@@ -13,9 +13,8 @@ import pytest
 
 from attestd.sev.certs import AmdCaCertificate, SevCertificate
 from attestd.sev.chain import PlatformChain, TrustAnchor, verify_chain
-from attestd.sev.measurement import FirmwareVersion, LaunchMeasurement, verify_measurement
 from attestd.sev.secrets import LUKS_KEY_GUID, SecretEntry, build_launch_secret, build_secret_table
-from attestd.sev.session import start_launch
+from attestd.sev.session import FirmwareVersion, LaunchMeasurement, start_launch, verify_measurement
 from attestd.sim.cli import main
 
 SIM = [sys.executable, "-m", "attestd.sim.cli"]

@@ -19,7 +19,6 @@ from attestd.sev.certs import (
     Usage,
     ecdh_cert_for_godh,
 )
-from attestd.sev.measurement import FirmwareVersion, LaunchMeasurement, compute_measure
 from attestd.sev.secrets import (
     LUKS_KEY_GUID,
     SecretEntry,
@@ -27,7 +26,13 @@ from attestd.sev.secrets import (
     build_secret_table,
     parse_secret_table,
 )
-from attestd.sev.session import TransportKeys, start_launch
+from attestd.sev.session import (
+    FirmwareVersion,
+    LaunchMeasurement,
+    TransportKeys,
+    compute_measure,
+    start_launch,
+)
 from attestd.sim import SevFirmwareError
 from attestd.sim.platform import GuestState, SimulatedPlatform
 

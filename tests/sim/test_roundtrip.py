@@ -20,7 +20,6 @@ from attestd.sev.measure.digest import launch_digest
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import vcpu_signature, vmsa_pages
-from attestd.sev.measurement import FirmwareVersion, LaunchMeasurement, verify_measurement
 from attestd.sev.secrets import (
     ATTESTD_PAYLOAD_GUID,
     LUKS_KEY_GUID,
@@ -29,7 +28,14 @@ from attestd.sev.secrets import (
     build_secret_table,
     parse_secret_table,
 )
-from attestd.sev.session import LaunchStart, TransportKeys, start_launch
+from attestd.sev.session import (
+    FirmwareVersion,
+    LaunchMeasurement,
+    LaunchStart,
+    TransportKeys,
+    start_launch,
+    verify_measurement,
+)
 from attestd.sim import SevFirmwareError
 from attestd.sim.platform import SimulatedPlatform
 from attestd.trust import load_anchors

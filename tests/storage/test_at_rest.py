@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from attestd import cli
 from attestd.config import Settings
+from attestd.service.registration import Volume
 from attestd.storage.keys import KeyRing, StorageKeyError
 from attestd.storage.sql import Database
 from tests import pgserver
@@ -36,7 +37,7 @@ def _register(client: FlaskClient, headers: dict[str, str]) -> None:
 
 
 def _dump(app: Flask, settings: Settings, request: pytest.FixtureRequest) -> bytes:
-    db: Database = app.extensions["attestd"].db
+    db: Database = app.extensions["attestd"].store
     if db.dialect == "sqlite":
         path = Path(settings.effective_database_url.removeprefix("sqlite:///"))
         conn = sqlite3.connect(path)
@@ -62,9 +63,9 @@ def test_dump_holds_no_plaintext_secret(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     _register(client, alice)
-    service = app.extensions["attestd"].service
-    stored = service.stored_secrets(service.db.vm(VM))
-    generated = next(s["passphrase"] for s in stored if s.get("generate"))
+    services = app.extensions["attestd"].services
+    stored = services.vms.stored_secrets(services.store.vm(VM))
+    generated = next(s.passphrase for s in stored if isinstance(s, Volume) and s.generate)
     dump = _dump(app, settings, request)
     assert VM.encode() in dump  # the dump is real
     for secret in [*SECRETS, generated]:
@@ -84,8 +85,8 @@ def test_key_rotation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _register(client, alice)
-    service = app.extensions["attestd"].service
-    before = service.db.vm(VM).secrets_enc
+    store = app.extensions["attestd"].store
+    before = store.vm(VM).secrets_enc
     key_file = settings.effective_storage_key_file
     old_keys = key_file.read_text()
     monkeypatch.setenv("ATTESTD_DATA_DIR", str(settings.data_dir))
@@ -95,7 +96,7 @@ def test_key_rotation(
     assert "re-encrypted 1 stored values" in capsys.readouterr().out
     new_ring = KeyRing.from_file(key_file)
     assert len(key_file.read_text().split()) == 1 and key_file.read_text() != old_keys
-    after = service.db.vm(VM).secrets_enc
+    after = store.vm(VM).secrets_enc
     assert after != before
     assert SECRETS[0] in new_ring.decrypt(after).decode()
     with pytest.raises(StorageKeyError):

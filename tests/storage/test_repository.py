@@ -11,8 +11,7 @@ from alembic.migration import MigrationContext
 
 from attestd.config import Settings
 from attestd.errors import Conflict
-from attestd.service import event_row
-from attestd.storage.ports import LaunchRecord, LaunchState, VmRecord
+from attestd.storage.ports import Event, EventKind, LaunchRecord, LaunchStatus, VmRecord
 from attestd.storage.sql import Database
 from attestd.storage.tables import metadata
 
@@ -39,11 +38,11 @@ def _vm(db: Database, max_launches: int | None) -> VmRecord:
     return db.insert_vm(
         uuid="00000000-0000-4000-8000-000000000001",
         owner_id=owner,
-        registration="{}",
+        registration={},
         secrets_enc=b"x",
         max_launches=max_launches,
         now=1.0,
-        event=event_row(owner, "00000000-0000-4000-8000-000000000001", "registered", 1.0),
+        event=Event(owner, "00000000-0000-4000-8000-000000000001", EventKind.REGISTERED, 1.0),
     )
 
 
@@ -52,7 +51,7 @@ def _launch(vm: VmRecord, n: int, expires: float = 1e12) -> LaunchRecord:
         id=f"launch-{n:04d}",
         vm_id=vm.id,
         vm_revision=vm.revision,
-        state=LaunchState.PENDING,
+        state=LaunchStatus.PENDING,
         policy=1,
         keys_enc=b"k",
         chip_id="",
@@ -85,7 +84,7 @@ def _parallel(count: int, fn: object) -> list[object]:
 
 def test_launch_budget_is_atomic(db: Database) -> None:
     vm = _vm(db, max_launches=3)
-    event = event_row(vm.owner_id, vm.uuid, "launch", 1.0)
+    event = Event(vm.owner_id, vm.uuid, EventKind.LAUNCH, 1.0)
     results = _parallel(8, lambda n: db.begin_launch(vm, _launch(vm, n), event=event))
     assert sorted(results) == [False] * 5 + [True] * 3  # type: ignore[type-var]
     again = db.vm(vm.uuid)
@@ -94,7 +93,7 @@ def test_launch_budget_is_atomic(db: Database) -> None:
 
 def test_claim_is_single_use_and_respects_expiry(db: Database) -> None:
     vm = _vm(db, max_launches=None)
-    event = event_row(vm.owner_id, vm.uuid, "launch", 1.0)
+    event = Event(vm.owner_id, vm.uuid, EventKind.LAUNCH, 1.0)
     assert db.begin_launch(vm, _launch(vm, 1), event=event)
     assert db.begin_launch(vm, _launch(vm, 2, expires=50.0), event=event)
     assert db.begin_launch(vm, _launch(vm, 3, expires=50.0), event=event)
@@ -107,7 +106,7 @@ def test_claim_is_single_use_and_respects_expiry(db: Database) -> None:
     crashed = db.launch("launch-0003")
     assert crashed is not None and crashed.keys_enc is None
     record = db.launch("launch-0002")
-    assert record is not None and record.keys_enc is None and record.state is LaunchState.PENDING
-    db.finish_launch("launch-0001", LaunchState.VALIDATED, 11.0, event=event)
+    assert record is not None and record.keys_enc is None and record.state is LaunchStatus.PENDING
+    db.finish_launch("launch-0001", LaunchStatus.VALIDATED, 11.0, event=event)
     done = db.launch("launch-0001")
-    assert done is not None and done.state is LaunchState.VALIDATED and done.keys_enc is None
+    assert done is not None and done.state is LaunchStatus.VALIDATED and done.keys_enc is None

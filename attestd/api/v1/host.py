@@ -6,33 +6,27 @@ from flask import Blueprint, Response, jsonify
 
 from attestd.api.schemas import (
     LaunchRequestSchema,
-    LaunchResponseSchema,
+    LaunchSecretSchema,
+    LaunchSessionSchema,
     ValidateRequestSchema,
-    ValidateResponseSchema,
     vm_uuid,
 )
 from attestd.api.state import bearer_token, load_json, state
 from attestd.errors import AttestdError
-from attestd.launch import LaunchService, ValidateRequest
+from attestd.service.launches import ValidateRequest
 
 bp = Blueprint("host", __name__)
-
-
-def _launches() -> LaunchService:
-    value = state().launches
-    assert isinstance(value, LaunchService)
-    return value
 
 
 @bp.post("/vm/<uuid>/launch")
 def launch(uuid: str) -> Response:
     """Verify the host platform and start a launch session."""
     st = state()
-    st.service.authenticate_host(bearer_token())
+    st.services.principals.authenticate_host(bearer_token())
     canonical = vm_uuid(uuid)
     body = load_json(LaunchRequestSchema())
     try:
-        grant = _launches().begin(
+        session = st.services.launches.begin(
             canonical,
             pdh=body["pdh"],
             cert_chain=body["cert_chain"],
@@ -44,13 +38,13 @@ def launch(uuid: str) -> Response:
         raise
     st.metrics.outcome("launch", "started")
     return jsonify(
-        LaunchResponseSchema().dump(
+        LaunchSessionSchema().dump(
             {
-                "launch_id": grant.launch_id,
-                "session": grant.session,
-                "owner_cert": grant.owner_cert,
-                "policy": grant.policy,
-                "expires_at": grant.expires_at,
+                "launch_id": session.launch_id,
+                "session": session.session,
+                "owner_cert": session.owner_cert,
+                "policy": session.policy,
+                "expires_at": session.expires_at,
             }
         )
     )
@@ -60,17 +54,17 @@ def launch(uuid: str) -> Response:
 def validate(uuid: str) -> Response:
     """Verify the launch measurement and release the secret table."""
     st = state()
-    st.service.authenticate_host(bearer_token())
+    st.services.principals.authenticate_host(bearer_token())
     canonical = vm_uuid(uuid)
     body = load_json(ValidateRequestSchema())
     try:
-        released = _launches().validate(canonical, ValidateRequest(**body))
+        secret = st.services.launches.validate(canonical, ValidateRequest(**body))
     except AttestdError as exc:
         st.metrics.outcome("validate", exc.code)
         raise
     st.metrics.outcome("validate", "released")
     return jsonify(
-        ValidateResponseSchema().dump(
-            {"secret_header": released.header, "secret_table": released.table}
+        LaunchSecretSchema().dump(
+            {"secret_header": secret.header, "secret_table": secret.ciphertext}
         )
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -30,7 +29,7 @@ def _view(vm: VmRecord) -> dict[str, Any]:
         "uuid": vm.uuid,
         "revision": vm.revision,
         "launches_used": vm.launches_used,
-        "registration": json.loads(vm.registration),
+        "registration": dict(vm.registration),
     }
 
 
@@ -46,7 +45,7 @@ def register(uuid: str) -> Response:
     owner = current_owner()
     canonical = vm_uuid(uuid)
     registration = load_json(RegistrationSchema())
-    vm = state().service.register(owner, canonical, registration)
+    vm = state().services.vms.register(owner, canonical, registration)
     return _respond(_view(vm), VmViewSchema, 201)
 
 
@@ -56,7 +55,7 @@ def replace(uuid: str) -> Response:
     owner = current_owner()
     canonical = vm_uuid(uuid)
     registration = load_json(RegistrationSchema())
-    vm = state().service.replace(owner, canonical, registration)
+    vm = state().services.vms.replace(owner, canonical, registration)
     return _respond(_view(vm), VmViewSchema)
 
 
@@ -64,7 +63,7 @@ def replace(uuid: str) -> Response:
 def show(uuid: str) -> Response:
     """A registration without secret values."""
     owner = current_owner()
-    vm = state().service.get(owner, vm_uuid(uuid))
+    vm = state().services.vms.get(owner, vm_uuid(uuid))
     return _respond(_view(vm), VmViewSchema)
 
 
@@ -72,7 +71,7 @@ def show(uuid: str) -> Response:
 def remove(uuid: str) -> Response:
     """Delete a registration and its secrets."""
     owner = current_owner()
-    state().service.delete(owner, vm_uuid(uuid))
+    state().services.vms.delete(owner, vm_uuid(uuid))
     return Response(status=204)
 
 
@@ -83,12 +82,12 @@ def index() -> Response:
     vms = [
         {
             "uuid": vm.uuid,
-            "scheme": json.loads(vm.registration)["scheme"],
+            "scheme": vm.registration["scheme"],
             "revision": vm.revision,
             "launches_used": vm.launches_used,
             "updated_at": vm.updated_at,
         }
-        for vm in state().service.list_vms(owner)
+        for vm in state().services.vms.list(owner)
     ]
     return _respond({"vms": vms}, VmListSchema)
 
@@ -99,7 +98,9 @@ def events(uuid: str) -> Response:
     owner = current_owner()
     canonical = vm_uuid(uuid)
     query = EventQuerySchema().load(request.args.to_dict())
-    found = state().service.events(owner, canonical, after=query["after"], limit=query["limit"])
+    found = state().services.events.list(
+        owner, canonical, after=query["after"], limit=query["limit"]
+    )
     items = [
         {
             "id": ev.id,
@@ -107,7 +108,7 @@ def events(uuid: str) -> Response:
             "kind": ev.kind,
             "launch_id": ev.launch_id,
             "outcome": ev.outcome,
-            "detail": json.loads(ev.detail),
+            "detail": dict(ev.detail),
         }
         for ev in found
     ]
@@ -130,7 +131,7 @@ def upload_firmware() -> Response:
         raise RequestEntityTooLarge(
             f"firmware images are limited to {settings.max_firmware_size} bytes"
         )
-    info = state().service.upload_firmware(owner, data)
+    info = state().services.firmware.upload(owner, data)
     return _respond(
         {"sha256": info.sha256, "size": info.size, "created": info.created},
         FirmwareSchema,

@@ -1,4 +1,4 @@
-"""Issue 5 acceptance audit: regressions for defects found by trying to break the agent."""
+"""Regressions for defects found by trying to break the agent."""
 
 from __future__ import annotations
 

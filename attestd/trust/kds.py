@@ -19,13 +19,12 @@ from pathlib import Path
 
 import requests
 
-from attestd.errors import CekUnavailable, ParseError
-from attestd.sev.certs import SEV_CERT_SIZE, SevCertificate, Usage
+from attestd.errors import CekRequired, CekUnavailable, ParseError
+from attestd.sev.certs import AMD_KDS_URL, CHIP_ID_SIZE, SEV_CERT_SIZE, SevCertificate, Usage
 
 logger = logging.getLogger(__name__)
 
-KDS_URL = "https://kdsintf.amd.com"
-CHIP_ID_SIZE = 64
+KDS_URL = AMD_KDS_URL
 DEFAULT_TIMEOUT = (5.0, 30.0)
 
 _HEX_ID = re.compile(r"[0-9A-Fa-f]{128}")
@@ -108,12 +107,16 @@ class CekStore:
             return None
 
     def get(self, chip_id: bytes) -> SevCertificate:
-        """The ASK-signed CEK of ``chip_id``; raises ``CekUnavailable`` if there is none."""
+        """The ASK-signed CEK of ``chip_id``.
+
+        Raises ``CekRequired`` when it is not cached and KDS is disabled (the host must
+        send the CEK), ``CekUnavailable`` when KDS cannot be asked.
+        """
         cek = self.cached(chip_id)
         if cek is not None:
             return cek
         if self.offline:
-            raise CekUnavailable(
+            raise CekRequired(
                 f"no cached CEK for chip {chip_id_hex(chip_id)[:16]}... and AMD KDS is disabled "
                 "(offline); import it with `attestd cek import`"
             )

@@ -1,4 +1,4 @@
-"""Issue 3 audit: docs/guest-owner.md's curl walk-through, run literally against
+"""The docs/guest-owner.md's curl walk-through, run literally against
 ``attestd serve`` (gunicorn), and gunicorn's chunked bodies over the limit."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.test_kill import Server
+from tests.api.servers import Server
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Issue 2 acceptance: random bytes into every parser raise only attestd's ParseError.
+"""Random bytes into every parser raise only attestd's ParseError.
 
 Complements the per-module property tests with the parsers they leave out (secret
 packet header, policy bytes, transport keys, sevctl exports, kernel hashes tables of

@@ -1,4 +1,4 @@
-"""Issue 2 acceptance through the installed console scripts (real processes, real exit codes).
+"""Chain verification through the installed console scripts (real processes, real exit codes).
 
 ``attestd-sim`` writes a trust anchor directory; ``attestd chain verify`` exits 0 only for
 a fully anchored chain, with extra anchors taken from ``ATTESTD_TRUST_ANCHORS_DIR``.

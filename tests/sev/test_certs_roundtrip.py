@@ -1,4 +1,4 @@
-"""Issue 2 acceptance: every real certificate file in testdata round-trips byte-exact.
+"""Every real certificate file in testdata round-trips byte-exact.
 
 Exhaustive by construction: every file under ``sev/platform`` and ``sev/amd-ca-sev`` is
 classified here, so a file added to the shared data without a decision fails the test.

@@ -1,4 +1,4 @@
-"""Issue 3 audit: body size limits hold for streamed (chunked) requests too."""
+"""Body size limits hold for streamed (chunked) requests too."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def small_app(settings: Settings) -> Iterator[Flask]:
     """An app with small limits (firmware LIMIT bytes, JSON bodies LIMIT // 2)."""
     application = create_app(settings.replace(max_firmware_size=LIMIT, max_request_size=LIMIT // 2))
     yield application
-    application.extensions["attestd"].db.dispose()
+    application.extensions["attestd"].store.dispose()
 
 
 @dataclass
@@ -56,10 +56,10 @@ def test_streamed_firmware_over_the_limit_is_413_and_not_stored(
     resp = _streamed(small_app, "/v1/firmware", b"\x01" * size, headers)
     assert resp.status_code == 413, resp.json
     assert resp.json["errors"]["reason"] == "too_large"
-    db = small_app.extensions["attestd"].db
+    db = small_app.extensions["attestd"].store
     owner_id = (
         small_app.extensions["attestd"]
-        .service.authenticate_owner(owner["Authorization"].split()[1])
+        .services.principals.authenticate_owner(owner["Authorization"].split()[1])
         .id
     )
     assert db.list_firmware(owner_id) == []

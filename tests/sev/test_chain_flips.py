@@ -1,4 +1,4 @@
-"""Issue 2 acceptance: a flipped byte anywhere in a signed region fails with a precise error.
+"""A flipped byte anywhere in a signed region fails with a precise error.
 
 ``tests/sev/test_chain.py`` flips header and key bytes of the platform certificates and
 ``tests/sev/test_certs.py`` checks single signatures. Here every signature slot in use and

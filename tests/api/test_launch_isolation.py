@@ -1,4 +1,4 @@
-"""Issue 3 audit: the secret-area boundary, secret changes during a launch, firmware and
+"""The secret-area boundary, secret changes during a launch, firmware and
 host-token isolation, and no secret value in any owner-visible response or log."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_secret_area_limit_is_configurable(settings: Settings, ovmf: bytes) -> N
     owner = make_owner(app, "alice")
     body = _raw_registration(ovmf, 3500)
     assert client.post(f"/v1/vm/{VM}", json=body, headers=owner).status_code == 201
-    app.extensions["attestd"].db.dispose()
+    app.extensions["attestd"].store.dispose()
     small = create_app(settings.replace(secret_area_size=1024))
     client = small.test_client()
     owner = make_owner(small, "bob")
@@ -78,7 +78,7 @@ def test_secret_area_limit_is_configurable(settings: Settings, ovmf: bytes) -> N
         client.post(f"/v1/vm/{other}", json=_raw_registration(ovmf, 900), headers=owner).status_code
         == 201
     )
-    small.extensions["attestd"].db.dispose()
+    small.extensions["attestd"].store.dispose()
 
 
 def _secrets(db_password: str) -> list[dict[str, Any]]:
@@ -122,9 +122,9 @@ def test_put_changing_secrets_mid_launch_releases_neither_old_nor_new(
         f"/v1/vm/{VM}/validate",
         json=validate_body(platform, grant, measurement, Boot(firmware=ovmf)),
     )
-    assert resp.status_code == 403 and "secret-table" not in resp.json
-    assert resp.json["errors"]["reason"] == "policy_violation"
-    db = host_app.extensions["attestd"].db
+    assert resp.status_code == 409 and "secret-table" not in resp.json
+    assert resp.json["errors"]["reason"] == "registration_changed"
+    db = host_app.extensions["attestd"].store
     assert db.launch(grant["launch-id"]).keys_enc is None
     nxt = run_launch(client, platform, VM, Boot(firmware=ovmf))
     assert nxt.released and _db_password(nxt) == "new-pw-AUDIT"
@@ -134,7 +134,7 @@ def test_firmware_of_another_owner_is_not_usable(
     host_app: Flask, platform: SimulatedPlatform, ovmf: bytes
 ) -> None:
     """Bob's upload of the same image does not give alice's SEV-ES registration its digest."""
-    from tests.api.test_launch import es_boot, sev_es
+    from tests.api.simhost import es_boot, sev_es
 
     client = host_app.test_client()
     alice, bob = make_owner(host_app, "alice"), make_owner(host_app, "bob")
@@ -159,7 +159,8 @@ def test_host_token_required_on_validate_too(
     app = create_app(host_settings.replace(require_host_token=True))
     client = app.test_client()
     owner = make_owner(app, "alice")
-    host = {"Authorization": f"Bearer {app.extensions['attestd'].service.create_host('n1')}"}
+    principals = app.extensions["attestd"].services.principals
+    host = {"Authorization": f"Bearer {principals.create_host('n1')}"}
     assert client.post(f"/v1/vm/{VM}", json=_sev(ovmf, "pw"), headers=owner).status_code == 201
     grant = client.post(f"/v1/vm/{VM}/launch", json=launch_body(platform), headers=host).json
     _handle, measurement = measure(platform, grant, Boot(firmware=ovmf))
@@ -168,7 +169,7 @@ def test_host_token_required_on_validate_too(
         resp = client.post(f"/v1/vm/{VM}/validate", json=body, headers=headers)
         assert resp.status_code == 401 and "secret-table" not in resp.json
     assert client.post(f"/v1/vm/{VM}/validate", json=body, headers=host).status_code == 200
-    app.extensions["attestd"].db.dispose()
+    app.extensions["attestd"].store.dispose()
 
 
 def test_no_secret_in_any_owner_response_or_log(
@@ -224,7 +225,7 @@ def test_put_committed_while_validate_runs_releases_no_old_secret(
     grant = client.post(f"/v1/vm/{VM}/launch", json=launch_body(platform)).json
     _handle, measurement = measure(platform, grant, Boot(firmware=ovmf))
     state = host_app.extensions["attestd"]
-    db = state.db
+    db = state.store
     real_claim = db.claim_launch
     put_done: list[int] = []
 
@@ -239,8 +240,8 @@ def test_put_committed_while_validate_runs_releases_no_old_secret(
         json=validate_body(platform, grant, measurement, Boot(firmware=ovmf)),
     )
     assert put_done == [200]
-    assert resp.status_code == 403, "the old registration's secret was released after the PUT"
-    assert resp.json["errors"]["reason"] == "policy_violation"
+    assert resp.status_code == 409, "the old registration's secret was released after the PUT"
+    assert resp.json["errors"]["reason"] == "registration_changed"
     assert "secret-table" not in resp.json
 
 
@@ -256,7 +257,7 @@ def test_each_launch_gets_fresh_godh_tek_tik(
     state = host_app.extensions["attestd"]
     keys = [
         TransportKeys.from_bytes(
-            state.service.keyring.decrypt(state.db.launch(g["launch-id"]).keys_enc)
+            state.services.keyring.decrypt(state.store.launch(g["launch-id"]).keys_enc)
         )
         for g in grants
     ]

@@ -1,4 +1,4 @@
-"""Issue 3 audit: every in-guest payload the service builds matches the published
+"""Every in-guest payload the service builds matches the published
 ``schemas/guest-payload-v1.schema.json`` (validated by jsonschema_rs, not by attestd)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from marshmallow import ValidationError
 
 from attestd.api.schemas import RegistrationSchema
-from attestd.registration import PAYLOAD_GUID, payload_entries, resolve_secrets
+from attestd.service.payload import PAYLOAD_GUID, payload_entries, resolve_secrets
 from tests.conftest import PROJECT_ROOT
 
 VM = "3d1f0a9e-7c2b-4e8d-9f61-0a2b4c6d8e10"

@@ -1,4 +1,4 @@
-"""Issue 3 audit: ``attestd keys rotate`` under a running service (it must keep working)."""
+"""``attestd keys rotate`` under a running service (it must keep working)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,6 @@ def test_running_service_survives_key_rotation(
     # what the running service wrote after the rotation is under the current key
     from attestd.storage.keys import KeyRing
 
-    db = host_app.extensions["attestd"].db
+    db = host_app.extensions["attestd"].store
     assert cli.main(["keys", "rotate", "--retire"]) == 0
     assert b'"PW": "two"' in KeyRing.from_file(key_file).decrypt(db.vm(VM).secrets_enc)

@@ -1,0 +1,71 @@
+"""Owners and hosts: bearer tokens (created once, stored as SHA-256) and authentication."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets as _secrets
+
+from attestd.errors import AuthenticationError
+from attestd.service.clock import Clock
+from attestd.storage.ports import Principal, PrincipalRepository
+
+logger = logging.getLogger(__name__)
+
+OWNER_TOKEN_PREFIX = "ato_"  # noqa: S105 (a prefix, not a secret)
+HOST_TOKEN_PREFIX = "ath_"  # noqa: S105
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of a bearer token (tokens carry 256 random bits; no slow hash needed)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    """A fresh bearer token."""
+    return prefix + _secrets.token_urlsafe(32)
+
+
+class Principals:
+    """Create owners and hosts; authenticate their bearer tokens."""
+
+    def __init__(
+        self, repo: PrincipalRepository, *, clock: Clock, require_host_token: bool
+    ) -> None:
+        self.repo = repo
+        self.clock = clock
+        self.require_host_token = require_host_token
+
+    def create_owner(self, name: str) -> str:
+        """Create an owner; returns its token (shown once, stored hashed)."""
+        token = new_token(OWNER_TOKEN_PREFIX)
+        owner_id = self.repo.create_owner(name, hash_token(token), self.clock())
+        logger.info("created owner %s (owner_id=%d)", name, owner_id)
+        return token
+
+    def create_host(self, name: str) -> str:
+        """Create a host; returns its token (shown once, stored hashed)."""
+        token = new_token(HOST_TOKEN_PREFIX)
+        host_id = self.repo.create_host(name, hash_token(token), self.clock())
+        logger.info("created host %s (host_id=%d)", name, host_id)
+        return token
+
+    def authenticate_owner(self, token: str | None) -> Principal:
+        """The owner holding ``token``; :class:`AuthenticationError` otherwise."""
+        if not token or not token.startswith(OWNER_TOKEN_PREFIX):
+            raise AuthenticationError("a valid owner bearer token is required")
+        owner = self.repo.owner_by_token_hash(hash_token(token))
+        if owner is None:
+            raise AuthenticationError("a valid owner bearer token is required")
+        return owner
+
+    def authenticate_host(self, token: str | None) -> Principal | None:
+        """Check a host token when host tokens are required (None when they are not)."""
+        if not self.require_host_token:
+            return None
+        if not token or not token.startswith(HOST_TOKEN_PREFIX):
+            raise AuthenticationError("a valid host bearer token is required")
+        host = self.repo.host_by_token_hash(hash_token(token))
+        if host is None:
+            raise AuthenticationError("a valid host bearer token is required")
+        return host

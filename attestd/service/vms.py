@@ -1,0 +1,150 @@
+"""VM registration use-cases: register, replace, read, list, delete.
+
+Every entry (HTTP, CLI, tests) gets the same rules: :meth:`Registration.check`
+runs here, before anything is stored, and its reasons raise
+:class:`~attestd.errors.InvalidRegistration`. Secret values are sealed with the
+key ring; the stored registration document holds none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from attestd.config import Settings
+from attestd.errors import AttestdError, InvalidRegistration, NotFound, SecretTooLarge
+from attestd.service.clock import Clock
+from attestd.service.payload import resolve_secrets, secret_table
+from attestd.service.registration import Registration, Secret, from_stored
+from attestd.sev.measure.ovmf import Ovmf
+from attestd.storage.keys import KeyRing
+from attestd.storage.ports import (
+    Event,
+    EventKind,
+    FirmwareRepository,
+    Principal,
+    VmRecord,
+    VmRepository,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Vms:
+    """The owner's registered VMs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        repo: VmRepository,
+        firmware: FirmwareRepository,
+        keyring: KeyRing,
+        *,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.firmware = firmware
+        self.keyring = keyring
+        self.clock = clock
+
+    def owned(self, owner: Principal, uuid: str) -> VmRecord:
+        """The owner's VM (:class:`NotFound` for any other)."""
+        vm = self.repo.vm(uuid)
+        if vm is None or vm.owner_id != owner.id:
+            raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
+        return vm
+
+    def stored_secrets(self, vm: VmRecord) -> list[Secret]:
+        """Decrypt the VM's stored secrets."""
+        value = json.loads(self.keyring.decrypt(vm.secrets_enc))
+        if not isinstance(value, list):
+            raise TypeError("stored secrets must be a JSON list")
+        return [from_stored(entry) for entry in value]
+
+    def _secret_area_limit(self, owner: Principal, registration: Registration) -> int:
+        """The configured secret area, or less if an accepted uploaded firmware declares less."""
+        limit = self.settings.secret_area_size
+        for digest in registration.firmware_hashes:
+            data = self.firmware.firmware(owner.id, digest)
+            if data is None:
+                continue
+            try:
+                area = Ovmf.from_bytes(data).secret_area
+            except AttestdError:
+                continue  # not OVMF with a footer table: nothing declared
+            if area is not None and 0 < area[1] < limit:
+                limit = area[1]
+        return limit
+
+    def _seal(
+        self,
+        owner: Principal,
+        uuid: str,
+        registration: Registration,
+        previous: Sequence[Secret],
+    ) -> bytes:
+        reasons = registration.check()
+        if reasons:
+            raise InvalidRegistration("the registration is not valid", problems=reasons)
+        stored = resolve_secrets(registration.secrets, previous)
+        limit = self._secret_area_limit(owner, registration)
+        try:
+            secret_table(registration.user_id or uuid, stored, max_size=limit)
+        except SecretTooLarge as exc:
+            raise SecretTooLarge(
+                f"the secret table would not fit the {limit}-byte secret area",
+                reasons=[exc.message, *exc.reasons],
+            ) from None
+        document = [entry.to_stored() for entry in stored]
+        return self.keyring.encrypt(json.dumps(document, sort_keys=True).encode("utf-8"))
+
+    def register(self, owner: Principal, uuid: str, registration: Registration) -> VmRecord:
+        """Register a new VM (``POST``)."""
+        sealed = self._seal(owner, uuid, registration, ())
+        now = self.clock()
+        vm = self.repo.insert_vm(
+            uuid=uuid,
+            owner_id=owner.id,
+            registration=registration.public(),
+            secrets_enc=sealed,
+            max_launches=registration.max_launches,
+            now=now,
+            event=Event(owner.id, uuid, EventKind.REGISTERED, now, detail={"revision": 1}),
+        )
+        logger.info("registered VM %s (owner_id=%d)", uuid, owner.id)
+        return vm
+
+    def replace(self, owner: Principal, uuid: str, registration: Registration) -> VmRecord:
+        """Replace a registration (``PUT``); generated passphrases are kept."""
+        vm = self.owned(owner, uuid)
+        sealed = self._seal(owner, uuid, registration, self.stored_secrets(vm))
+        now = self.clock()
+        updated = self.repo.replace_vm(
+            vm,
+            registration=registration.public(),
+            secrets_enc=sealed,
+            max_launches=registration.max_launches,
+            now=now,
+            event=Event(
+                owner.id, uuid, EventKind.REPLACED, now, detail={"revision": vm.revision + 1}
+            ),
+        )
+        logger.info("replaced VM %s (owner_id=%d)", uuid, owner.id)
+        return updated
+
+    def get(self, owner: Principal, uuid: str) -> VmRecord:
+        """The owner's VM."""
+        return self.owned(owner, uuid)
+
+    def list(self, owner: Principal) -> list[VmRecord]:
+        """The owner's VMs."""
+        return self.repo.list_vms(owner.id)
+
+    def delete(self, owner: Principal, uuid: str) -> None:
+        """Remove a VM with its secrets and launches."""
+        vm = self.owned(owner, uuid)
+        now = self.clock()
+        self.repo.delete_vm(vm, event=Event(owner.id, uuid, EventKind.DELETED, now))
+        logger.info("deleted VM %s (owner_id=%d)", uuid, owner.id)

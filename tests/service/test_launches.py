@@ -1,0 +1,131 @@
+"""The launch use-cases without Flask: key purge, the verified-chain cache, the decision order."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import pytest
+
+from attestd.errors import ChainInvalid, MeasurementMismatch, PolicyViolation
+from attestd.service.factory import Services
+from attestd.service.launches import LaunchSession, ValidateRequest
+from attestd.service.registration import LuksPassphrase, Registration
+from attestd.sim.platform import SimulatedPlatform
+from tests.api.simhost import Boot, measure
+from tests.servicefix import Clock
+
+VM = "6f1d3a2c-9b8e-4f7a-8c6d-5e4b3a291807"
+OTHER_VM = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d"
+
+
+def _register(services: Services, owner_name: str, uuid: str, ovmf: bytes, **extra: Any) -> None:
+    token = services.principals.create_owner(owner_name)
+    owner = services.principals.authenticate_owner(token)
+    registration = Registration(
+        scheme="amd-sev",
+        policy=1,
+        firmware_hashes=(hashlib.sha256(ovmf).hexdigest(),),
+        secrets=(LuksPassphrase("correct horse"),),
+        **extra,
+    )
+    services.vms.register(owner, uuid, registration)
+
+
+def _begin(services: Services, platform: SimulatedPlatform, uuid: str) -> LaunchSession:
+    exp = platform.export()
+    return services.launches.begin(
+        uuid, pdh=exp.pdh, cert_chain=exp.cert_chain, cpu_id=exp.chip_id, cek=exp.signed_cek
+    )
+
+
+def _grant(session: LaunchSession) -> dict[str, Any]:
+    return {
+        "launch-id": session.launch_id,
+        "session": base64.b64encode(session.session).decode(),
+        "owner-cert": base64.b64encode(session.owner_cert).decode(),
+        "policy": session.policy,
+    }
+
+
+def _request(
+    platform: SimulatedPlatform, session: LaunchSession, measurement: bytes, **claims: Any
+) -> ValidateRequest:
+    values: dict[str, Any] = {
+        "api_major": platform.api_major,
+        "api_minor": platform.api_minor,
+        "build_id": platform.build_id,
+        "policy": session.policy,
+        "launch_id": session.launch_id,
+        "measurement": measurement,
+    }
+    values.update(claims)
+    return ValidateRequest(**values)
+
+
+def test_expired_launch_keys_are_purged_at_the_next_launch(
+    services: Services, clock: Clock, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    _register(services, "alice", VM, ovmf)
+    first = _begin(services, platform, VM)
+    record = services.store.launch(first.launch_id)
+    assert record is not None and record.keys_enc is not None
+    clock.now += services.settings.launch_ttl + 1
+    _begin(services, platform, VM)  # the purge point: every /launch
+    purged = services.store.launch(first.launch_id)
+    assert purged is not None and purged.keys_enc is None, "expired TEK/TIK still stored"
+
+
+def test_chain_cache_is_keyed_by_the_pinned_oca(
+    services: Services, platform: SimulatedPlatform, rogue_platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    right_oca = platform.export().cert_chain[0x824:0x1048]
+    other_oca = rogue_platform.export().cert_chain[0x824:0x1048]
+    _register(services, "alice", VM, ovmf, cloud_cert=right_oca)
+    _begin(services, platform, VM)  # verified with the right pinned OCA: now cached
+    _register(services, "bob", OTHER_VM, ovmf, cloud_cert=other_oca)
+    try:
+        _begin(services, platform, OTHER_VM)
+    except ChainInvalid:
+        pass
+    else:
+        raise AssertionError("a chain verified for one pinned OCA was accepted for another")
+
+
+def test_firmware_minimums_are_checked_after_the_hmac(
+    services: Services, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    _register(services, "alice", VM, ovmf, min_build_id=platform.build_id + 1)
+    # the honest report: the HMAC verifies, then the decision refuses the old build
+    session = _begin(services, platform, VM)
+    _handle, measurement = measure(platform, _grant(session), Boot(firmware=ovmf))
+    try:
+        services.launches.validate(VM, _request(platform, session, measurement))
+    except PolicyViolation as exc:
+        assert any("build" in r for r in exc.reasons)
+    else:
+        raise AssertionError("a build below the minimum was accepted")
+    # a host lying about the build is caught by the HMAC, before any minimum is compared
+    session = _begin(services, platform, VM)
+    _handle, measurement = measure(platform, _grant(session), Boot(firmware=ovmf))
+    lie = _request(platform, session, measurement, build_id=platform.build_id + 1)
+    try:
+        services.launches.validate(VM, lie)
+    except MeasurementMismatch:
+        pass
+    else:
+        raise AssertionError("a forged build id was not caught by the measurement HMAC")
+
+
+def test_a_claimed_version_is_not_judged_before_the_hmac(
+    services: Services, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    # the real build meets the minimum; the host claims an older one: the claim is not
+    # trusted for a decision (policy_violation) but refused as an unproved measurement
+    _register(services, "alice", VM, ovmf, min_build_id=platform.build_id)
+    session = _begin(services, platform, VM)
+    _handle, measurement = measure(platform, _grant(session), Boot(firmware=ovmf))
+    lie = _request(platform, session, measurement, build_id=platform.build_id - 1)
+    with pytest.raises(MeasurementMismatch):
+        services.launches.validate(VM, lie)
