@@ -13,22 +13,24 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from attestd import __version__
-from attestd.errors import AttestdError
+from attestd.console import EXIT_USAGE, new_parser, run_guarded
 
 COMMAND_MODULES: tuple[str, ...] = (
     "attestd.commands.digest",
     "attestd.commands.server",
     "attestd.commands.chain",
+    "attestd.commands.snp",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the full ``attestd`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="attestd",
-        description="attestd: remote attestation for AMD SEV / SEV-ES confidential VMs.",
+    parser = new_parser(
+        "attestd", "attestd: remote attestation for AMD SEV / SEV-ES confidential VMs."
     )
-    parser.add_argument("--version", action="version", version=f"attestd {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"attestd {__version__}", help="print the version"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -42,14 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = cast("Callable[[argparse.Namespace], int] | None", getattr(args, "func", None))
     if func is None:
         parser.print_help(sys.stderr)
-        return 2
-    try:
-        return func(args)
-    except AttestdError as exc:
-        print(f"attestd: error [{exc.code}]: {exc.message}", file=sys.stderr)
-        for reason in exc.reasons:
-            print(f"  - {reason}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
+    return run_guarded("attestd", lambda: func(args))
 
 
 if __name__ == "__main__":

@@ -115,10 +115,12 @@ def _convert(name: str, raw: object, default: object) -> object:
         if value < 0:
             raise ParseError(f"configuration {name}: must not be negative")
         return value
+    if not isinstance(raw, str):
+        # a TOML number or table where a path or text belongs (``data_dir = 5``)
+        raise ParseError(f"configuration {name}: expected a string")
     if kind is Path:
-        text = str(raw)
-        return Path(text) if text else (None if default is None else Path(text))
-    return str(raw)
+        return Path(raw) if raw else (None if default is None else Path(raw))
+    return raw
 
 
 _FIELD_KINDS: dict[str, type] = {

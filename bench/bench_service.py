@@ -34,7 +34,7 @@ from attestd.service.payload import secret_table
 from attestd.service.registration import from_stored
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, verify_chain
-from attestd.sev.secrets import build_launch_secret
+from attestd.sev.secrets import _seal_launch_secret
 from attestd.sev.session import (
     FirmwareVersion,
     LaunchMeasurement,
@@ -95,7 +95,7 @@ def crypto_floor(
         )
         verify_measurement(start.keys.tik, measurement, version, 1, [digest])
         table = secret_table("bench", stored, max_size=3072)
-        build_launch_secret(start.keys, measurement.measure, table, version=version)
+        _seal_launch_secret(start.keys, measurement.measure, table, version=version)
     return (time.perf_counter() - started) / rounds
 
 

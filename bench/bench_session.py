@@ -5,7 +5,7 @@ Usage: ``.venv/bin/python -m bench.bench_session [RUNS]`` (default 500 runs per 
 * session creation: ``start_launch`` for the real Rome PDH (fresh GODH key, ECDH,
   KDF, TEK/TIK wrap, MACs, GODH certificate);
 * measurement check: ``verify_measurement`` against 1 and 8 candidate digests;
-* secret packet: ``build_secret_table`` + ``build_launch_secret`` for a LUKS key
+* secret packet: ``build_secret_table`` + ``_seal_launch_secret`` for a LUKS key
   and a 1 KiB payload.
 """
 
@@ -19,7 +19,7 @@ from attestd.sev.secrets import (
     ATTESTD_PAYLOAD_GUID,
     LUKS_KEY_GUID,
     SecretEntry,
-    build_launch_secret,
+    _seal_launch_secret,
     build_secret_table,
 )
 from attestd.sev.session import (
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
 
     def packet() -> object:
         table = build_secret_table(entries, max_size=3072)
-        return build_launch_secret(launch.keys, measure, table, version=version)
+        return _seal_launch_secret(launch.keys, measure, table, version=version)
 
     _report("secret table + LAUNCH_SECRET packet (1.1 KiB)", packet, runs)
     return 0

@@ -92,3 +92,14 @@ def test_flask_and_cli_build_services_only_through_the_factory() -> None:
         assert "attestd.service.factory.build_services" in names, rel
         direct = {"attestd.service.vms.Vms", "attestd.service.launches.Launches"}
         assert not names & direct, rel
+
+
+def test_only_a_verified_launch_seals_a_launch_secret() -> None:
+    """Outside the core's secrets module nothing in attestd calls the sealing primitive."""
+    offenders = [
+        str(path.relative_to(PROJECT_ROOT))
+        for path in (PROJECT_ROOT / "attestd").rglob("*.py")
+        if path.name != "secrets.py" or path.parent.name != "sev"
+        if "_seal_launch_secret" in path.read_text()
+    ]
+    assert offenders == []

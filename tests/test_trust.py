@@ -10,7 +10,8 @@ import pytest
 
 from attestd.errors import ChainInvalid, ParseError
 from attestd.sev.chain import builtin_anchors, verify_chain
-from attestd.trust import load_anchor, load_anchors
+from attestd.sev.snp.certs import builtin_snp_anchors
+from attestd.trust import load_anchor, load_anchors, load_snp_anchors
 from tests.conftest import TESTDATA
 from tests.sev.minted import minted
 
@@ -88,3 +89,55 @@ def test_missing_file_bad_name_shadowing_and_missing_dir(tmp_path: Path) -> None
         load_anchors(tmp_path / "c")
     with pytest.raises(ParseError, match="does not exist"):
         load_anchors(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------- SEV-SNP anchors
+
+SNP_CA = TESTDATA / "sev" / "amd-ca-snp"
+
+
+def write_snp_anchor(root: Path, name: str, gen: str = "milan", *, asvk: bool = False) -> Path:
+    directory = root / name
+    directory.mkdir(parents=True, exist_ok=True)
+    for role in ("ark", "ask"):
+        shutil.copy(SNP_CA / gen / f"{role}.pem", directory / f"{role}.pem")
+    if asvk:
+        bundle = (TESTDATA / "sev" / "snp" / "trustee" / f"{gen}_ask_ark_asvk.pem").read_text()
+        start = bundle.rindex("-----BEGIN CERTIFICATE-----")
+        (directory / "asvk.pem").write_text(bundle[start:])
+    return directory
+
+
+def test_snp_anchors_load_beside_sev_ones(tmp_path: Path) -> None:
+    m = minted()
+    write_snp_anchor(tmp_path, "lab-snp", asvk=True)
+    both = write_anchor(tmp_path, "both", m.anchor.ark.pack(), m.anchor.ask.pack())
+    write_snp_anchor(tmp_path, "both", "genoa")
+    write_anchor(tmp_path, "sev-only", m.anchor.ark.pack(), m.anchor.ask.pack())
+    snp = load_snp_anchors(tmp_path)
+    assert [a.name for a in snp] == ["milan", "genoa", "turin", "both", "lab-snp"]
+    assert snp[-1].asvk is not None and snp[-2].asvk is None
+    sev = load_anchors(tmp_path)
+    assert [a.name for a in sev][-2:] == ["both", "sev-only"]
+    assert (both / "ark.cert").exists()
+    assert load_snp_anchors(None) == builtin_snp_anchors()
+
+
+@pytest.mark.parametrize("name", ["milan", "turin", "rome", "naples"])
+def test_snp_anchor_cannot_shadow_a_builtin(tmp_path: Path, name: str) -> None:
+    write_snp_anchor(tmp_path, name)
+    with pytest.raises(ParseError, match="shadow"):
+        load_snp_anchors(tmp_path)
+
+
+def test_broken_snp_anchors_are_errors(tmp_path: Path) -> None:
+    broken = write_snp_anchor(tmp_path, "lab")
+    shutil.copy(SNP_CA / "genoa" / "ask.pem", broken / "ask.pem")
+    with pytest.raises(ChainInvalid, match=r"lab.*ASK is not signed"):
+        load_snp_anchors(tmp_path)
+    (broken / "ask.pem").unlink()
+    with pytest.raises(ParseError, match="needs both"):
+        load_snp_anchors(tmp_path)
+    (broken / "ask.pem").write_text("not a certificate")
+    with pytest.raises(ParseError):
+        load_snp_anchors(tmp_path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from attestd import config
+from attestd.console import plain, read_bytes, read_text
 from attestd.errors import ChainInvalid, ParseError
 from attestd.sev._binary import raw_or_base64
 from attestd.sev.certs import SevCertificate
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     verify = chain_sub.add_parser(
         "verify",
         help="verify PDH, PEK, OCA and CEK up to a pinned AMD root",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verify.add_argument("--pdh", type=Path, metavar="FILE", help="PDH certificate (raw or base64)")
@@ -102,10 +103,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ParseError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    data = read_bytes(path, what)
     try:
         return raw_or_base64(data)
     except ParseError as exc:
@@ -114,8 +112,8 @@ def _read(path: Path, what: str) -> bytes:
 
 def _chip_id(value: str) -> bytes:
     path = Path(value)
-    if len(value) != 128 and path.is_file():
-        return parse_chip_id(path.read_bytes())
+    if len(value) != 128 and path.exists():
+        return parse_chip_id(read_bytes(path, "chip id file"))
     return parse_chip_id(value)
 
 
@@ -173,10 +171,7 @@ def _platform(args: argparse.Namespace) -> tuple[PlatformChain, bytes | None, by
     if args.sevctl is not None:
         return PlatformChain.from_sevctl(_read(args.sevctl, "sevctl export")), None, None
     if args.nodesevinfo is not None:
-        try:
-            text = args.nodesevinfo.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ParseError(f"cannot read platform info {args.nodesevinfo}: {exc}") from None
+        text = read_text(args.nodesevinfo, "platform info")
         fields = parse_nodesevinfo(text)
         pdh, chain = _b64_field(fields, "pdh"), _b64_field(fields, "cert-chain")
         if pdh is None or chain is None:

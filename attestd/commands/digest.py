@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attestd.console import plain, read_bytes
+from attestd.errors import ParseError
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests, parse_mode
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.sev.measure.sev_hashes import KernelHashes
@@ -24,10 +26,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "digest",
         help="compute the expected SEV/SEV-ES launch digest",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--mode", required=True, choices=[m.value for m in SevMode])
+    parser.add_argument(
+        "--mode", required=True, choices=[m.value for m in SevMode], help="SEV generation"
+    )
     parser.add_argument("--firmware", required=True, type=Path, help="OVMF image file")
     parser.add_argument("--kernel", type=Path, help="kernel for measured direct boot")
     parser.add_argument("--initrd", type=Path, help="initrd (requires --kernel)")
@@ -57,9 +61,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _read(path: Path, what: str) -> bytes | None:
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        print(f"attestd: error: cannot read {what} {path}: {exc.strerror}", file=sys.stderr)
+        return read_bytes(path, what)
+    except ParseError as exc:
+        print(f"attestd: error: {exc.message}", file=sys.stderr)
         return None
 
 

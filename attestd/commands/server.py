@@ -7,11 +7,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attestd import config
 from attestd.config import Settings
+from attestd.console import int_range
 from attestd.errors import ParseError
 
 if TYPE_CHECKING:
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}"
+MAX_WORKERS = 256
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -59,11 +63,23 @@ def cmd_host_create(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _revision_errors(revision: str) -> Iterator[None]:
+    """alembic's refusal of a revision (unknown, out of range) as a ParseError."""
+    from alembic.util import CommandError
+
+    try:
+        yield
+    except CommandError as exc:
+        raise ParseError(f"revision {revision!r}: {exc}") from None
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Create or migrate the schema."""
     from attestd.storage import open_store
 
-    open_store(_settings(args)).upgrade(args.revision)
+    with _revision_errors(args.revision):
+        open_store(_settings(args)).upgrade(args.revision)
     print(f"database at revision {args.revision}")
     return 0
 
@@ -72,7 +88,8 @@ def cmd_db_downgrade(args: argparse.Namespace) -> int:
     """Migrate the schema down."""
     from attestd.storage import open_store
 
-    open_store(_settings(args)).downgrade(args.revision)
+    with _revision_errors(args.revision):
+        open_store(_settings(args)).downgrade(args.revision)
     print(f"database at revision {args.revision}")
     return 0
 
@@ -125,9 +142,32 @@ def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str])
     ]
 
 
+def check_bind(text: str) -> str:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH`` as gunicorn takes it (ParseError if not)."""
+    if text.startswith("unix:") and len(text) > len("unix:"):
+        return text
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ParseError(f"bind address {text!r} is not HOST:PORT (port 1-65535) or unix:PATH")
+    return text
+
+
+def bind_arg(text: str) -> str:
+    """argparse type for ``--bind``."""
+    try:
+        return check_bind(text)
+    except ParseError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Migrate the database, then exec gunicorn on ``attestd.wsgi:app``."""
     settings = _settings(args)
+    bind = check_bind(args.bind or settings.bind)  # before gunicorn, which retries a bad one
+    workers = args.workers or settings.workers
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ParseError(f"workers = {workers}: must be 1..{MAX_WORKERS}")
     if args.config:
         os.environ["ATTESTD_CONFIG"] = str(Path(args.config).resolve())
     from attestd.service.factory import build_services
@@ -137,9 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     extra = list(args.gunicorn)
     if extra[:1] == ["--"]:
         extra = extra[1:]
-    argv = gunicorn_argv(
-        settings, args.bind or settings.bind, args.workers or settings.workers, extra
-    )
+    argv = gunicorn_argv(settings, bind, workers, extra)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # noqa: S606 (fixed argv, no shell)
 
@@ -152,25 +190,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         return parser
 
     serve = with_config(subparsers.add_parser("serve", help="run the REST service (gunicorn)"))
-    serve.add_argument("--bind", help="HOST:PORT (default from the configuration)")
-    serve.add_argument("--workers", type=int, help="gunicorn worker processes")
+    serve.add_argument("--bind", type=bind_arg, help="HOST:PORT (default from the configuration)")
+    serve.add_argument(
+        "--workers", type=int_range(1, MAX_WORKERS), help="gunicorn worker processes"
+    )
     serve.add_argument("gunicorn", nargs=argparse.REMAINDER, help="extra gunicorn options after --")
     serve.set_defaults(func=cmd_serve)
 
     for kind, func in (("owner", cmd_owner_create), ("host", cmd_host_create)):
         group = subparsers.add_parser(kind, help=f"manage {kind} tokens")
         sub = group.add_subparsers(dest=f"{kind}_command", metavar="COMMAND", required=True)
-        create = with_config(sub.add_parser("create", help=f"create a {kind}; prints its token"))
-        create.add_argument("name")
+        article = "an" if kind[0] in "aeiou" else "a"
+        text = f"create {article} {kind}; prints its token"
+        create = with_config(sub.add_parser("create", help=text, description=text))
+        create.add_argument("name", help=f"{kind} name ({NAME_PATTERN})")
         create.set_defaults(func=func)
 
     db = subparsers.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     up = with_config(db_sub.add_parser("upgrade", help="create or migrate the schema"))
-    up.add_argument("--revision", default="head")
+    up.add_argument("--revision", default="head", help="target revision (default head)")
     up.set_defaults(func=cmd_db_upgrade)
     down = with_config(db_sub.add_parser("downgrade", help="migrate the schema down"))
-    down.add_argument("revision")
+    down.add_argument("revision", help="target revision (e.g. base)")
     down.set_defaults(func=cmd_db_downgrade)
 
     keys = subparsers.add_parser("keys", help="storage encryption keys")

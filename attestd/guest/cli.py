@@ -1,9 +1,16 @@
-"""``attestd-guest``: bootstrap, status, rotate and serve.
+"""attestd-guest: bootstrap, status, rotate and serve.
 
-Exit codes: 0 success/ready, 1 one or more volumes failed, 2 usage, 3 malformed
-payload or secret source, 4 conflict (different input while ready, busy),
-5 authentication failed (old passphrase), 6 other error. Results are JSON on stdout;
-logs go to stderr.
+Results are JSON on stdout; logs go to stderr.
+
+exit status:
+  0   success / ready
+  1   one or more volumes failed
+  2   usage error (unknown option, malformed argument)
+  3   malformed or unreadable payload, request file or secret source
+  4   conflict (different input while ready, busy)
+  5   authentication failed (old passphrase)
+  6   other error (a command or the system failed; one line says which)
+  70  internal error: a bug, please report it (ATTESTD_DEBUG=1 shows the traceback)
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from attestd.guest.agent import (
     DEFAULT_DEV_DIR,
@@ -49,8 +58,11 @@ EXIT_INVALID = 3
 EXIT_CONFLICT = 4
 EXIT_AUTH = 5
 EXIT_ERROR = 6
+EXIT_INTERNAL = 70
+DEBUG_ENV = "ATTESTD_DEBUG"
 
 logger = logging.getLogger("attestd.guest")
+T = TypeVar("T", int, float)
 
 
 def _pbkdf_args(args: argparse.Namespace) -> tuple[str, ...]:
@@ -82,7 +94,10 @@ def source_from_args(args: argparse.Namespace) -> SecretSource:
     the simulated secret area's port is present is the simulated area read (with a warning).
     """
     if args.secret_table is not None:
-        return TableFileSource(args.secret_table)
+        table: Path = args.secret_table
+        if table.exists() and not table.is_file():
+            raise SecretSourceError(f"secret table {table} is not a regular file")
+        return TableFileSource(table)
     if args.sim_secret_port is not None:
         return SimulatedSecretArea(args.sim_secret_port, timeout=args.device_timeout)
     if args.secrets_dir is None:
@@ -103,6 +118,11 @@ def _emit(doc: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _runner(args: argparse.Namespace) -> SubprocessRunner:
+    """The command runner; a second key's private file goes under the run directory."""
+    return SubprocessRunner(key_dir=args.run_dir)
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     """Read the payload from the secret source and bootstrap; delete consumed entries."""
     source = source_from_args(args)
@@ -111,7 +131,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     if data is None:
         raise SecretSourceError(f"no attestd payload entry {guid} in {source.describe()}")
     payload = parse_payload(data)
-    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent = Agent(config_from_args(args), _runner(args))
     outcome = agent.bootstrap(payload)
     doc = outcome.full()
     if outcome.ok:
@@ -124,17 +144,26 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print status; exit 0 when ready, 1 otherwise."""
-    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent = Agent(config_from_args(args), _runner(args))
     agent.recover()
     _emit(agent.describe())
     return EXIT_OK if agent.status == "ready" else EXIT_VOLUMES_FAILED
 
 
+def _read_request(path: Path) -> bytes:
+    if path.exists() and not path.is_file():
+        raise PayloadError(f"request {path} is not a regular file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PayloadError(f"cannot read request {path}: {exc.strerror}") from None
+
+
 def cmd_rotate(args: argparse.Namespace) -> int:
     """Rotate passphrases from a cvm-control ``PUT /api/v1/passphrase`` JSON body."""
-    raw = sys.stdin.buffer.read() if str(args.request) == "-" else args.request.read_bytes()
+    raw = sys.stdin.buffer.read() if str(args.request) == "-" else _read_request(args.request)
     specs = validate_rotation(parse_json(raw))
-    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent = Agent(config_from_args(args), _runner(args))
     if not agent.recover():
         raise ConflictError("not bootstrapped (no state record with all volumes mounted)")
     outcome = agent.rotate(specs)
@@ -146,10 +175,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the cvm-control-compatible HTTPS API until shut down."""
     from attestd.guest.server import serve
 
-    agent = Agent(config_from_args(args), SubprocessRunner())
+    agent = Agent(config_from_args(args), _runner(args))
     agent.recover()
     serve(agent, args.address, args.port, args.tls_cn)
     return EXIT_OK
+
+
+def _number(kind: Callable[[str], T], low: T, high: T | None = None) -> Callable[[str], T]:
+    """argparse type: a ``kind`` number in ``[low, high]``."""
+
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value or (high is not None and value > high):  # NaN fails too
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({bound})")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,23 +205,40 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN_DIR,
+        help=f"state record and key directory (default {DEFAULT_RUN_DIR})",
+    )
     parser.add_argument("--dev-dir", type=Path, default=DEFAULT_DEV_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--mountinfo", type=Path, default=DEFAULT_MOUNTINFO, help=argparse.SUPPRESS)
     parser.add_argument(
         "--device-timeout",
-        type=float,
+        type=_number(float, 0.0, 86400.0),
         default=30.0,
         metavar="SECONDS",
         help="how long to wait for each volume's device to appear (default 30)",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="stderr log level (default info)",
     )
     cost = parser.add_argument_group("PBKDF cost for new keyslots (tests; default: cryptsetup's)")
-    cost.add_argument("--pbkdf-memory", type=int, metavar="KIB")
-    cost.add_argument("--pbkdf-parallel", type=int, metavar="N")
-    cost.add_argument("--pbkdf-force-iterations", type=int, metavar="N")
+    cost.add_argument(
+        "--pbkdf-memory", type=_number(int, 8, 4194304), metavar="KIB", help="argon2 memory"
+    )
+    cost.add_argument(
+        "--pbkdf-parallel", type=_number(int, 1, 1024), metavar="N", help="argon2 threads"
+    )
+    cost.add_argument(
+        "--pbkdf-force-iterations",
+        type=_number(int, 1, 2**32 - 1),
+        metavar="N",
+        help="argon2 iterations",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     boot = sub.add_parser("bootstrap", help="unlock and mount the volumes of the injected payload")
@@ -206,9 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     rot.set_defaults(func=cmd_rotate)
 
     srv = sub.add_parser("serve", help="the cvm-control-compatible HTTPS API")
-    srv.add_argument("--address", default="0.0.0.0")  # noqa: S104 - cvm-control's default
-    srv.add_argument("--port", type=int, default=9443)
-    srv.add_argument("--tls-cn", default="attestd-guest")
+    srv.add_argument(
+        "--address",
+        default="0.0.0.0",  # noqa: S104 - cvm-control's default
+        help="listen address (default 0.0.0.0)",
+    )
+    srv.add_argument(
+        "--port", type=_number(int, 1, 65535), default=9443, help="TCP port (default 9443)"
+    )
+    srv.add_argument(
+        "--tls-cn", default="attestd-guest", help="CN of the self-signed TLS certificate"
+    )
     srv.set_defaults(func=cmd_serve)
     return parser
 
@@ -236,6 +307,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _emit({"status": "error", "code": exc.code, "error": exc.message})
         logger.error("%s", exc.message)
         return code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        message = f"{where}{exc.strerror or exc}"
+        _emit({"status": "error", "code": "os_error", "error": message})
+        logger.error("%s", message)
+        return EXIT_ERROR
+    except Exception as exc:
+        message = f"internal error ({type(exc).__name__}); this is a bug, please report it"
+        _emit({"status": "error", "code": "internal_error", "error": message})
+        logger.error("%s (set %s=1 for the traceback)", message, DEBUG_ENV)
+        if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+            traceback.print_exc()
+        return EXIT_INTERNAL
 
 
 def run() -> NoReturn:

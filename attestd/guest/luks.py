@@ -1,4 +1,5 @@
-"""cryptsetup operations. Keys go on stdin (``--key-file=-``) or through ``KEY_FD``."""
+"""cryptsetup operations. Keys go on stdin (``--key-file=-``) or, for a second key, in a
+private file (``KEY_FD``, see ``attestd.guest.runner``)."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def add_key(
     new_key: bytes,
     pbkdf_args: Sequence[str] = (),
 ) -> None:
-    """``luksAddKey``: the old key on stdin, the new one through an inherited pipe."""
+    """``luksAddKey``: the old key on stdin, the new one in a private file (no /dev/fd)."""
     argv = [CRYPTSETUP, "luksAddKey", "--batch-mode", "--pbkdf", "argon2id", *pbkdf_args]
     result = runner.run(
         [*argv, "--key-file=-", f"--new-keyfile={KEY_FD}", device], stdin=old_key, key_fd=new_key

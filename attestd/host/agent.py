@@ -161,11 +161,32 @@ def attest_domain(settings: HostSettings, dom: Any) -> bool:
 
 
 def start_domain(settings: HostSettings, conn: Any, name: str) -> None:
-    """``attestd-host start DOMAIN``: start paused, attest, resume (destroy on failure)."""
+    """``attestd-host start DOMAIN``: start an attestd domain and return once it runs attested.
+
+    A wrapped domain (``attestd-qemu``) is started normally: the hook and the wrapper
+    validate and inject before its first ``cont``, so the start returns only after that
+    (or fails with the service's reason). An agent-path domain is started paused, then
+    attested and resumed here (destroyed on failure). LaunchError unless it ends running.
+    """
     lv = _libvirt()
     dom = conn.lookupByName(name)
-    dom.createWithFlags(lv.VIR_DOMAIN_START_PAUSED)
-    attest_domain(settings, dom)
+    info = parse_domain(dom.XMLDesc(0))
+    if info.metadata is None:
+        raise LaunchError(
+            f"{name} is not an attestd domain: run 'attestd-host prepare-domain' first"
+        )
+    if info.uses_wrapper:
+        dom.create()
+    else:
+        dom.createWithFlags(lv.VIR_DOMAIN_START_PAUSED)
+        if not attest_domain(settings, dom):
+            raise LaunchError(
+                f"{name} was started paused but not attested by this command (no agent-path "
+                "launch state, or another attestd-host is attesting it); it is still paused"
+            )
+    status = dom.state()[0]
+    if status != lv.VIR_DOMAIN_RUNNING:
+        raise LaunchError(f"{name} is not running after its start (libvirt state {status})")
 
 
 class Agent:

@@ -1,4 +1,8 @@
-"""``attestd-host``: domain preparation, platform data, hook install, paused start, agent."""
+"""attestd-host: domain preparation, platform data, hook install, attested start, agent.
+
+The host config is /etc/attestd/host.toml (or $ATTESTD_HOST_CONFIG, or --config, which
+must exist); its libvirt_uri is the default of every --connect.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-from attestd.errors import AttestdError, LaunchError
+from attestd.console import EXIT_USAGE, new_parser, plain, read_text, run_guarded, url_arg, uuid_arg
+from attestd.errors import LaunchError, ParseError
 from attestd.host import hook as hookmod
 from attestd.host import platform as plat
 from attestd.host import sim as simhost
@@ -48,26 +53,42 @@ def default_wrapper() -> str:
     return found
 
 
+def _emulator(args: argparse.Namespace, settings: HostSettings, wrapped: bool) -> str | None:
+    """The ``<emulator>`` to write (None: keep the domain's)."""
+    given: str | None = args.emulator
+    if args.no_wrapper:
+        if given is not None and Path(given).name == WRAPPER_NAME:
+            raise ParseError(f"--no-wrapper: --emulator must be QEMU itself, not {WRAPPER_NAME}")
+        # the agent path must not run through the wrapper: back to the real QEMU
+        return given or (str(settings.qemu_binary) if wrapped else None)
+    if given is not None and Path(given).name != WRAPPER_NAME:
+        raise ParseError(
+            f"--emulator must name {WRAPPER_NAME} (for the agent path use --no-wrapper)"
+        )
+    return given or default_wrapper()
+
+
 def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
     """Add attestd metadata, SEV placeholders and the wrapper to a domain XML."""
+    if args.define and not args.domain:
+        raise ParseError("--define needs --domain (with --xml, write the result with -o)")
     conn = None
     if args.domain:
         conn = _connect(args.connect or settings.libvirt_uri)
         xml = conn.lookupByName(args.domain).XMLDesc(0)
     else:
-        xml = ensure_uuid(Path(args.xml).read_text(encoding="utf-8"))
+        xml = ensure_uuid(read_text(Path(args.xml), "domain XML"))
     info = parse_domain(xml)
     meta = AttestdMetadata(
-        service=args.service.rstrip("/"),
-        vm_id=UUID(args.vm_id) if args.vm_id else info.uuid,
+        service=args.service,
+        vm_id=cast("UUID", args.vm_id) or info.uuid,
         simulate=args.simulate,
         firmware=Path(args.firmware) if args.firmware else None,
         sim_state=Path(args.sim_state) if args.sim_state else None,
         vcpu_type=args.vcpu_type,
         autostart=args.autostart,
     )
-    emulator = None if args.no_wrapper else (args.emulator or default_wrapper())
-    out = prepare_domain(xml, meta, emulator=emulator)
+    out = prepare_domain(xml, meta, emulator=_emulator(args, settings, info.uses_wrapper))
     if conn is not None and args.define:
         conn.defineXML(out)
         print(f"domain {info.name} prepared for attestd")
@@ -101,11 +122,13 @@ def cmd_install_hook(args: argparse.Namespace, settings: HostSettings) -> int:
     """Install ``hooks/qemu`` as ``<dir>/attestd`` with this Python as interpreter."""
     del settings
     source = Path(args.source)
-    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = read_text(source, "hook source").splitlines(keepends=True)
     if not lines or not lines[0].startswith("#!"):
         raise LaunchError(f"{source} is not the attestd hook dispatcher")
     lines[0] = f"#!{sys.executable}\n"
     target_dir = Path(args.dir)
+    if target_dir.exists() and not target_dir.is_dir():
+        raise ParseError(f"hook directory {target_dir} is not a directory")
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / "attestd"
     target.write_text("".join(lines), encoding="utf-8")
@@ -115,7 +138,7 @@ def cmd_install_hook(args: argparse.Namespace, settings: HostSettings) -> int:
 
 
 def cmd_start(args: argparse.Namespace, settings: HostSettings) -> int:
-    """Start a domain paused, attest it, resume it."""
+    """Start an attestd domain; exit 0 only once it is attested and running."""
     from attestd.host.agent import start_domain
 
     start_domain(settings, _connect(args.connect or settings.libvirt_uri), args.domain)
@@ -137,61 +160,95 @@ def cmd_run(args: argparse.Namespace, settings: HostSettings) -> int:
 def cmd_hook(args: argparse.Namespace, settings: HostSettings) -> int:
     """Run the hook's work by hand (XML on stdin), e.g. to try a configuration."""
     del settings
-    return hookmod.run([args.domain, args.op, args.subop, "-"], sys.stdin.read())
+    try:
+        xml = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError("the domain XML on stdin is not UTF-8 text") from None
+    return hookmod.run([args.domain, args.op, args.subop, "-"], xml, prog="attestd-host hook")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``attestd-host`` argument parser."""
-    parser = argparse.ArgumentParser(prog="attestd-host", description=__doc__)
-    parser.add_argument("--config", help="host config file (default /etc/attestd/host.toml)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = new_parser("attestd-host", __doc__)
+    parser.add_argument(
+        "--config", help="host config file (must exist; default /etc/attestd/host.toml)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("prepare-domain", help=cmd_prepare_domain.__doc__)
+    def command(name: str, func: Callable[..., int]) -> argparse.ArgumentParser:
+        text = plain(func.__doc__)
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.set_defaults(func=func)
+        return cmd
+
+    def connect(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--connect", metavar="URI", help="libvirt URI (default: libvirt_uri)")
+
+    p = command("prepare-domain", cmd_prepare_domain)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--xml", help="domain XML file")
     src.add_argument("--domain", help="a defined domain (read via libvirt)")
-    p.add_argument("--service", required=True, help="service base URL, e.g. https://a.example/v1")
-    p.add_argument("--vm-id", help="VM id at the service (default: the domain UUID)")
+    p.add_argument(
+        "--service",
+        type=url_arg,
+        required=True,
+        help="service base URL, e.g. https://a.example/v1",
+    )
+    p.add_argument(
+        "--vm-id", type=uuid_arg, help="VM id (a UUID) at the service (default: the domain UUID)"
+    )
     p.add_argument("--simulate", action="store_true", help="simulated SEV (no <launchSecurity>)")
     p.add_argument("--firmware", help="firmware file to measure (default: <os><loader>)")
     p.add_argument("--sim-state", help="simulator state directory")
     p.add_argument("--vcpu-type", help="vCPU type reported to the service (SEV-ES)")
     p.add_argument("--autostart", action="store_true", help="the agent starts it at boot")
-    p.add_argument("--emulator", help="path of attestd-qemu (default: next to this Python)")
-    p.add_argument("--no-wrapper", action="store_true", help="keep <emulator>: agent path")
+    p.add_argument(
+        "--emulator",
+        help=f"the <emulator> to write: {WRAPPER_NAME} (default: the one next to this Python); "
+        "with --no-wrapper QEMU itself (default: keep it, or the host config's qemu_binary "
+        f"in place of {WRAPPER_NAME})",
+    )
+    p.add_argument(
+        "--no-wrapper",
+        action="store_true",
+        help=f"agent path: no {WRAPPER_NAME} as <emulator>, no marker",
+    )
     p.add_argument("--define", action="store_true", help="with --domain: redefine it")
     p.add_argument("-o", "--output", help="write the XML here (default stdout)")
-    p.add_argument("--connect", help="libvirt URI")
-    p.set_defaults(func=cmd_prepare_domain)
+    connect(p)
 
-    p = sub.add_parser("refresh-platform", help=cmd_refresh_platform.__doc__)
-    p.add_argument("--source", choices=["auto", "dev-sev", "libvirt", "sim"], default="auto")
-    p.add_argument("--dev", default="/dev/sev")
+    p = command("refresh-platform", cmd_refresh_platform)
+    p.add_argument(
+        "--source",
+        choices=["auto", "dev-sev", "libvirt", "sim"],
+        default="auto",
+        help="where to read the platform data (auto: --dev if it exists, else libvirt)",
+    )
+    p.add_argument("--dev", default="/dev/sev", help="SEV device (default /dev/sev)")
     p.add_argument("--sim-state", help="simulator state directory (source sim)")
     p.add_argument("--cache", help="cache file (default from the host config)")
-    p.add_argument("--connect", help="libvirt URI")
-    p.set_defaults(func=cmd_refresh_platform)
+    connect(p)
 
-    p = sub.add_parser("install-hook", help=cmd_install_hook.__doc__)
-    p.add_argument("--dir", default=str(DEFAULT_HOOK_DIR))
-    p.add_argument("--source", default=str(HOOK_SOURCE))
-    p.set_defaults(func=cmd_install_hook)
+    p = command("install-hook", cmd_install_hook)
+    p.add_argument(
+        "--dir", default=str(DEFAULT_HOOK_DIR), help=f"hook directory (default {DEFAULT_HOOK_DIR})"
+    )
+    p.add_argument(
+        "--source", default=str(HOOK_SOURCE), help="the hook dispatcher (default: hooks/qemu)"
+    )
 
-    p = sub.add_parser("start", help=cmd_start.__doc__)
-    p.add_argument("domain")
-    p.add_argument("--connect", help="libvirt URI")
-    p.set_defaults(func=cmd_start)
+    p = command("start", cmd_start)
+    p.add_argument("domain", help="domain name")
+    connect(p)
 
-    p = sub.add_parser("run", help=cmd_run.__doc__)
-    p.add_argument("--connect", help="libvirt URI")
-    p.set_defaults(func=cmd_run)
+    p = command("run", cmd_run)
+    connect(p)
 
-    p = sub.add_parser("hook", help=cmd_hook.__doc__)
-    p.add_argument("domain")
-    p.add_argument("op")
-    p.add_argument("subop")
-    p.set_defaults(func=cmd_hook)
+    p = command("hook", cmd_hook)
+    p.add_argument("domain", help="domain name")
+    p.add_argument("op", help="hook operation (e.g. start)")
+    p.add_argument("subop", help="hook sub-operation (e.g. begin)")
     return parser
 
 
@@ -204,23 +261,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if func is None:
         parser.print_help(sys.stderr)
-        return 2
+        return EXIT_USAGE
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s attestd-host %(levelname)s %(message)s",
     )
-    try:
+
+    def body() -> int:
         settings = load_settings(Path(args.config) if args.config else None)
         return func(args, settings)
-    except AttestdError as exc:
-        print(f"attestd-host: error: {exc.message}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        if type(exc).__name__ == "libvirtError":
-            print(f"attestd-host: libvirt: {exc}", file=sys.stderr)
-            return 1
-        raise
+
+    return run_guarded("attestd-host", body)
 
 
 if __name__ == "__main__":

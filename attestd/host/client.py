@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -154,7 +155,7 @@ class ServiceClient:
             # environment override a session's verify, which would ignore ca_bundle
             response = self.session.post(url, json=body, timeout=self.timeout, verify=self.verify)
         except requests.RequestException as exc:
-            raise LaunchError(f"service {self.base_url} unreachable: {type(exc).__name__}") from exc
+            raise LaunchError(self._unreachable(url, exc)) from exc
         if response.status_code >= 400:
             raise LaunchError(f"service refused {path}: {describe_error(response)}")
         try:
@@ -164,6 +165,25 @@ class ServiceClient:
         if not isinstance(doc, dict):
             raise LaunchError(f"service answered {path} with a non-object")
         return doc
+
+    def _unreachable(self, url: str, exc: requests.RequestException) -> str:
+        """Which URL failed, how, and what to check."""
+        root = self.base_url.removesuffix("/v1")
+        if isinstance(exc, requests.exceptions.SSLError):
+            how = "TLS verification failed"
+            check = "the service's certificate and ca_bundle in the host config"
+        elif isinstance(exc, requests.Timeout) or "timed out" in str(exc):
+            # a read timeout reaches us as a ConnectionError (urllib3 retries: read=0)
+            how = f"no answer within {self.timeout:g} s"
+            check = f"that the service at {root} is up and not overloaded (timeout in host.toml)"
+        else:
+            errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+            how = errno.group(1).strip() if errno else type(exc).__name__
+            check = (
+                f"that the attestd service runs (curl {root}/healthz) and that this host "
+                "reaches it (service URL in the domain's metadata, DNS, firewall)"
+            )
+        return f"service {self.base_url} unreachable: POST {url}: {how}; check {check}"
 
     def launch(self, vm_id: UUID, platform: PlatformData) -> LaunchSession:
         """``POST /vm/<uuid>/launch``: fresh GODH cert + session for this launch."""

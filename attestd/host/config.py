@@ -84,10 +84,23 @@ def config_path() -> Path:
 
 
 def load_settings(path: Path | None = None) -> HostSettings:
-    """Read the host config file; a missing file means all defaults."""
+    """Read the host config file.
+
+    A missing default file (``config_path()``) means all defaults; a ``path`` given
+    explicitly (``--config``) must exist. Unreadable or binary files are a ParseError.
+    """
+    explicit = path is not None
     path = path or config_path()
+    if path.exists() and not path.is_file():
+        raise ParseError(f"host config {path} is not a regular file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
+        if explicit:
+            raise ParseError(f"host config {path} does not exist") from None
         return HostSettings()
+    except UnicodeDecodeError:
+        raise ParseError(f"host config {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ParseError(f"host config {path}: {exc.strerror}") from None
     return parse_settings(text)

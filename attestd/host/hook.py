@@ -31,14 +31,14 @@ def handle(settings: HostSettings, op: str, subop: str, xml: str) -> None:
         remove_state(settings.state_dir, domain.uuid)
 
 
-def run(argv: Sequence[str], xml: str) -> int:
+def run(argv: Sequence[str], xml: str, prog: str = "attestd") -> int:
     """``argv`` = ``[domain, op, subop, extra]`` as libvirt passes them."""
     try:
         handle(load_settings(), argv[1], argv[2], xml)
     except AttestdError as exc:
-        print(f"attestd: {argv[0]}: {exc.message}", file=sys.stderr)
+        print(f"{prog}: {argv[0]}: {exc.message}", file=sys.stderr)
         return 1
     except Exception as exc:  # fail closed, but say what happened
-        print(f"attestd: {argv[0]}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{prog}: {argv[0]}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

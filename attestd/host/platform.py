@@ -148,7 +148,13 @@ def _issue(fd: int, cmd: int, data: ctypes.Structure) -> None:
 
 def read_dev_sev(path: Path = Path("/dev/sev")) -> PlatformData:
     """Export PDH, cert chain and chip id from the SEV firmware (needs root)."""
-    fd = os.open(path, os.O_RDWR)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot open {path}: {exc.strerror} (not an SEV host, or the kvm_amd/ccp "
+            "modules are not loaded? --source sim for the simulator)"
+        ) from None
     try:
         pdh = ctypes.create_string_buffer(SEV_CERT_SIZE)
         chain = ctypes.create_string_buffer(3 * SEV_CERT_SIZE)
@@ -206,9 +212,13 @@ def write_cache(path: Path, data: PlatformData) -> None:
 def read_cache(path: Path) -> PlatformData:
     """Read the cache; a missing cache is a clear launch error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError as exc:
         raise LaunchError(
             f"no platform data at {path}: run 'attestd-host refresh-platform' first"
         ) from exc
+    except OSError as exc:
+        raise LaunchError(f"cannot read platform data {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ParseError(f"platform data {path} is not UTF-8 text") from None
     return PlatformData.from_json(text)

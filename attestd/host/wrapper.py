@@ -26,7 +26,9 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from uuid import UUID
 
+from attestd.console import EXIT_STATUS_EPILOG, plain, run_guarded
 from attestd.errors import AttestdError, LaunchError
 from attestd.host.config import HostSettings, load_settings
 from attestd.host.state import MARKER_ENV, PATH_WRAPPER, LaunchState, read_state
@@ -129,12 +131,44 @@ def _check_marked(args: Sequence[str], marker: str, state: LaunchState | None) -
     return None
 
 
+HELP = f"""usage: attestd-qemu [QEMU ARGUMENTS...]
+
+{plain(__doc__).strip()}
+
+Every argument goes to QEMU (the host config's qemu_binary); 'attestd-qemu -help'
+shows QEMU's own help. The host config is /etc/attestd/host.toml, or
+$ATTESTD_HOST_CONFIG.
+
+{EXIT_STATUS_EPILOG}
+  otherwise QEMU's own exit status
+"""
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``attestd-qemu``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--help"]:
+        sys.stdout.write(HELP)
+        return 0
+    return run_guarded("attestd-qemu", lambda: _run(args))
+
+
+def _run(args: list[str]) -> int:
     uuid = option_value(args, "-uuid")
     monitor = monitor_chardev(args)
     marker = os.environ.get(MARKER_ENV) or None
+    if marker is not None and not _is_uuid(marker):
+        return _refuse(f"{MARKER_ENV}={marker!r} is not a VM id (UUID): run prepare-domain again")
+    if uuid is not None and not _is_uuid(uuid):
+        uuid = None  # not libvirt's: no attestd launch state can belong to it
     if uuid is None or monitor is None:
         if marker is not None:
             return _refuse(f"{MARKER_ENV} is set but libvirt's -uuid/monitor chardev is missing")

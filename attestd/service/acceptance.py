@@ -7,7 +7,7 @@ Pure: no I/O, no clock, no storage. The launch use-case
    host's ``firmware-hash``, ``cpu-count`` and ``vcpu-type`` only *select* among the
    owner's registered inputs; the digests are computed by the service itself
    (``digest_of``, injected) or were registered precomputed.
-2. ``verify_measurement`` (``attestd.sev.measurement``): the firmware's HMAC under
+2. ``verify_launch`` (``attestd.sev.secrets``): the firmware's HMAC under
    the TIK, which the host never sees, proves one candidate digest together with the
    launch policy and (firmware API >= 0.17) the API version and build.
 3. :func:`decide`: every remaining reason to refuse, checked only on values the

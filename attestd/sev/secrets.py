@@ -157,7 +157,7 @@ def secret_mac(
     return hmac_sha256(tik, msg)
 
 
-def build_launch_secret(
+def _seal_launch_secret(
     keys: TransportKeys,
     measure: bytes,
     table: bytes,
@@ -168,7 +168,9 @@ def build_launch_secret(
 ) -> LaunchSecret:
     """Encrypt and MAC a secret table for LAUNCH_SECRET (flags 0, fresh IV by default).
 
-    ``measure`` must be the 32-byte value already proved by ``verify_measurement``.
+    Private: the one public way to a packet is :meth:`VerifiedLaunch.launch_secret`,
+    and a :class:`VerifiedLaunch` comes only from :func:`verify_launch`. The core's
+    known-answer tests and the benchmarks call this primitive directly.
     """
     check_secret_size(len(table), area_size)
     if iv is None:
@@ -203,7 +205,7 @@ class VerifiedLaunch:
         self, table: bytes, *, iv: bytes | None = None, area_size: int | None = None
     ) -> LaunchSecret:
         """Encrypt and MAC ``table`` for LAUNCH_SECRET (flags 0, fresh IV by default)."""
-        return build_launch_secret(
+        return _seal_launch_secret(
             self.keys, self.measure, table, version=self.version, iv=iv, area_size=area_size
         )
 

@@ -17,11 +17,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from attestd.errors import AttestdError
+from attestd.console import int_range, new_parser, read_bytes, run_guarded
+from attestd.errors import NotFound
 from attestd.sev._binary import raw_or_base64
+from attestd.sim import snp_cli
 from attestd.sim.platform import STATE_FILE, SimulatedPlatform
 
 LOCK_FILE = ".lock"
+_BYTE = int_range(0, 0xFF)
+_U32 = int_range(0, 0xFFFFFFFF)
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -33,7 +37,7 @@ def _b64(data: bytes) -> str:
 def _platform(directory: Path, *, write: bool = True) -> Iterator[SimulatedPlatform]:
     """Load the platform under an exclusive lock; save it afterwards if ``write``."""
     if not (directory / STATE_FILE).is_file():
-        raise FileNotFoundError(f"no simulated platform in {directory} (run attestd-sim init)")
+        raise NotFound(f"no simulated platform in {directory} (run attestd-sim init)")
     with (directory / LOCK_FILE).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         platform = SimulatedPlatform.load(directory)
@@ -98,8 +102,8 @@ def _trust_anchor(args: argparse.Namespace) -> int:
 
 
 def _launch_start(args: argparse.Namespace) -> int:
-    godh = raw_or_base64(args.godh_cert.read_bytes())
-    session = raw_or_base64(args.session.read_bytes())
+    godh = raw_or_base64(read_bytes(args.godh_cert, "GODH certificate"))
+    session = raw_or_base64(read_bytes(args.session, "session"))
     with _platform(args.dir) as platform:
         print(platform.launch_start(godh, session, args.policy))
     return 0
@@ -108,14 +112,14 @@ def _launch_start(args: argparse.Namespace) -> int:
 def _launch_update_data(args: argparse.Namespace) -> int:
     with _platform(args.dir) as platform:
         for path in args.files:
-            platform.launch_update_data(args.handle, path.read_bytes())
+            platform.launch_update_data(args.handle, read_bytes(path))
     return 0
 
 
 def _launch_update_vmsa(args: argparse.Namespace) -> int:
     with _platform(args.dir) as platform:
         for path in args.files:
-            platform.launch_update_vmsa(args.handle, path.read_bytes())
+            platform.launch_update_vmsa(args.handle, read_bytes(path, "VMSA file"))
     return 0
 
 
@@ -126,8 +130,8 @@ def _launch_measure(args: argparse.Namespace) -> int:
 
 
 def _launch_secret(args: argparse.Namespace) -> int:
-    header = raw_or_base64(args.header.read_bytes())
-    secret = raw_or_base64(args.secret.read_bytes())
+    header = raw_or_base64(read_bytes(args.header, "secret header"))
+    secret = raw_or_base64(read_bytes(args.secret, "secret"))
     with _platform(args.dir) as platform:
         platform.launch_secret(args.handle, header, secret)
     return 0
@@ -160,7 +164,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``attestd-sim`` argument parser."""
-    parser = argparse.ArgumentParser(prog="attestd-sim", description=__doc__)
+    parser = new_parser("attestd-sim", __doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
@@ -171,41 +175,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     def guest(name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
         cmd = command(name, handler, text)
-        cmd.add_argument("--handle", type=int, required=True, help="guest handle")
+        cmd.add_argument("--handle", type=_U32, required=True, help="guest handle")
         return cmd
 
     init = command("init", _init, "mint a new platform (ARK/ASK, CEK, OCA, PEK, PDH)")
     init.add_argument("--name", default="sim", help="platform / trust anchor name")
-    init.add_argument("--api-major", type=int, default=1)
-    init.add_argument("--api-minor", type=int, default=55)
-    init.add_argument("--build-id", type=int, default=21)
-    init.add_argument("--rsa-bits", type=int, choices=(2048, 4096), default=4096)
+    init.add_argument("--api-major", type=_BYTE, default=1, help="firmware API major (0-255)")
+    init.add_argument("--api-minor", type=_BYTE, default=55, help="firmware API minor (0-255)")
+    init.add_argument("--build-id", type=_BYTE, default=21, help="firmware build id (0-255)")
+    init.add_argument(
+        "--rsa-bits", type=int, choices=(2048, 4096), default=4096, help="ARK/ASK RSA key size"
+    )
     init.add_argument("--force", action="store_true", help="replace an existing platform")
 
     export = command("export", _export, "print the platform data (like virsh nodesevinfo)")
-    export.add_argument("--format", choices=("text", "json"), default="text")
+    export.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (text)"
+    )
     export.add_argument("--out", type=Path, help="also write pdh.cert, cert_chain.cert, cek.cert")
 
     anchor = command("trust-anchor", _trust_anchor, "write <out>/<name>/{ark,ask}.cert")
-    anchor.add_argument("--out", type=Path, required=True)
+    anchor.add_argument("--out", type=Path, required=True, help="trust anchor directory")
 
     start = command("launch-start", _launch_start, "LAUNCH_START; prints the guest handle")
-    start.add_argument("--godh-cert", type=Path, required=True)
-    start.add_argument("--session", type=Path, required=True)
-    start.add_argument("--policy", type=lambda s: int(s, 0), required=True)
+    start.add_argument("--godh-cert", type=Path, required=True, help="guest owner DH cert file")
+    start.add_argument("--session", type=Path, required=True, help="launch session blob file")
+    start.add_argument(
+        "--policy", type=int_range(0, 0xFFFFFFFF, base=0), required=True, help="guest policy"
+    )
 
     data = guest("launch-update-data", _launch_update_data, "LAUNCH_UPDATE_DATA with raw files")
-    data.add_argument("files", type=Path, nargs="+")
+    data.add_argument("files", type=Path, nargs="+", help="raw files to measure, in order")
     vmsa = guest("launch-update-vmsa", _launch_update_vmsa, "LAUNCH_UPDATE_VMSA (4096-byte pages)")
-    vmsa.add_argument("files", type=Path, nargs="+")
+    vmsa.add_argument("files", type=Path, nargs="+", help="VMSA pages, one file per vCPU")
     guest("launch-measure", _launch_measure, "LAUNCH_MEASURE; prints base64(measure||mnonce)")
     secret = guest("launch-secret", _launch_secret, "LAUNCH_SECRET with a header and payload")
-    secret.add_argument("--header", type=Path, required=True)
-    secret.add_argument("--secret", type=Path, required=True)
+    secret.add_argument("--header", type=Path, required=True, help="secret header file")
+    secret.add_argument("--secret", type=Path, required=True, help="encrypted secret file")
     guest("launch-finish", _launch_finish, "LAUNCH_FINISH")
     table = guest("secret-table", _secret_table, "write the decrypted secret table to --out")
-    table.add_argument("--out", type=Path, required=True)
+    table.add_argument("--out", type=Path, required=True, help="output file")
     command("status", _status, "print the platform's version and guest states")
+    snp_cli.register(sub)
     return parser
 
 
@@ -213,14 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``attestd-sim``."""
     args = build_parser().parse_args(argv)
     handler: Handler = args.func
-    try:
-        return handler(args)
-    except AttestdError as exc:
-        print(f"attestd-sim: error [{exc.code}]: {exc.message}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"attestd-sim: {exc}", file=sys.stderr)
-        return 1
+    return run_guarded("attestd-sim", lambda: handler(args))
 
 
 if __name__ == "__main__":

@@ -167,6 +167,7 @@ class SimulatedPlatform:
         """
         if not name or "/" in name or name.startswith("."):
             raise ParseError(f"invalid platform name {name!r}")
+        FirmwareVersion(api_major, api_minor, build_id)  # before the version goes into certificates
         ark_key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
         ask_key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
         ark_id, ask_id = os.urandom(16), os.urandom(16)
@@ -375,11 +376,11 @@ class SimulatedPlatform:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            _write_private(directory / f"{name}.key", pem)
+            write_private(directory / f"{name}.key", pem)
         guests: dict[str, Any] = {}
         for handle, guest in self._guests.items():
             guests[str(handle)] = guest.to_json()
-            _write_private(directory / f"guest-{handle}.measured", bytes(guest.measured))
+            write_private(directory / f"guest-{handle}.measured", bytes(guest.measured))
         state = {
             "version": STATE_VERSION,
             "name": self.name,
@@ -393,13 +394,24 @@ class SimulatedPlatform:
             "next_handle": self._next_handle,
             "guests": guests,
         }
-        _write_private(directory / STATE_FILE, json.dumps(state, indent=1).encode())
+        write_private(directory / STATE_FILE, json.dumps(state, indent=1).encode())
 
     @classmethod
     def load(cls, directory: Path) -> Self:
-        """Load a platform saved by :meth:`save`; ``FileNotFoundError`` if there is none."""
+        """Load a platform saved by :meth:`save`; ``FileNotFoundError`` if there is none.
+
+        A state that does not parse (binary, truncated, edited) is a ParseError.
+        """
+        try:
+            return cls._load(directory)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # UnicodeDecodeError, JSONDecodeError and bad hex are ValueErrors
+            raise ParseError(f"simulator state in {directory} does not parse: {exc}") from None
+
+    @classmethod
+    def _load(cls, directory: Path) -> Self:
         state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
-        if state.get("version") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ParseError(f"unsupported simulator state version in {directory}")
         keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         for name in _KEY_NAMES:
@@ -427,7 +439,7 @@ class SimulatedPlatform:
         return platform
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` atomically to ``path`` with mode 0600."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -45,7 +45,7 @@ def _cli(guest: Guest, *argv: str, runner: object = None) -> tuple[int, dict[str
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
         mp.setattr(cli, "config_from_args", lambda _args: guest.config)
-        mp.setattr(cli, "SubprocessRunner", lambda: runner or guest.runner)
+        mp.setattr(cli, "SubprocessRunner", lambda **_kw: runner or guest.runner)
         code = cli.main(list(argv))
     return code, json.loads(out.getvalue())
 

@@ -177,7 +177,7 @@ def test_no_key_or_secret_value_in_logs_or_output(
     caplog.set_level(logging.DEBUG)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cli, "config_from_args", lambda _args: guest.config)
-        mp.setattr(cli, "SubprocessRunner", lambda: guest.runner)
+        mp.setattr(cli, "SubprocessRunner", lambda **_kw: guest.runner)
         code = cli.main(["--log-level", "debug", "bootstrap", "--secrets-dir", str(guest.secrets)])
     assert code == cli.EXIT_VOLUMES_FAILED
     out = capsys.readouterr()

@@ -52,3 +52,23 @@ def test_zipapp_runs_without_site_packages(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(str(pyz))
+
+
+def test_docs_zipapp_block_runs_as_written(tmp_path: Path) -> None:
+    """docs/guest.md's zipapp recipe: its own indented block, and it builds a working pyz."""
+    from tests.conftest import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "docs" / "guest.md").read_text(encoding="utf-8")
+    start = text.index("\n    mkdir -p pyz/attestd")
+    block = text[start + 1 :].split("\n\n", 1)[0].splitlines()
+    assert all(line.startswith("    ") for line in block), block
+    commands = [line.strip() for line in block]
+    assert commands[-1] == "install -m 0755 attestd-guest.pyz /usr/local/bin/attestd-guest"
+    (tmp_path / "attestd").symlink_to(PROJECT_ROOT / "attestd")
+    script = "set -e\n" + "\n".join(commands[:-1]).replace("python3 ", f"{sys.executable} ")
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True)
+    out = subprocess.run(
+        [sys.executable, "-S", str(tmp_path / "attestd-guest.pyz"), "--help"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0 and "exit status:" in out.stdout, out.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,43 @@ def test_mountinfo_parsing(tmp_path: Path) -> None:
     assert fs.mounted_points(info) == {"/", "/data disk"}
     assert fs.is_mounted(info, Path("/data disk/"))
     assert not fs.is_mounted(info, Path("/data"))
+
+
+NO_DEV_FD = """
+import os, stat, subprocess, sys
+from pathlib import Path
+nodes = {p: os.stat(p) for p in ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", DEVICE)}
+subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "minidev", "/dev"], check=True)
+for path, st in nodes.items():
+    kind = stat.S_IFBLK if stat.S_ISBLK(st.st_mode) else stat.S_IFCHR
+    os.mknod(path, kind | 0o666, st.st_rdev)
+assert not os.path.exists("/dev/fd") and not os.path.exists("/dev/fd/0")
+from attestd.guest import luks
+from attestd.guest.runner import SubprocessRunner
+runner = SubprocessRunner(key_dir=Path(KEY_DIR))
+luks.add_key(runner, DEVICE, b"old", b"new key", ("--pbkdf-memory=1024", "--pbkdf-parallel=1",
+             "--pbkdf-force-iterations=4"))
+print("added")
+"""
+
+
+def test_add_key_on_a_loop_device_without_dev_fd(tmp_path: Path) -> None:
+    """A minimal guest has no /dev/fd: luksAddKey still gets its new key (private file)."""
+    image = tmp_path / "disk.img"
+    luks_format_file(image, b"old")
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    key_dir = tmp_path / "run"
+    key_dir.mkdir(mode=0o700)
+    try:
+        code = NO_DEV_FD.replace("DEVICE", repr(loop)).replace("KEY_DIR", repr(str(key_dir)))
+        out = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code],
+            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip() == "added", out.stderr
+        assert luks.test_passphrase(RUN, loop, b"new key")
+        assert luks.keyslots(RUN, loop) == [0, 1]
+        assert list(key_dir.iterdir()) == []  # the key file and its directory are gone
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)

@@ -186,7 +186,7 @@ def test_tls_is_verified_against_a_real_server(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     try:
-        with pytest.raises(LaunchError, match="unreachable: SSLError"):
+        with pytest.raises(LaunchError, match=r"TLS verification failed; check .* ca_bundle"):
             ServiceClient(url, HostSettings(retries=0, timeout=5.0)).launch(VM, PLATFORM)
         trusted = ServiceClient(url, HostSettings(retries=0, timeout=5.0, ca_bundle=cert))
         assert trusted.launch(VM, PLATFORM).launch_id == "L1"
@@ -201,7 +201,7 @@ def test_a_silent_service_times_out() -> None:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
         c = ServiceClient(url, HostSettings(allow_http=True, timeout=0.5, retries=2))
         start = time.monotonic()
-        with pytest.raises(LaunchError, match="unreachable"):
+        with pytest.raises(LaunchError, match=r"unreachable: .*: no answer within 0.5 s"):
             c.validate(VM, "L", REPORT)
         assert time.monotonic() - start < 3.0  # bounded: no read retries of a POST
 

@@ -34,7 +34,7 @@ from attestd.host.sim import SIM_RESULT_SUFFIX
 from attestd.sev.secrets import LUKS_KEY_GUID, parse_secret_table
 from attestd.sim.platform import GuestState, SimulatedPlatform
 from tests.host.conftest import WRAPPER, host_settings
-from tests.host.domains import QBOOT, attestd_domain
+from tests.host.domains import QBOOT, attestd_domain, domain_xml
 from tools.libvirtd import Libvirtd
 
 pytestmark = pytest.mark.slow
@@ -146,6 +146,16 @@ def define(libvirtd: Libvirtd, name: str, xml: str) -> str:
     path.write_text(xml, encoding="utf-8")
     libvirtd.virsh("define", str(path))
     return libvirtd.virsh("domuuid", name).stdout.strip()
+
+
+def host_cli(libvirtd: Libvirtd, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``attestd-host --config <the test host.toml> ARGV... --connect <the private libvirtd>``."""
+    config = str(libvirtd.root / "attestd" / "host.toml")
+    cli = [str(Path(WRAPPER).with_name("attestd-host")), "--config", config]
+    return subprocess.run(
+        [*cli, *argv, "--connect", libvirtd.uri],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
 
 
 def assert_registered_secrets(table: bytes | None) -> None:
@@ -345,24 +355,61 @@ def test_attestd_host_start_command(libvirtd: Libvirtd, service: Service) -> Non
     xml, meta = agent_domain(libvirtd, service, "e2e-cli")
     service.register(meta.vm_id, qboot_hash())
     uuid = define(libvirtd, "e2e-cli", xml)
-    config = str(libvirtd.root / "attestd" / "host.toml")
     try:
-        cli = [str(Path(WRAPPER).with_name("attestd-host")), "--config", config]
-        result = subprocess.run(
-            [*cli, "start", "e2e-cli", "--connect", libvirtd.uri],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        result = host_cli(libvirtd, "start", "e2e-cli")
         assert result.returncode == 0, result.stderr
         assert result.stdout == "domain e2e-cli attested and running\n"
         assert libvirtd.virsh("domstate", "e2e-cli").stdout.strip() == "running"
         assert_registered_secrets(sim_guest(libvirtd.root, uuid)[1])
         # a second launch of the same domain gets a fresh session and is attested again
         libvirtd.virsh("destroy", "e2e-cli")
-        result = subprocess.run(
-            [*cli, "start", "e2e-cli", "--connect", libvirtd.uri],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+        result = host_cli(libvirtd, "start", "e2e-cli")
         assert result.returncode == 0, result.stderr
     finally:
         libvirtd.virsh("destroy", "e2e-cli", check=False)
         libvirtd.virsh("undefine", "e2e-cli", check=False)
+
+
+def test_attestd_host_start_of_a_wrapped_domain_tells_the_truth(
+    libvirtd: Libvirtd, service: Service
+) -> None:
+    """A wrapped domain is not left paused and unvalidated behind an "attested" message."""
+    xml, meta = attestd_domain("e2e-cli-wrapped", service.url, wrapper=WRAPPER, emulator=QEMU)
+    service.register(meta.vm_id, qboot_hash())
+    uuid = define(libvirtd, "e2e-cli-wrapped", xml)
+    try:
+        result = host_cli(libvirtd, "start", "e2e-cli-wrapped")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "domain e2e-cli-wrapped attested and running\n"
+        assert libvirtd.virsh("domstate", "e2e-cli-wrapped").stdout.strip() == "running"
+        state, table = sim_guest(libvirtd.root, uuid)
+        assert state == GuestState.RUNNING
+        assert_registered_secrets(table)
+        # a refused validation: the start fails with the reason, the domain is not running
+        libvirtd.virsh("destroy", "e2e-cli-wrapped")
+        service.tamper_validate = lambda doc: doc.update(measurement=base64.b64encode(
+            bytes(48)).decode())  # fmt: skip
+        try:
+            result = host_cli(libvirtd, "start", "e2e-cli-wrapped")
+        finally:
+            service.tamper_validate = None
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stdout == ""
+        assert "attestd-host: libvirt:" in result.stderr
+        assert "HTTP 403 measurement_mismatch" in result.stderr
+        assert libvirtd.virsh("domstate", "e2e-cli-wrapped").stdout.strip() == "shut off"
+    finally:
+        libvirtd.virsh("destroy", "e2e-cli-wrapped", check=False)
+        libvirtd.virsh("undefine", "e2e-cli-wrapped", check=False)
+
+
+def test_attestd_host_start_refuses_a_plain_domain(libvirtd: Libvirtd, service: Service) -> None:
+    del service
+    define(libvirtd, "e2e-cli-plain", domain_xml("e2e-cli-plain", emulator=QEMU))
+    try:
+        result = host_cli(libvirtd, "start", "e2e-cli-plain")
+        assert result.returncode == 1 and result.stdout == ""
+        assert "e2e-cli-plain is not an attestd domain" in result.stderr
+        assert libvirtd.virsh("domstate", "e2e-cli-plain").stdout.strip() == "shut off"
+    finally:
+        libvirtd.virsh("undefine", "e2e-cli-plain", check=False)

@@ -118,10 +118,17 @@ def test_policy_mismatch_aborts(tmp_path: Path, host: dict[str, str], stub: Stub
 
 
 def test_unreachable_service_aborts_with_clear_message(host: dict[str, str]) -> None:
-    xml, _ = prepared(sev_xml("g", 3), "http://127.0.0.1:9/v1")
+    xml, meta = prepared(sev_xml("g", 3), "http://127.0.0.1:9/v1")
     result = run_hook(["g", "start", "begin", "-"], xml, host)
     assert result.returncode == 1
     assert result.stderr.startswith("attestd: g: service http://127.0.0.1:9/v1 unreachable")
+    # which URL, what went wrong and what to check, on one line
+    assert result.stderr.strip().splitlines() == [
+        "attestd: g: service http://127.0.0.1:9/v1 unreachable: POST "
+        f"http://127.0.0.1:9/v1/vm/{meta.vm_id}/launch: Connection refused; check that the attestd "
+        "service runs (curl http://127.0.0.1:9/healthz) and that this host reaches it (service "
+        "URL in the domain's metadata, DNS, firewall)"
+    ]
 
 
 def test_other_domains_pass_through_without_importing_attestd(host: dict[str, str]) -> None:

@@ -106,7 +106,7 @@ def test_wrong_sizes_rejected(field: str) -> None:
 
 
 def test_read_dev_sev_without_device_fails_cleanly(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(LaunchError, match=r"cannot open .*sev: No such file"):
         plat.read_dev_sev(tmp_path / "sev")
 
 

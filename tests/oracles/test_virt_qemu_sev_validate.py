@@ -22,7 +22,7 @@ from attestd.sev.secrets import (
     LaunchSecret,
     SecretEntry,
     SecretHeader,
-    build_launch_secret,
+    _seal_launch_secret,
     build_secret_table,
     open_launch_secret,
     parse_secret_table,
@@ -166,7 +166,7 @@ def test_secret_packets_agree_and_decode_in_the_simulator(
     assert parse_secret_table(table) == [SecretEntry(LUKS_KEY_GUID, secret)]
     # ... with the same IV attestd's packet is the same bytes ...
     iv = SecretHeader.unpack(theirs.header).iv
-    assert build_launch_secret(keys, measure, ours_table, iv=iv) == theirs
+    assert _seal_launch_secret(keys, measure, ours_table, iv=iv) == theirs
     # ... and the simulated firmware accepts it and exposes the same table.
     platform.launch_secret(handle, theirs.header, theirs.ciphertext)
     assert platform.secret_table(handle) == ours_table

@@ -19,7 +19,7 @@ from attestd.sev.secrets import (
     LaunchSecret,
     SecretEntry,
     SecretHeader,
-    build_launch_secret,
+    _seal_launch_secret,
     build_secret_table,
     open_launch_secret,
     parse_secret_table,
@@ -44,7 +44,7 @@ def test_sevctl_secret_packets_reproduce(testdata: Path) -> None:
         table = build_secret_table(entries)
         assert len(table) == case["expected_table_len"]
         measure = b64(case["launch_measure_blob_b64"])[:32]
-        packet = build_launch_secret(keys, measure, table, iv=b64(case["iv_b64"]))
+        packet = _seal_launch_secret(keys, measure, table, iv=b64(case["iv_b64"]))
         assert packet.header == b64(case["expected_header_b64"])
         assert packet.ciphertext == b64(case["expected_payload_b64"])
         assert SecretHeader.unpack(packet.header).flags == case["flags_u32"] == 0
@@ -105,7 +105,7 @@ def test_parse_refusals() -> None:
 
 def test_packet_mac_covers_ciphertext_and_measure() -> None:
     table = build_secret_table([SecretEntry(LUKS_KEY_GUID, b"passphrase")])
-    packet = build_launch_secret(KEYS, MEASURE, table)
+    packet = _seal_launch_secret(KEYS, MEASURE, table)
     assert open_launch_secret(KEYS, MEASURE, packet) == table
     flipped = bytes([packet.ciphertext[0] ^ 1]) + packet.ciphertext[1:]
     for bad_keys, bad_measure, bad_packet in (
@@ -125,7 +125,7 @@ def test_packet_mac_covers_ciphertext_and_measure() -> None:
 
 def test_wrong_tek_decrypts_to_garbage_not_the_table() -> None:
     table = build_secret_table([SecretEntry(LUKS_KEY_GUID, b"passphrase")])
-    packet = build_launch_secret(KEYS, MEASURE, table)
+    packet = _seal_launch_secret(KEYS, MEASURE, table)
     assert packet.ciphertext != table
     other = TransportKeys(b"\x11" * 16, KEYS.tik)
     assert open_launch_secret(other, MEASURE, packet) != table
@@ -133,7 +133,7 @@ def test_wrong_tek_decrypts_to_garbage_not_the_table() -> None:
 
 def test_fresh_iv_per_packet() -> None:
     table = build_secret_table([SecretEntry(LUKS_KEY_GUID, b"k")])
-    first, second = (build_launch_secret(KEYS, MEASURE, table) for _ in range(2))
+    first, second = (_seal_launch_secret(KEYS, MEASURE, table) for _ in range(2))
     assert SecretHeader.unpack(first.header).iv != SecretHeader.unpack(second.header).iv
     assert first.ciphertext != second.ciphertext
 
@@ -141,7 +141,7 @@ def test_fresh_iv_per_packet() -> None:
 def test_old_api_leaves_measure_out_of_the_mac() -> None:
     table = build_secret_table([SecretEntry(LUKS_KEY_GUID, b"k")])
     old = FirmwareVersion(0, 16, 0)
-    packet = build_launch_secret(KEYS, MEASURE, table, version=old, iv=b"\x01" * 16)
+    packet = _seal_launch_secret(KEYS, MEASURE, table, version=old, iv=b"\x01" * 16)
     assert open_launch_secret(KEYS, b"\x00" * 32, packet, version=old) == table
     with pytest.raises(AttestationFailed):
         open_launch_secret(KEYS, MEASURE, packet, version=FirmwareVersion(1, 55, 0))
@@ -149,17 +149,17 @@ def test_old_api_leaves_measure_out_of_the_mac() -> None:
 
 def test_packet_size_and_flag_checks() -> None:
     with pytest.raises(ParseError):
-        build_launch_secret(KEYS, MEASURE, b"\x00" * 17)
+        _seal_launch_secret(KEYS, MEASURE, b"\x00" * 17)
     with pytest.raises(ParseError):
-        build_launch_secret(KEYS, MEASURE, b"")
+        _seal_launch_secret(KEYS, MEASURE, b"")
     with pytest.raises(SecretTooLarge):
-        build_launch_secret(KEYS, MEASURE, bytes(FIRMWARE_SECRET_MAX + 16))
+        _seal_launch_secret(KEYS, MEASURE, bytes(FIRMWARE_SECRET_MAX + 16))
     with pytest.raises(SecretTooLarge):
-        build_launch_secret(KEYS, MEASURE, bytes(4096 + 16), area_size=4096)
-    assert len(build_launch_secret(KEYS, MEASURE, bytes(FIRMWARE_SECRET_MAX)).ciphertext) == 0x5000
+        _seal_launch_secret(KEYS, MEASURE, bytes(4096 + 16), area_size=4096)
+    assert len(_seal_launch_secret(KEYS, MEASURE, bytes(FIRMWARE_SECRET_MAX)).ciphertext) == 0x5000
     with pytest.raises(ParseError):
-        build_launch_secret(KEYS, MEASURE, bytes(16), iv=b"\x00" * 8)
-    packet = build_launch_secret(KEYS, MEASURE, bytes(32))
+        _seal_launch_secret(KEYS, MEASURE, bytes(16), iv=b"\x00" * 8)
+    packet = _seal_launch_secret(KEYS, MEASURE, bytes(32))
     compressed = LaunchSecret(b"\x01" + packet.header[1:], packet.ciphertext)
     with pytest.raises(Unsupported):
         open_launch_secret(KEYS, MEASURE, compressed)

@@ -13,7 +13,7 @@ import pytest
 
 from attestd.sev.certs import AmdCaCertificate, SevCertificate
 from attestd.sev.chain import PlatformChain, TrustAnchor, verify_chain
-from attestd.sev.secrets import LUKS_KEY_GUID, SecretEntry, build_launch_secret, build_secret_table
+from attestd.sev.secrets import LUKS_KEY_GUID, SecretEntry, _seal_launch_secret, build_secret_table
 from attestd.sev.session import FirmwareVersion, LaunchMeasurement, start_launch, verify_measurement
 from attestd.sim.cli import main
 
@@ -63,7 +63,7 @@ def test_launch_across_processes(sim_copy: Path, tmp_path: Path) -> None:
     assert verify_measurement(start.keys.tik, blob, version, 1, [digest]) == digest
 
     table = build_secret_table([SecretEntry(LUKS_KEY_GUID, b"disk key")])
-    packet = build_launch_secret(start.keys, blob.measure, table)
+    packet = _seal_launch_secret(start.keys, blob.measure, table)
     (tmp_path / "hdr").write_text(base64.b64encode(packet.header).decode())
     (tmp_path / "payload").write_bytes(packet.ciphertext)
     injected = _run(

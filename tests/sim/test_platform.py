@@ -22,7 +22,7 @@ from attestd.sev.certs import (
 from attestd.sev.secrets import (
     LUKS_KEY_GUID,
     SecretEntry,
-    build_launch_secret,
+    _seal_launch_secret,
     build_secret_table,
     parse_secret_table,
 )
@@ -199,7 +199,7 @@ def test_state_machine(platform: SimulatedPlatform) -> None:
     handle, tek, tik = _started(platform)
     keys = TransportKeys(tek, tik)
     table = build_secret_table([SecretEntry(LUKS_KEY_GUID, b"k")])
-    early = build_launch_secret(keys, b"\x00" * 32, table)
+    early = _seal_launch_secret(keys, b"\x00" * 32, table)
     with pytest.raises(SevFirmwareError) as info:
         platform.launch_secret(handle, early.header, early.ciphertext)
     assert _status(info) == "INVALID_GUEST_STATE"
@@ -215,7 +215,7 @@ def test_state_machine(platform: SimulatedPlatform) -> None:
         with pytest.raises(SevFirmwareError) as info:
             call()
         assert _status(info) == "INVALID_GUEST_STATE"
-    packet = build_launch_secret(keys, measure, table)
+    packet = _seal_launch_secret(keys, measure, table)
     platform.launch_secret(handle, packet.header, packet.ciphertext)
     assert platform.secret_table(handle) == table
     platform.launch_finish(handle)
@@ -230,7 +230,7 @@ def test_launch_secret_refusals(platform: SimulatedPlatform) -> None:
     platform.launch_update_data(handle, FIRMWARE)
     measure = LaunchMeasurement.unpack(platform.launch_measure(handle)).measure
     table = build_secret_table([SecretEntry(LUKS_KEY_GUID, b"secret")])
-    packet = build_launch_secret(keys, measure, table)
+    packet = _seal_launch_secret(keys, measure, table)
     cases = {
         "header length": (packet.header[:-1], packet.ciphertext, "INVALID_LENGTH"),
         "payload length": (packet.header, packet.ciphertext[:-1], "INVALID_LENGTH"),
@@ -238,9 +238,9 @@ def test_launch_secret_refusals(platform: SimulatedPlatform) -> None:
         "mac": (packet.header[:-1] + b"\x00", packet.ciphertext, "BAD_MEASUREMENT"),
         "ciphertext": (packet.header, b"\x00" + packet.ciphertext[1:], "BAD_MEASUREMENT"),
     }
-    wrong_tik = build_launch_secret(TransportKeys(tek, b"\x00" * 16), measure, table)
+    wrong_tik = _seal_launch_secret(TransportKeys(tek, b"\x00" * 16), measure, table)
     cases["tik"] = (wrong_tik.header, wrong_tik.ciphertext, "BAD_MEASUREMENT")
-    stale = build_launch_secret(keys, b"\x00" * 32, table)
+    stale = _seal_launch_secret(keys, b"\x00" * 32, table)
     cases["measure"] = (stale.header, stale.ciphertext, "BAD_MEASUREMENT")
     for name, (header, ciphertext, status) in cases.items():
         with pytest.raises(SevFirmwareError) as info:

@@ -24,7 +24,7 @@ from attestd.sev.secrets import (
     ATTESTD_PAYLOAD_GUID,
     LUKS_KEY_GUID,
     SecretEntry,
-    build_launch_secret,
+    _seal_launch_secret,
     build_secret_table,
     parse_secret_table,
 )
@@ -111,7 +111,7 @@ def test_full_round_trip(platform: SimulatedPlatform, firmware: bytes, es: bool)
     area = Ovmf.from_bytes(firmware).secret_area
     assert area is not None
     table = build_secret_table(ENTRIES, max_size=area[1])
-    packet = build_launch_secret(start.keys, reported.measure, table, version=version)
+    packet = _seal_launch_secret(start.keys, reported.measure, table, version=version)
     platform.launch_secret(handle, packet.header, packet.ciphertext)
     assert platform.secret_table(handle) == table
     assert parse_secret_table(platform.secret_table(handle) or b"") == ENTRIES
@@ -204,11 +204,11 @@ def test_measurement_tampering_is_refused(platform: SimulatedPlatform, firmware:
         (start.keys, stale.measure),
         (TransportKeys(start.keys.tek, old_start.keys.tik), reported.measure),
     ):
-        packet = build_launch_secret(keys, measure, table)
+        packet = _seal_launch_secret(keys, measure, table)
         with pytest.raises(SevFirmwareError) as info:
             platform.launch_secret(handle, packet.header, packet.ciphertext)
         assert _status(info) == "BAD_MEASUREMENT"
     assert platform.secret_table(handle) is None
-    good = build_launch_secret(start.keys, reported.measure, table)
+    good = _seal_launch_secret(start.keys, reported.measure, table)
     platform.launch_secret(handle, good.header, good.ciphertext)
     assert platform.secret_table(handle) == table
