@@ -42,7 +42,14 @@ from attestd.guest.errors import (
 )
 from attestd.guest.payload import PAYLOAD_GUID, parse_json, parse_payload, validate_rotation
 from attestd.guest.runner import SubprocessRunner
-from attestd.guest.secrets import SECURITYFS_DIR, DirectorySource, SecretSource, TableFileSource
+from attestd.guest.secrets import (
+    SECURITYFS_DIR,
+    DirectorySource,
+    SecretSource,
+    SimulatedSecretArea,
+    TableFileSource,
+    find_sim_port,
+)
 
 EXIT_OK = 0
 EXIT_VOLUMES_FAILED = 1
@@ -81,13 +88,28 @@ def config_from_args(args: argparse.Namespace) -> GuestConfig:
 
 
 def source_from_args(args: argparse.Namespace) -> SecretSource:
-    """The secret source: ``--secret-table`` file, else ``--secrets-dir`` (securityfs)."""
+    """The secret source: ``--secret-table`` file, ``--sim-secret-port``, else ``--secrets-dir``.
+
+    Without any of them: securityfs (``efi_secret``); only when that does not exist and
+    the simulated secret area's port is present is the simulated area read (with a warning).
+    """
     if args.secret_table is not None:
         table: Path = args.secret_table
         if table.exists() and not table.is_file():
             raise SecretSourceError(f"secret table {table} is not a regular file")
         return TableFileSource(table)
-    return DirectorySource(args.secrets_dir)
+    if args.sim_secret_port is not None:
+        return SimulatedSecretArea(args.sim_secret_port, timeout=args.device_timeout)
+    if args.secrets_dir is None:
+        port = None if SECURITYFS_DIR.is_dir() else find_sim_port()
+        if port is not None:
+            logger.warning(
+                "no efi_secret; reading the SIMULATED secret area %s (simulated SEV: "
+                "the host can read and forge it; development only)",
+                port,
+            )
+            return SimulatedSecretArea(port, timeout=args.device_timeout)
+    return DirectorySource(args.secrets_dir or SECURITYFS_DIR)
 
 
 def _emit(doc: dict[str, Any]) -> None:
@@ -224,10 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--secrets-dir",
         type=Path,
-        default=SECURITYFS_DIR,
         help="directory of GUID-named entries (default: efi_secret securityfs)",
     )
     where.add_argument("--secret-table", type=Path, help="one raw EFI secret table file")
+    where.add_argument(
+        "--sim-secret-port",
+        type=Path,
+        metavar="DEVICE",
+        help="simulated SEV only: read the table from this virtio-serial port (default: "
+        "used when securityfs has no efi_secret and the port is present)",
+    )
     boot.add_argument(
         "--keep-secrets", action="store_true", help="do not delete the consumed entry after success"
     )

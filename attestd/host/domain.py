@@ -22,6 +22,7 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 from attestd.errors import ParseError
+from attestd.guest.secrets import SIM_SECRET_PORT
 from attestd.host.state import MARKER_ENV
 
 NAMESPACE = "urn:attestd:libvirt:1"
@@ -125,6 +126,8 @@ class DomainInfo:
     cpu_model: str | None
     sev: SevConfig | None
     marker: str | None = None
+    #: the unix socket of the simulated secret area's ``<channel>`` (live XML, simulated SEV)
+    sim_secret_socket: str | None = None
 
     @property
     def uses_wrapper(self) -> bool:
@@ -177,6 +180,25 @@ def _set_marker(root: ET.Element, value: str | None) -> None:
     ET.SubElement(parent, _ENV, {"name": MARKER_ENV, "value": value})
 
 
+_SIM_CHANNEL = f"devices/channel[@type='unix']/target[@name='{SIM_SECRET_PORT}']/.."
+
+
+def _add_sim_channel(root: ET.Element) -> None:
+    """The virtio-serial port the simulated secret area is delivered through (once).
+
+    libvirt picks the socket path (``<source mode='bind'/>`` without a path) and QEMU
+    listens on it; the live XML the hook sees carries the path.
+    """
+    if root.find(_SIM_CHANNEL) is not None:
+        return
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    channel = ET.SubElement(devices, "channel", {"type": "unix"})
+    ET.SubElement(channel, "source", {"mode": "bind"})
+    ET.SubElement(channel, "target", {"type": "virtio", "name": SIM_SECRET_PORT})
+
+
 def mentions_attestd(xml: str) -> bool:
     """Cheap pre-check used by the hook dispatcher before parsing anything."""
     return NAMESPACE in xml
@@ -210,6 +232,8 @@ def parse_domain(xml: str) -> DomainInfo:
         )
     vcpu_text = root.findtext("vcpu")
     marker_el = _marker_element(root)
+    channel = root.find(_SIM_CHANNEL)
+    source = channel.find("source") if channel is not None else None
     return DomainInfo(
         name=name,
         uuid=uuid,
@@ -221,6 +245,7 @@ def parse_domain(xml: str) -> DomainInfo:
         cpu_model=(root.findtext("cpu/model") or "").strip() or None,
         sev=sev,
         marker=marker_el.get("value") if marker_el is not None else None,
+        sim_secret_socket=(source.get("path") or None) if source is not None else None,
     )
 
 
@@ -240,7 +265,8 @@ def prepare_domain(xml: str, metadata: AttestdMetadata, *, emulator: str | None)
     """Return ``xml`` made into an attestd domain.
 
     Adds (or replaces) the attestd metadata, the ``<dhCert>``/``<session>``
-    placeholders of a ``<launchSecurity type='sev'>`` and, when ``emulator`` is
+    placeholders of a ``<launchSecurity type='sev'>`` (simulated: the simulated secret
+    area's virtio-serial ``<channel>`` instead) and, when ``emulator`` is
     given, points ``<emulator>`` at the wrapper. A domain whose emulator is then the
     wrapper gets the ``<qemu:env name='ATTESTD_DOMAIN'>`` marker (any other loses
     it): the wrapper refuses to run a marked domain that has no launch state.
@@ -249,6 +275,8 @@ def prepare_domain(xml: str, metadata: AttestdMetadata, *, emulator: str | None)
     sev_el = root.find("launchSecurity")
     if metadata.simulate and sev_el is not None:
         raise ParseError("a simulated-SEV domain must not have <launchSecurity>")
+    if metadata.simulate:
+        _add_sim_channel(root)
     if not metadata.simulate:
         if sev_el is None or sev_el.get("type") != "sev":
             raise ParseError("domain has no <launchSecurity type='sev'> (use simulate for tests)")

@@ -171,6 +171,7 @@ def begin_launch(
         vcpu_type=meta.vcpu_type or domain.cpu_model,
         godh_cert=base64.b64encode(session.godh_cert).decode() if meta.simulate else None,
         session=base64.b64encode(session.session).decode() if meta.simulate else None,
+        sim_secret_socket=domain.sim_secret_socket if meta.simulate else None,
     )
     write_state(settings.state_dir, state)
     return state

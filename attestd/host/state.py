@@ -46,6 +46,8 @@ class LaunchState:
     vcpu_type: str | None = None
     godh_cert: str | None = None
     session: str | None = None
+    #: simulated mode: the unix socket of the guest's simulated secret area port
+    sim_secret_socket: str | None = None
 
     @property
     def vm_uuid(self) -> UUID:

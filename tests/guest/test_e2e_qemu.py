@@ -23,7 +23,7 @@ import pytest
 
 from tests.guest import qemu_guest
 from tests.guest.helpers import CHEAP_PBKDF, luks_format_file, payload_doc, payload_table, sh
-from tests.guest.zipapp_build import build_zipapp
+from tools.guestimage import build_zipapp
 
 STEP = """\
 export PYTHONDONTWRITEBYTECODE=1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import attestd
 import attestd.guest
-from tests.guest.zipapp_build import build_zipapp
+from tools.guestimage import build_zipapp
 
 PACKAGE = Path(attestd.guest.__file__).parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.qemu_guest import copy_module, module_base
+from tools.guestimage import copy_module, module_base
 
 VERSION = "6.12.99+deb13-amd64"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from attestd.host.config import HostSettings
-from tests.host.libvirtd import Libvirtd, prepare_root, start_libvirtd
+from tools.libvirtd import Libvirtd, prepare_root, start_libvirtd
 
 VENV_BIN = Path(sys.executable).parent
 WRAPPER = str(VENV_BIN / "attestd-qemu")

@@ -29,12 +29,13 @@ from attestd.api import create_app
 from attestd.config import Settings
 from attestd.host.agent import Agent
 from attestd.host.cli import main as host_main
+from attestd.host.domain import AttestdMetadata
 from attestd.host.sim import SIM_RESULT_SUFFIX
 from attestd.sev.secrets import LUKS_KEY_GUID, parse_secret_table
 from attestd.sim.platform import GuestState, SimulatedPlatform
 from tests.host.conftest import WRAPPER, host_settings
 from tests.host.domains import QBOOT, attestd_domain, domain_xml
-from tests.host.libvirtd import Libvirtd
+from tools.libvirtd import Libvirtd
 
 pytestmark = pytest.mark.slow
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -130,6 +131,14 @@ def sim_guest(root: Path, domain_uuid: str) -> tuple[GuestState, bytes | None]:
     handle = json.loads(result.read_text())["handle"]
     platform = SimulatedPlatform.load(settings.sim_state_dir)
     return platform.guest_state(handle), platform.secret_table(handle)
+
+
+def agent_domain(libvirtd: Libvirtd, service: Service, name: str) -> tuple[str, AttestdMetadata]:
+    """An agent-path domain whose secret-area socket the agent (outside libvirtd's
+    mount namespace) can reach."""
+    return attestd_domain(
+        name, service.url, wrapper=None, emulator=QEMU, channel=libvirtd.root / f"{name}.sock"
+    )
 
 
 def define(libvirtd: Libvirtd, name: str, xml: str) -> str:
@@ -279,8 +288,8 @@ def agent(libvirtd: Libvirtd) -> Iterator[Agent]:
 def test_agent_attests_paused_start_and_destroys_on_failure(
     libvirtd: Libvirtd, service: Service, agent: Agent
 ) -> None:
-    good_xml, good = attestd_domain("e2e-agent", service.url, wrapper=None, emulator=QEMU)
-    bad_xml, bad = attestd_domain("e2e-agent-bad", service.url, wrapper=None, emulator=QEMU)
+    good_xml, good = agent_domain(libvirtd, service, "e2e-agent")
+    bad_xml, bad = agent_domain(libvirtd, service, "e2e-agent-bad")
     service.register(good.vm_id, qboot_hash())
     service.register(bad.vm_id, hashlib.sha256(b"not qboot").hexdigest())
     good_uuid = define(libvirtd, "e2e-agent", good_xml)
@@ -304,7 +313,7 @@ def test_agent_attests_paused_start_and_destroys_on_failure(
 def test_agent_destroys_an_agent_path_domain_started_without_the_hook(
     libvirtd: Libvirtd, service: Service, agent: Agent
 ) -> None:
-    xml, meta = attestd_domain("e2e-nohook", service.url, wrapper=None, emulator=QEMU)
+    xml, meta = agent_domain(libvirtd, service, "e2e-nohook")
     service.register(meta.vm_id, qboot_hash())
     define(libvirtd, "e2e-nohook", xml)
     try:
@@ -319,8 +328,8 @@ def test_agent_destroys_an_agent_path_domain_started_without_the_hook(
 def test_agent_destroys_unattested_running_domain_and_owns_autostart(
     libvirtd: Libvirtd, service: Service
 ) -> None:
-    plain_xml, plain = attestd_domain("e2e-unpaused", service.url, wrapper=None, emulator=QEMU)
-    auto_xml, auto = attestd_domain("e2e-auto", service.url, wrapper=None, emulator=QEMU)
+    plain_xml, plain = agent_domain(libvirtd, service, "e2e-unpaused")
+    auto_xml, auto = agent_domain(libvirtd, service, "e2e-auto")
     auto_xml = auto_xml.replace('simulate="yes"', 'simulate="yes" autostart="yes"')
     service.register(plain.vm_id, qboot_hash())
     service.register(auto.vm_id, qboot_hash())
@@ -343,7 +352,7 @@ def test_agent_destroys_unattested_running_domain_and_owns_autostart(
 
 
 def test_attestd_host_start_command(libvirtd: Libvirtd, service: Service) -> None:
-    xml, meta = attestd_domain("e2e-cli", service.url, wrapper=None, emulator=QEMU)
+    xml, meta = agent_domain(libvirtd, service, "e2e-cli")
     service.register(meta.vm_id, qboot_hash())
     uuid = define(libvirtd, "e2e-cli", xml)
     try:

@@ -19,8 +19,8 @@ from attestd.host.platform import PlatformData, write_cache
 from attestd.host.state import read_state
 from tests.host.conftest import WRAPPER, host_settings
 from tests.host.domains import attestd_domain, domain_xml
-from tests.host.libvirtd import Libvirtd
 from tests.host.stubservice import StubService
+from tools.libvirtd import Libvirtd
 
 pytestmark = pytest.mark.slow
 QEMU = "/usr/bin/qemu-system-x86_64"

@@ -1,0 +1,1 @@
+"""Developer tools in Python: the demo and what it shares with the tests."""
