@@ -77,6 +77,16 @@ def cmd_db_downgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_maintain(args: argparse.Namespace) -> int:
+    """Purge expired transport keys; delete launches and events past their retention."""
+    report = _services(_settings(args)).upkeep.run()
+    print(
+        f"purged the keys of {report.purged_keys} expired launches; deleted "
+        f"{report.deleted_launches} launches and {report.deleted_events} events"
+    )
+    return 0
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     """Add a new primary storage key and re-encrypt every stored value with it."""
     from attestd.service.factory import build_services
@@ -172,6 +182,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     down = with_config(db_sub.add_parser("downgrade", help="migrate the schema down"))
     down.add_argument("revision")
     down.set_defaults(func=cmd_db_downgrade)
+    maintain = with_config(
+        db_sub.add_parser(
+            "maintain", help="purge expired launch keys; apply retention_* (run from a timer)"
+        )
+    )
+    maintain.set_defaults(func=cmd_db_maintain)
 
     keys = subparsers.add_parser("keys", help="storage encryption keys")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
