@@ -73,6 +73,8 @@ class Settings:
     #: gunicorn defaults for ``attestd serve``.
     bind: str = "127.0.0.1:8080"
     workers: int = 2
+    #: Threads per gunicorn worker (gthread): concurrent requests per worker.
+    threads: int = 8
 
     @property
     def effective_database_url(self) -> str:
@@ -152,6 +154,7 @@ _FIELD_KINDS: dict[str, type] = {
     "log_level": str,
     "bind": str,
     "workers": int,
+    "threads": int,
 }
 
 

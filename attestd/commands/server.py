@@ -117,7 +117,14 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str]) -> list[str]:
-    """The gunicorn command line of ``attestd serve``."""
+    """The gunicorn command line of ``attestd serve``.
+
+    Threaded workers (``gthread``): a client that sends its headers slowly holds one
+    thread, not a whole worker (with sync workers two such connections stalled a
+    2-worker service for the 30 s worker timeout). Request lines and headers are
+    bounded; idle keep-alive connections are closed after 5 s. Options after ``--``
+    (``extra``) override these.
+    """
     return [
         sys.executable,
         "-m",
@@ -130,6 +137,18 @@ def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str])
         settings.log_level.lower(),
         "--access-logfile",
         "-",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(settings.threads),
+        "--timeout",
+        "30",
+        "--keep-alive",
+        "5",
+        "--limit-request-line",
+        "8190",
+        "--limit-request-fields",
+        "64",
         *extra,
         "attestd.wsgi:app",
     ]
