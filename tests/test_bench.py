@@ -52,3 +52,49 @@ def test_bench_prints_each_operation(module: str, operations: list[str]) -> None
     for operation in operations:
         (cost,) = [wall for name, wall in figures.items() if operation in name]
         assert cost > 0, operation
+
+
+def test_service_benchmark_prints_its_table() -> None:
+    """bench_service on SQLite with tiny sizes: figures printed, no timing asserted."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/bench_service.py",
+            "--backends",
+            "sqlite",
+            "--levels",
+            "1,2",
+            "--pairs",
+            "2",
+            "--prefill",
+            "50",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("this ")]
+    assert [(row[1], row[2], row[3]) for row in rows] == [
+        ("sqlite", "1", "2"),
+        ("sqlite", "2", "4"),
+    ]
+    for row in rows:
+        assert all(float(value) >= 0 for value in row[4:]), row
+
+
+def test_pair_profile_prints_statements_and_cpu() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/profile_pair.py", "--pairs", "3", "--top", "5"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "database transactions per pair: 4" in result.stdout
+    assert "database statements per pair: 8" in result.stdout
+    assert "server CPU per pair" in result.stdout
