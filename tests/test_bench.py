@@ -19,18 +19,24 @@ LINE = re.compile(
 )
 
 
-def _bench(module: str) -> dict[str, float]:
+def _run(*args: str) -> str:
+    """Run ``python args...`` in the project; its standard output."""
     result = subprocess.run(
-        [sys.executable, "-m", module, "3"],
+        [sys.executable, *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _bench(module: str) -> dict[str, float]:
+    result = _run("-m", module, "3")
     figures: dict[str, float] = {}
-    for line in result.stdout.splitlines():
+    for line in result.splitlines():
         match = LINE.match(line)
         assert match, line
         figures[match["name"]] = float(match["wall"])
@@ -56,27 +62,11 @@ def test_bench_prints_each_operation(module: str, operations: list[str]) -> None
 
 def test_service_benchmark_prints_its_table() -> None:
     """bench_service on SQLite with tiny sizes: figures printed, no timing asserted."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "bench/bench_service.py",
-            "--backends",
-            "sqlite",
-            "--levels",
-            "1,2",
-            "--pairs",
-            "2",
-            "--prefill",
-            "50",
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    out = _run(
+        "bench/bench_service.py",
+        *("--backends", "sqlite", "--levels", "1,2", "--pairs", "2", "--prefill", "50"),
     )
-    assert result.returncode == 0, result.stderr
-    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("this ")]
+    rows = [line.split() for line in out.splitlines() if line.startswith("this ")]
     assert [(row[1], row[2], row[3]) for row in rows] == [
         ("sqlite", "1", "2"),
         ("sqlite", "2", "4"),
@@ -86,15 +76,7 @@ def test_service_benchmark_prints_its_table() -> None:
 
 
 def test_pair_profile_prints_statements_and_cpu() -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/profile_pair.py", "--pairs", "3", "--top", "5"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "database transactions per pair: 4" in result.stdout
-    assert "database statements per pair: 8" in result.stdout
-    assert "server CPU per pair" in result.stdout
+    out = _run("bench/profile_pair.py", "--pairs", "3", "--top", "5")
+    assert "database transactions per pair: 4" in out
+    assert "database statements per pair: 8" in out
+    assert "server CPU per pair" in out

@@ -124,6 +124,12 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 
+#: Schemas of the path parameters.
+PATH_PARAMETERS: dict[str, dict[str, str]] = {
+    "uuid": {"type": "string", "format": "uuid"},
+    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+}
+
 #: Error statuses of the /v1 operations (the table itself is in ``attestd.api.errors``).
 ERROR_STATUSES = {
     "400": "malformed input (bad JSON, base64, certificate layout)",
@@ -190,25 +196,11 @@ def build_spec() -> dict[str, Any]:
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
     for path, operations in paths.items():
-        parameters = []
-        if "{uuid}" in path:
-            parameters.append(
-                {
-                    "name": "uuid",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "format": "uuid"},
-                }
-            )
-        if "{sha256}" in path:
-            parameters.append(
-                {
-                    "name": "sha256",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                }
-            )
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": schema}
+            for name, schema in PATH_PARAMETERS.items()
+            if f"{{{name}}}" in path
+        ]
         spec.path(path=path, operations=operations, parameters=parameters)
     document = spec.to_dict()
     return json.loads(json.dumps(document, sort_keys=True))  # type: ignore[no-any-return]
