@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -145,6 +146,7 @@ def main() -> int:
     finally:
         if pg is not None:
             pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
