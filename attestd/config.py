@@ -61,10 +61,20 @@ class Settings:
     max_overflow: int = 10
     #: Create / upgrade the schema when the app starts (``attestd db upgrade`` otherwise).
     auto_migrate: bool = True
+    #: Days finished (or expired, never finished) launches are kept; 0 keeps them forever.
+    retention_launch_days: int = 30
+    #: Days audit events are kept; 0 keeps them forever.
+    retention_event_days: int = 365
+    #: Largest number of firmware images one owner may store (0: no limit).
+    max_firmware_per_owner: int = 32
+    #: Largest total size of one owner's firmware images in bytes (0: no limit).
+    max_firmware_bytes_per_owner: int = 256 * 1024 * 1024
     log_level: str = "INFO"
     #: gunicorn defaults for ``attestd serve``.
     bind: str = "127.0.0.1:8080"
     workers: int = 2
+    #: Threads per gunicorn worker (gthread): concurrent requests per worker.
+    threads: int = 8
 
     @property
     def effective_database_url(self) -> str:
@@ -139,9 +149,14 @@ _FIELD_KINDS: dict[str, type] = {
     "pool_size": int,
     "max_overflow": int,
     "auto_migrate": bool,
+    "retention_launch_days": int,
+    "retention_event_days": int,
+    "max_firmware_per_owner": int,
+    "max_firmware_bytes_per_owner": int,
     "log_level": str,
     "bind": str,
     "workers": int,
+    "threads": int,
 }
 
 

@@ -5,7 +5,13 @@ own registration), it measures pairs per second and the p50/p99 latency of one
 pair (the two HTTP requests; the simulated firmware's own work is excluded from
 the latency), next to the in-process cost of the same cryptography per pair
 (chain verification, new session, measurement check, secret table and packet):
-the floor. It prints the ratio pair latency / floor.
+the floor. It prints the ratio pair latency / floor and the server CPU per pair
+(user + system time of the gunicorn workers over the level, divided by the pairs).
+
+``--trees before=/path/to/old/checkout,after=.`` runs the same load against the
+service of each source tree in turn (side by side in one run, same machine and
+load generator); ``--prefill N`` first stores N finished launches with their
+events (the "1 M finished launches" case).
 
     .venv/bin/python bench/bench_service.py [--backends sqlite,postgresql] [--pairs 8]
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,6 +54,7 @@ from attestd.trust import load_anchors
 from tests.api.simhost import Boot, launch_body, measure, validate_body
 from tests.pgserver import PgServer
 
+ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = os.urandom(64 * 1024)  # plain SEV: the service only needs its hash
 SECRETS = [
     {"type": "luks-passphrase", "passphrase": "bench-root"},
@@ -68,7 +76,7 @@ def registration() -> dict[str, Any]:
 def crypto_floor(
     platform: SimulatedPlatform, anchors_dir: Path, rounds: int, *, chain: bool = True
 ) -> float:
-    """Seconds of in-process service-side crypto per launch+validate pair.
+    """CPU seconds of in-process service-side crypto per launch+validate pair.
 
     With ``chain=False`` the chain verification is left out (the service caches a
     verified chain per exact input bytes, so repeated launches on a host skip it).
@@ -83,7 +91,7 @@ def crypto_floor(
     platform_chain = PlatformChain.from_export(exp.pdh, exp.cert_chain)
     cek = SevCertificate.unpack(exp.signed_cek)
     verified = verify_chain(platform_chain, anchors, signed_cek=cek)
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(rounds):
         if chain:
             platform_chain = PlatformChain.from_export(exp.pdh, exp.cert_chain)
@@ -96,12 +104,85 @@ def crypto_floor(
         verify_measurement(start.keys.tik, measurement, version, 1, [digest])
         table = secret_table("bench", stored, max_size=3072)
         _seal_launch_secret(start.keys, measurement.measure, table, version=version)
-    return (time.perf_counter() - started) / rounds
+    return (time.process_time() - started) / rounds
+
+
+def cpu_seconds(master: int) -> float:
+    """User + system CPU seconds of the gunicorn workers (children of ``master``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return 0.0
+    for pid in children:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def prefill(url: str, count: int) -> None:
+    """Store ``count`` finished launches (and one event each) of a filler VM."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    now = time.time()
+    with engine.begin() as conn:
+        owner = conn.execute(text("SELECT id FROM owners ORDER BY id LIMIT 1")).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO vms (uuid, owner_id, revision, registration, secrets_enc,"
+                " launches_used, max_launches, created_at, updated_at) VALUES"
+                " ('ffffffff-0000-4000-8000-000000000000', :o, 1, '{}', :s, :n, NULL, :t, :t)"
+            ),
+            {"o": owner, "s": b"x", "n": count, "t": now},
+        )
+        vm_id = conn.execute(
+            text("SELECT id FROM vms WHERE uuid = 'ffffffff-0000-4000-8000-000000000000'")
+        ).scalar_one()
+    batch = 20000
+    for start in range(0, count, batch):
+        rows = range(start, min(count, start + batch))
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO launches (id, vm_id, vm_revision, state, policy, keys_enc,"
+                    " chip_id, pdh_sha256, generation, created_at, expires_at, finished_at)"
+                    " VALUES (:id, :vm, 1, :state, 1, NULL, '', :pdh, 'sim', :c, :e, :f)"
+                ),
+                [
+                    {
+                        "id": f"prefill-{n:012d}",
+                        "vm": vm_id,
+                        "state": "validated" if n % 10 else "failed",
+                        "pdh": "0" * 64,
+                        "c": now - 86400 + n * 1e-3,
+                        "e": now - 86400 + 600 + n * 1e-3,
+                        "f": now - 86400 + 1 + n * 1e-3,
+                    }
+                    for n in rows
+                ],
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO events (owner_id, vm_uuid, ts, kind, launch_id, outcome, detail)"
+                    " VALUES (:o, 'ffffffff-0000-4000-8000-000000000000', :t, 'validate', :id,"
+                    " 'released', '{}')"
+                ),
+                [
+                    {"o": owner, "t": now - 86400 + n * 1e-3, "id": f"prefill-{n:012d}"}
+                    for n in rows
+                ],
+            )
+    engine.dispose()
 
 
 @contextmanager
-def serve(env: dict[str, str], workers: int, threads: int) -> Iterator[str]:
-    """``attestd serve`` (gunicorn, gthread workers) on a free port."""
+def serve(env: dict[str, str], workers: int, threads: int, tree: Path) -> Iterator[tuple[str, int]]:
+    """``attestd serve`` of source ``tree`` (gunicorn, gthread workers) on a free port."""
     import socket
 
     with socket.socket() as sock:
@@ -124,6 +205,7 @@ def serve(env: dict[str, str], workers: int, threads: int) -> Iterator[str]:
             "/dev/null",
         ],
         env=env,
+        cwd=tree,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -139,7 +221,7 @@ def serve(env: dict[str, str], workers: int, threads: int) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -215,7 +297,13 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=8, help="pairs per VM at each level")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--trees", default=f"this={ROOT}", help="name=path,...: service source trees to compare"
+    )
+    parser.add_argument("--prefill", type=int, default=0, help="finished launches stored first")
+    parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args()
+    trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.trees.split(","))]
 
     root = Path(tempfile.mkdtemp(prefix="attestd-bench-"))
     platform = SimulatedPlatform.create(name="bench", rsa_bits=2048)
@@ -224,54 +312,69 @@ def main() -> int:
     floor = crypto_floor(platform, anchors, 50)
     cached = crypto_floor(platform, anchors, 50, chain=False)
     print(
-        f"in-process crypto floor: {floor * 1000:.2f} ms per pair "
+        f"in-process crypto floor: {floor * 1000:.2f} ms CPU per pair "
         f"({1 / floor:.0f} pairs/s on one core)"
     )
     print(f"  of which without chain verification (cached): {cached * 1000:.2f} ms per pair")
     print(f"gunicorn: {args.workers} workers x {args.threads} threads, {os.cpu_count()} CPUs")
+    print(f"prefilled finished launches: {args.prefill}")
     print(
-        f"{'backend':<11} {'VMs':>4} {'pairs':>6} {'pairs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'p50/floor':>9}"
+        f"{'tree':<8} {'backend':<11} {'VMs':>4} {'pairs':>6} {'pairs/s':>8} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'p50/floor':>9} {'CPU ms/pair':>11}"
     )
     pg: PgServer | None = None
     try:
         for backend in args.backends.split(","):
-            data = root / backend
-            data.mkdir()
-            env = dict(
-                os.environ,
-                ATTESTD_DATA_DIR=str(data),
-                ATTESTD_TRUST_ANCHORS_DIR=str(anchors),
-                ATTESTD_KDS_OFFLINE="1",
-                ATTESTD_CONFIG="",
-                ATTESTD_LOG_LEVEL="WARNING",
-            )
-            if backend == "postgresql":
-                pg = pg or PgServer.start()
-                env["ATTESTD_DATABASE_URL"] = pg.create_database()
-                env["ATTESTD_POOL_SIZE"] = str(args.threads)
-            else:
-                env.pop("ATTESTD_DATABASE_URL", None)
-            created = subprocess.run(
-                [sys.executable, "-m", "attestd.cli", "owner", "create", "bench"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            owner = {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
-            with serve(env, args.workers, args.threads) as url:
-                for n, level in enumerate(int(v) for v in args.levels.split(",")):
-                    r = run_level(url, owner, platform, level, args.pairs, n)
-                    print(
-                        f"{backend:<11} {level:>4} {r['pairs']:>6.0f} {r['pairs_per_s']:>8.1f} "
-                        f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} "
-                        f"{r['p50'] / floor:>9.1f}",
-                        flush=True,
+            for tree_name, tree in trees:
+                data = root / f"{tree_name}-{backend}"
+                data.mkdir()
+                env = dict(
+                    os.environ,
+                    PYTHONPATH=str(tree),
+                    ATTESTD_DATA_DIR=str(data),
+                    ATTESTD_TRUST_ANCHORS_DIR=str(anchors),
+                    ATTESTD_KDS_OFFLINE="1",
+                    ATTESTD_CONFIG="",
+                    ATTESTD_LOG_LEVEL="WARNING",
+                )
+                if backend == "postgresql":
+                    pg = pg or PgServer.start()
+                    env["ATTESTD_DATABASE_URL"] = pg.create_database()
+                    env["ATTESTD_POOL_SIZE"] = str(args.threads)
+                else:
+                    env.pop("ATTESTD_DATABASE_URL", None)
+                created = subprocess.run(
+                    [sys.executable, "-m", "attestd.cli", "owner", "create", "bench"],
+                    env=env,
+                    cwd=tree,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                owner = {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
+                if args.prefill:
+                    db_url = env.get(
+                        "ATTESTD_DATABASE_URL", f"sqlite:///{data / 'attestd.sqlite3'}"
                     )
+                    prefill(db_url, args.prefill)
+                with serve(env, args.workers, args.threads, tree) as (url, master):
+                    for n, level in enumerate(int(v) for v in args.levels.split(",")):
+                        cpu0 = cpu_seconds(master)
+                        r = run_level(url, owner, platform, level, args.pairs, n)
+                        cpu = (cpu_seconds(master) - cpu0) / r["pairs"]
+                        print(
+                            f"{tree_name:<8} {backend:<11} {level:>4} {r['pairs']:>6.0f} "
+                            f"{r['pairs_per_s']:>8.1f} {r['p50'] * 1000:>8.1f} "
+                            f"{r['p99'] * 1000:>8.1f} {r['p50'] / floor:>9.1f} {cpu * 1000:>11.2f}",
+                            flush=True,
+                        )
     finally:
         if pg is not None:
             pg.stop()
+        if args.keep:
+            print(f"data directories kept under {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

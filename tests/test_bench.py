@@ -19,18 +19,24 @@ LINE = re.compile(
 )
 
 
-def _bench(module: str) -> dict[str, float]:
+def _run(*args: str) -> str:
+    """Run ``python args...`` in the project; its standard output."""
     result = subprocess.run(
-        [sys.executable, "-m", module, "3"],
+        [sys.executable, *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _bench(module: str) -> dict[str, float]:
+    result = _run("-m", module, "3")
     figures: dict[str, float] = {}
-    for line in result.stdout.splitlines():
+    for line in result.splitlines():
         match = LINE.match(line)
         assert match, line
         figures[match["name"]] = float(match["wall"])
@@ -52,3 +58,25 @@ def test_bench_prints_each_operation(module: str, operations: list[str]) -> None
     for operation in operations:
         (cost,) = [wall for name, wall in figures.items() if operation in name]
         assert cost > 0, operation
+
+
+def test_service_benchmark_prints_its_table() -> None:
+    """bench_service on SQLite with tiny sizes: figures printed, no timing asserted."""
+    out = _run(
+        "bench/bench_service.py",
+        *("--backends", "sqlite", "--levels", "1,2", "--pairs", "2", "--prefill", "50"),
+    )
+    rows = [line.split() for line in out.splitlines() if line.startswith("this ")]
+    assert [(row[1], row[2], row[3]) for row in rows] == [
+        ("sqlite", "1", "2"),
+        ("sqlite", "2", "4"),
+    ]
+    for row in rows:
+        assert all(float(value) >= 0 for value in row[4:]), row
+
+
+def test_pair_profile_prints_statements_and_cpu() -> None:
+    out = _run("bench/profile_pair.py", "--pairs", "3", "--top", "5")
+    assert "database transactions per pair: 4" in out
+    assert "database statements per pair: 8" in out
+    assert "server CPU per pair" in out

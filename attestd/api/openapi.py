@@ -37,7 +37,15 @@ class Operation:
 
 
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("/v1/vm", "get", "List the owner's VMs", 200, s.VmListSchema, security="owner"),
+    Operation(
+        "/v1/vm",
+        "get",
+        "List the owner's VMs (paginated by UUID)",
+        200,
+        s.VmListSchema,
+        security="owner",
+        query=s.VmQuerySchema,
+    ),
     Operation(
         "/v1/vm/{uuid}", "post", "Register a VM", 201, s.VmViewSchema, s.RegistrationSchema, "owner"
     ),
@@ -102,11 +110,25 @@ OPERATIONS: tuple[Operation, ...] = (
         security="owner",
         binary_body=True,
     ),
+    Operation(
+        "/v1/firmware/{sha256}",
+        "delete",
+        "Delete an uploaded firmware image (refused while a registration names it)",
+        204,
+        None,
+        security="owner",
+    ),
     Operation("/v1/openapi.json", "get", "This document", 200, None),
     Operation("/healthz", "get", "Liveness and database check", 200, None),
     Operation("/metrics", "get", "Prometheus metrics", 200, None, produces="text/plain"),
 )
 
+
+#: Schemas of the path parameters.
+PATH_PARAMETERS: dict[str, dict[str, str]] = {
+    "uuid": {"type": "string", "format": "uuid"},
+    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+}
 
 #: Error statuses of the /v1 operations (the table itself is in ``attestd.api.errors``).
 ERROR_STATUSES = {
@@ -114,7 +136,8 @@ ERROR_STATUSES = {
     "401": "missing or invalid bearer token",
     "403": "attestation failed: chain, measurement or policy (nothing released)",
     "404": "unknown VM or launch (or another owner's)",
-    "409": "conflict: launch used or expired, budget exhausted, VM exists",
+    "409": "conflict: launch used or expired, budget exhausted, VM exists, firmware quota"
+    " used up or firmware still named by a registration",
     "413": "body too large, or the secret table would not fit the secret area",
     "422": "the request does not match the schema, or is unsupported",
     "503": "database, storage key or signed CEK unavailable",
@@ -173,16 +196,11 @@ def build_spec() -> dict[str, Any]:
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
     for path, operations in paths.items():
-        parameters = []
-        if "{uuid}" in path:
-            parameters.append(
-                {
-                    "name": "uuid",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "format": "uuid"},
-                }
-            )
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": schema}
+            for name, schema in PATH_PARAMETERS.items()
+            if f"{{{name}}}" in path
+        ]
         spec.path(path=path, operations=operations, parameters=parameters)
     document = spec.to_dict()
     return json.loads(json.dumps(document, sort_keys=True))  # type: ignore[no-any-return]
@@ -218,7 +236,7 @@ def _operation(op: Operation) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
     out["responses"] = {str(op.status): success, "default": error}
-    if op.path.startswith("/v1/vm") or op.path == "/v1/firmware":
+    if op.path.startswith(("/v1/vm", "/v1/firmware")):
         for status, what in ERROR_STATUSES.items():
             out["responses"][status] = {
                 "description": what,

@@ -59,7 +59,7 @@ def metrics() -> Response:
             f'attestd_attestations_total{{operation="{_label(operation)}",'
             f'result="{_label(result)}"}} {count}'
         )
-    stats = st.store.stats()
+    stats = st.store.stats(st.services.clock())
     lines += [
         "# HELP attestd_owners Registered guest owners.",
         "# TYPE attestd_owners gauge",

@@ -333,9 +333,21 @@ class VmSummarySchema(Schema):
 
 
 class VmListSchema(Schema):
-    """``GET /v1/vm``."""
+    """``GET /v1/vm``: one page, ordered by UUID."""
 
     vms = fields.List(fields.Nested(VmSummarySchema), required=True)
+    next = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as ?after= for the next page; null on the last page"},
+    )
+
+
+class VmQuerySchema(_Strict):
+    """Query of ``GET /v1/vm``: the VMs after UUID ``after``, at most ``limit``."""
+
+    after = fields.UUID(load_default=None)
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
 
 
 class VmViewSchema(Schema):

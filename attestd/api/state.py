@@ -16,10 +16,18 @@ from attestd.errors import ParseError
 from attestd.service.factory import Services
 from attestd.storage.ports import Principal, Store
 
+#: Methods counted by name in /metrics; any other method is counted as ``other``.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
 
 @dataclass
 class Metrics:
-    """Process-local counters for /metrics (Prometheus text)."""
+    """Process-local counters for /metrics (Prometheus text).
+
+    Every label set is bounded: endpoints are the application's URL rules (or
+    ``unmatched``), methods outside :data:`KNOWN_METHODS` count as ``other`` and
+    statuses are the HTTP statuses the application answers with.
+    """
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)
@@ -29,6 +37,8 @@ class Metrics:
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """Count one request."""
+        if method not in KNOWN_METHODS:
+            method = "other"
         with self.lock:
             self.requests[(endpoint, method, status)] += 1
             self.latency_sum[endpoint] = self.latency_sum.get(endpoint, 0.0) + seconds

@@ -94,6 +94,16 @@ def cmd_db_downgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_maintain(args: argparse.Namespace) -> int:
+    """Purge expired transport keys; delete launches and events past their retention."""
+    report = _services(_settings(args)).upkeep.run()
+    print(
+        f"purged the keys of {report.purged_keys} expired launches; deleted "
+        f"{report.deleted_launches} launches and {report.deleted_events} events"
+    )
+    return 0
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     """Add a new primary storage key and re-encrypt every stored value with it."""
     from attestd.service.factory import build_services
@@ -124,7 +134,14 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str]) -> list[str]:
-    """The gunicorn command line of ``attestd serve``."""
+    """The gunicorn command line of ``attestd serve``.
+
+    Threaded workers (``gthread``): a client that sends its headers slowly holds one
+    thread, not a whole worker (with sync workers two such connections stalled a
+    2-worker service for the 30 s worker timeout). Request lines and headers are
+    bounded; idle keep-alive connections are closed after 5 s. Options after ``--``
+    (``extra``) override these.
+    """
     return [
         sys.executable,
         "-m",
@@ -137,6 +154,18 @@ def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str])
         settings.log_level.lower(),
         "--access-logfile",
         "-",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(settings.threads),
+        "--timeout",
+        "30",
+        "--keep-alive",
+        "5",
+        "--limit-request-line",
+        "8190",
+        "--limit-request-fields",
+        "64",
         *extra,
         "attestd.wsgi:app",
     ]
@@ -214,6 +243,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     down = with_config(db_sub.add_parser("downgrade", help="migrate the schema down"))
     down.add_argument("revision", help="target revision (e.g. base)")
     down.set_defaults(func=cmd_db_downgrade)
+    maintain = with_config(
+        db_sub.add_parser(
+            "maintain", help="purge expired launch keys; apply retention_* (run from a timer)"
+        )
+    )
+    maintain.set_defaults(func=cmd_db_maintain)
 
     keys = subparsers.add_parser("keys", help="storage encryption keys")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)

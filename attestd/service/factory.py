@@ -13,6 +13,7 @@ from attestd.service.clock import Clock
 from attestd.service.events import Events
 from attestd.service.firmware import Firmware
 from attestd.service.launches import Launches
+from attestd.service.maintenance import Upkeep
 from attestd.service.owners import Principals
 from attestd.service.vms import Vms
 from attestd.storage import open_store
@@ -41,12 +42,15 @@ class Services:
     firmware: Firmware
     events: Events
     launches: Launches
+    upkeep: Upkeep
 
     def configure(self, settings: Settings) -> None:
         """Use changed settings from now on (tests and reloads)."""
         self.settings = settings
         self.vms.settings = settings
         self.launches.settings = settings
+        self.upkeep.settings = settings
+        self.firmware.settings = settings
         self.principals.require_host_token = settings.require_host_token
 
 
@@ -69,7 +73,7 @@ def build_services(
         clock=clock,
         principals=Principals(store, clock=clock, require_host_token=settings.require_host_token),
         vms=vms,
-        firmware=Firmware(store, clock=clock),
+        firmware=Firmware(settings, store, store, clock=clock),
         events=Events(store, store),
         launches=Launches(
             settings,
@@ -81,4 +85,5 @@ def build_services(
             keyring=keyring,
             clock=clock,
         ),
+        upkeep=Upkeep(settings, store, clock=clock),
     )

@@ -169,7 +169,6 @@ class Launches:
     ) -> LaunchSession:
         """Verify the platform and start a fresh launch session for VM ``uuid``."""
         vm, reg = self._vm(uuid)
-        self.repo.purge_expired_keys(self.clock())
         pdh_sha256 = hashlib.sha256(pdh).hexdigest()
         chip = cpu_id.hex() if cpu_id is not None else ""
         where = {"pdh_sha256": pdh_sha256, "chip_id": chip}
@@ -276,17 +275,19 @@ class Launches:
             ),
         )
 
-    def _claim(self, vm: VmRecord, launch_id: str) -> LaunchRecord:
+    def _claim(self, uuid: str, launch_id: str) -> tuple[VmRecord, LaunchRecord]:
+        """Claim the launch and read the VM as it is after the claim (one transaction)."""
         now = self.clock()
-        known = self.repo.launch(launch_id)
-        if known is None or known.vm_id != vm.id:
+        claim = self.repo.claim_launch(uuid, launch_id, now)
+        vm = claim.vm
+        if vm is None:
+            raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
+        launch = claim.launch
+        if launch is None or launch.vm_id != vm.id:
             raise NotFound("unknown launch", reasons=["unknown_launch"])
-        claimed = self.repo.claim_launch(launch_id, vm.id, now)
-        if claimed is not None:
-            return claimed
-        current = self.repo.launch(launch_id)
-        state = current.state if current is not None else LaunchStatus.FAILED
-        if state is LaunchStatus.PENDING:
+        if claim.claimed:
+            return vm, launch
+        if launch.state is LaunchStatus.PENDING:
             expired = Conflict("the launch session expired", reasons=["launch_expired"])
             self._end_launch(
                 vm,
@@ -298,7 +299,9 @@ class Launches:
                 detail={"reason": "launch_expired"},
             )
             raise expired
-        used = Conflict(f"the launch was already used ({state.value})", reasons=["launch_used"])
+        used = Conflict(
+            f"the launch was already used ({launch.state.value})", reasons=["launch_used"]
+        )
         self._refuse(vm, EventKind.VALIDATE, used, launch_id=launch_id)
         raise used
 
@@ -322,22 +325,19 @@ class Launches:
 
     def validate(self, uuid: str, req: ValidateRequest) -> LaunchSecret:
         """Verify the launch measurement; release the secret table exactly once."""
-        vm, reg = self._vm(uuid)
-        launch = self._claim(vm, req.launch_id)
+        # the VM is read after the claim: a PUT that committed before it ends this launch
+        vm, launch = self._claim(uuid, req.launch_id)
         now = self.clock()
         try:
-            # read again after the claim: a PUT that committed before it ends this launch
-            current = self.vm_repo.vm(uuid)
-            if current is None or current.id != vm.id or current.revision != launch.vm_revision:
-                now_revision = "deleted" if current is None else current.revision
+            if vm.revision != launch.vm_revision:
                 raise RegistrationChanged(
                     "the registration changed after the launch started",
                     reasons=[
                         "registration_changed",
-                        f"launch revision {launch.vm_revision}, now {now_revision}",
+                        f"launch revision {launch.vm_revision}, now {vm.revision}",
                     ],
                 )
-            vm, reg = current, Registration.from_public(current.registration)
+            reg = Registration.from_public(vm.registration)
             if launch.keys_enc is None:
                 raise Conflict("the launch has no session keys", reasons=["launch_used"])
             keys = TransportKeys.from_bytes(self.keyring.decrypt(launch.keys_enc))

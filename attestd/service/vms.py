@@ -138,9 +138,9 @@ class Vms:
         """The owner's VM."""
         return self.owned(owner, uuid)
 
-    def list(self, owner: Principal) -> list[VmRecord]:
-        """The owner's VMs."""
-        return self.repo.list_vms(owner.id)
+    def list(self, owner: Principal, *, after: str = "", limit: int = 100) -> list[VmRecord]:
+        """The owner's VMs with a UUID after ``after``, at most ``limit``, by UUID."""
+        return self.repo.list_vms(owner.id, after=after, limit=limit)
 
     def delete(self, owner: Principal, uuid: str) -> None:
         """Remove a VM with its secrets and launches."""

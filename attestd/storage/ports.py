@@ -68,6 +68,20 @@ class LaunchRecord:
     finished_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim of a launch found, read in the claiming transaction.
+
+    ``claimed`` is true when this call moved the launch from pending to validating;
+    ``launch`` is the launch as claimed (or as it is, when not claimed); ``vm`` is the
+    VM registered under the UUID after the claim (None when there is none).
+    """
+
+    vm: VmRecord | None
+    launch: LaunchRecord | None
+    claimed: bool
+
+
 class EventKind(StrEnum):
     """What an audit event records."""
 
@@ -124,15 +138,27 @@ class PrincipalRepository(Protocol):
 class FirmwareRepository(Protocol):
     """Uploaded firmware images, per owner, content-addressed."""
 
-    def put_firmware(self, owner_id: int, sha256: str, data: bytes, now: float) -> bool: ...
+    def put_firmware(
+        self,
+        owner_id: int,
+        sha256: str,
+        data: bytes,
+        now: float,
+        *,
+        max_count: int = 0,
+        max_bytes: int = 0,
+    ) -> bool: ...
     def firmware(self, owner_id: int, sha256: str) -> bytes | None: ...
+    def delete_firmware(self, owner_id: int, sha256: str) -> bool: ...
 
 
 class VmRepository(Protocol):
     """Registered VMs; every change appends its event in the same transaction."""
 
     def vm(self, uuid: str) -> VmRecord | None: ...
-    def list_vms(self, owner_id: int) -> list[VmRecord]: ...
+    def list_vms(
+        self, owner_id: int, *, after: str = "", limit: int | None = None
+    ) -> list[VmRecord]: ...
     def insert_vm(
         self,
         *,
@@ -162,11 +188,18 @@ class LaunchRepository(Protocol):
 
     def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: Event) -> bool: ...
     def launch(self, launch_id: str) -> LaunchRecord | None: ...
-    def claim_launch(self, launch_id: str, vm_id: int, now: float) -> LaunchRecord | None: ...
+    def claim_launch(self, uuid: str, launch_id: str, now: float) -> Claim: ...
     def finish_launch(
         self, launch_id: str, state: LaunchStatus, now: float, *, event: Event
     ) -> None: ...
+
+
+class Maintenance(Protocol):
+    """Work done outside the request path (``attestd db maintain``)."""
+
     def purge_expired_keys(self, now: float) -> int: ...
+    def delete_old_launches(self, before: float, *, batch: int = 1000) -> int: ...
+    def delete_old_events(self, before: float, *, batch: int = 1000) -> int: ...
 
 
 class EventLog(Protocol):
@@ -179,7 +212,13 @@ class EventLog(Protocol):
 
 
 class Store(
-    PrincipalRepository, FirmwareRepository, VmRepository, LaunchRepository, EventLog, Protocol
+    PrincipalRepository,
+    FirmwareRepository,
+    VmRepository,
+    LaunchRepository,
+    EventLog,
+    Maintenance,
+    Protocol,
 ):
     """Every repository plus the operations of one database (schema, health, key rotation)."""
 
@@ -187,6 +226,6 @@ class Store(
     def downgrade(self, revision: str) -> None: ...
     def ping(self) -> None: ...
     def dispose(self) -> None: ...
-    def stats(self) -> dict[str, int]: ...
+    def stats(self, now: float) -> dict[str, int]: ...
     def count_hosts(self) -> int: ...
     def rotate_encrypted(self, rotate: Callable[[bytes], bytes]) -> int: ...

@@ -21,6 +21,7 @@ from sqlalchemy import (
     CursorResult,
     Engine,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -35,6 +36,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from attestd.errors import Conflict, StorageUnavailable
 from attestd.storage import tables as t
 from attestd.storage.ports import (
+    Claim,
     Event,
     EventRecord,
     LaunchRecord,
@@ -57,17 +59,61 @@ def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(dict(value), sort_keys=True)
 
 
+# Hot-path statements are built once with bound parameters: building a Core statement
+# per call (coercing every column and value) cost more CPU than executing it.
+_INSERT_EVENT = insert(t.events)
+_INSERT_LAUNCH = insert(t.launches)
+_VM_BY_UUID = select(t.vms).where(t.vms.c.uuid == bindparam("b_uuid"))
+_LAUNCH_BY_ID = select(t.launches).where(t.launches.c.id == bindparam("b_id"))
+_SPEND_LAUNCH = (
+    update(t.vms)
+    .where(
+        and_(
+            t.vms.c.id == bindparam("b_vm_id"),
+            t.vms.c.revision == bindparam("b_revision"),
+            or_(
+                t.vms.c.max_launches.is_(None),
+                t.vms.c.launches_used < t.vms.c.max_launches,
+            ),
+        )
+    )
+    .values(launches_used=t.vms.c.launches_used + 1)
+)
+# the claim reads the launch it takes (RETURNING): no second round trip
+_CLAIM_LAUNCH = (
+    update(t.launches)
+    .where(
+        and_(
+            t.launches.c.id == bindparam("b_id"),
+            t.launches.c.vm_id
+            == select(t.vms.c.id).where(t.vms.c.uuid == bindparam("b_uuid")).scalar_subquery(),
+            t.launches.c.state == LaunchStatus.PENDING.value,
+            t.launches.c.expires_at > bindparam("b_now"),
+        )
+    )
+    .values(state=LaunchStatus.VALIDATING.value)
+    .returning(*t.launches.c)
+)
+_FINISH_LAUNCH = (
+    update(t.launches)
+    .where(t.launches.c.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), keys_enc=None, finished_at=bindparam("b_now"))
+)
+_ACTIVE = (LaunchStatus.PENDING.value, LaunchStatus.VALIDATING.value)
+
+
 def _insert_event(conn: Connection, event: Event) -> None:
     conn.execute(
-        insert(t.events).values(
-            owner_id=event.owner_id,
-            vm_uuid=event.vm_uuid,
-            ts=event.ts,
-            kind=event.kind.value,
-            launch_id=event.launch_id,
-            outcome=None if event.outcome is None else event.outcome.value,
-            detail=_dumps(event.detail),
-        )
+        _INSERT_EVENT,
+        {
+            "owner_id": event.owner_id,
+            "vm_uuid": event.vm_uuid,
+            "ts": event.ts,
+            "kind": event.kind.value,
+            "launch_id": event.launch_id,
+            "outcome": None if event.outcome is None else event.outcome.value,
+            "detail": _dumps(event.detail),
+        },
     )
 
 
@@ -205,19 +251,25 @@ class Database:
 
     # -- firmware -----------------------------------------------------------------------
 
-    def put_firmware(self, owner_id: int, sha256: str, data: bytes, now: float) -> bool:
-        """Store ``data`` under its hash and link it to the owner; True when newly linked."""
+    def put_firmware(
+        self,
+        owner_id: int,
+        sha256: str,
+        data: bytes,
+        now: float,
+        *,
+        max_count: int = 0,
+        max_bytes: int = 0,
+    ) -> bool:
+        """Store ``data`` under its hash and link it to the owner; True when newly linked.
+
+        A new link that would take the owner past ``max_count`` images or ``max_bytes``
+        in total (0: no limit) raises :class:`Conflict` (``firmware_quota``).
+        """
 
         def txn(conn: Connection) -> bool:
-            blob = conn.execute(
-                select(t.firmware_blobs.c.sha256).where(t.firmware_blobs.c.sha256 == sha256)
-            ).first()
-            if blob is None:
-                conn.execute(
-                    insert(t.firmware_blobs).values(
-                        sha256=sha256, size=len(data), data=data, created_at=now
-                    )
-                )
+            # serialise one owner's uploads (PostgreSQL; SQLite's BEGIN IMMEDIATE already does)
+            conn.execute(select(t.owners.c.id).where(t.owners.c.id == owner_id).with_for_update())
             link = conn.execute(
                 select(t.owner_firmware.c.sha256).where(
                     and_(
@@ -228,6 +280,33 @@ class Database:
             ).first()
             if link is not None:
                 return False
+            if max_count or max_bytes:
+                usage = conn.execute(
+                    select(func.count(), func.coalesce(func.sum(t.firmware_blobs.c.size), 0))
+                    .select_from(t.owner_firmware)
+                    .join(t.firmware_blobs, t.owner_firmware.c.sha256 == t.firmware_blobs.c.sha256)
+                    .where(t.owner_firmware.c.owner_id == owner_id)
+                ).one()
+                count, size = int(usage[0]), int(usage[1])
+                if max_count and count + 1 > max_count:
+                    raise Conflict(
+                        f"the owner's firmware quota of {max_count} images is used up",
+                        reasons=["firmware_quota", f"images {count} of {max_count}"],
+                    )
+                if max_bytes and size + len(data) > max_bytes:
+                    raise Conflict(
+                        f"the owner's firmware quota of {max_bytes} bytes would be exceeded",
+                        reasons=["firmware_quota", f"bytes {size} + {len(data)} > {max_bytes}"],
+                    )
+            blob = conn.execute(
+                select(t.firmware_blobs.c.sha256).where(t.firmware_blobs.c.sha256 == sha256)
+            ).first()
+            if blob is None:
+                conn.execute(
+                    insert(t.firmware_blobs).values(
+                        sha256=sha256, size=len(data), data=data, created_at=now
+                    )
+                )
             conn.execute(
                 insert(t.owner_firmware).values(owner_id=owner_id, sha256=sha256, created_at=now)
             )
@@ -238,6 +317,29 @@ class Database:
         except IntegrityError:
             # A concurrent upload of the same image won the insert; it is there now.
             return self._run(txn)
+
+    def delete_firmware(self, owner_id: int, sha256: str) -> bool:
+        """Unlink the owner's image (the blob goes with its last link); False if not linked."""
+
+        def txn(conn: Connection) -> bool:
+            gone = conn.execute(
+                delete(t.owner_firmware).where(
+                    and_(
+                        t.owner_firmware.c.owner_id == owner_id,
+                        t.owner_firmware.c.sha256 == sha256,
+                    )
+                )
+            )
+            if _rowcount(gone) != 1:
+                return False
+            others = conn.execute(
+                select(t.owner_firmware.c.owner_id).where(t.owner_firmware.c.sha256 == sha256)
+            ).first()
+            if others is None:
+                conn.execute(delete(t.firmware_blobs).where(t.firmware_blobs.c.sha256 == sha256))
+            return True
+
+        return self._run(txn)
 
     def firmware(self, owner_id: int, sha256: str) -> bytes | None:
         """The image with this hash if the owner uploaded it."""
@@ -280,14 +382,20 @@ class Database:
 
     def vm(self, uuid: str) -> VmRecord | None:
         """The VM registered under ``uuid`` (any owner)."""
-        row = self._run(
-            lambda conn: conn.execute(select(t.vms).where(t.vms.c.uuid == uuid)).first()
-        )
+        row = self._run(lambda conn: conn.execute(_VM_BY_UUID, {"b_uuid": uuid}).first())
         return None if row is None else self._vm(row)
 
-    def list_vms(self, owner_id: int) -> list[VmRecord]:
-        """The owner's VMs by UUID."""
-        query = select(t.vms).where(t.vms.c.owner_id == owner_id).order_by(t.vms.c.uuid)
+    def list_vms(
+        self, owner_id: int, *, after: str = "", limit: int | None = None
+    ) -> list[VmRecord]:
+        """The owner's VMs by UUID: those after UUID ``after``, at most ``limit``."""
+        query = (
+            select(t.vms)
+            .where(and_(t.vms.c.owner_id == owner_id, t.vms.c.uuid > after))
+            .order_by(t.vms.c.uuid)
+        )
+        if limit is not None:
+            query = query.limit(limit)
         return self._run(lambda conn: [self._vm(r) for r in conn.execute(query)])
 
     def insert_vm(
@@ -395,36 +503,26 @@ class Database:
 
         def txn(conn: Connection) -> bool:
             spent = conn.execute(
-                update(t.vms)
-                .where(
-                    and_(
-                        t.vms.c.id == vm.id,
-                        t.vms.c.revision == launch.vm_revision,
-                        or_(
-                            t.vms.c.max_launches.is_(None),
-                            t.vms.c.launches_used < t.vms.c.max_launches,
-                        ),
-                    )
-                )
-                .values(launches_used=t.vms.c.launches_used + 1)
+                _SPEND_LAUNCH, {"b_vm_id": vm.id, "b_revision": launch.vm_revision}
             )
             if _rowcount(spent) != 1:
                 return False
             conn.execute(
-                insert(t.launches).values(
-                    id=launch.id,
-                    vm_id=launch.vm_id,
-                    vm_revision=launch.vm_revision,
-                    state=launch.state.value,
-                    policy=launch.policy,
-                    keys_enc=launch.keys_enc,
-                    chip_id=launch.chip_id,
-                    pdh_sha256=launch.pdh_sha256,
-                    generation=launch.generation,
-                    created_at=launch.created_at,
-                    expires_at=launch.expires_at,
-                    finished_at=None,
-                )
+                _INSERT_LAUNCH,
+                {
+                    "id": launch.id,
+                    "vm_id": launch.vm_id,
+                    "vm_revision": launch.vm_revision,
+                    "state": launch.state.value,
+                    "policy": launch.policy,
+                    "keys_enc": launch.keys_enc,
+                    "chip_id": launch.chip_id,
+                    "pdh_sha256": launch.pdh_sha256,
+                    "generation": launch.generation,
+                    "created_at": launch.created_at,
+                    "expires_at": launch.expires_at,
+                    "finished_at": None,
+                },
             )
             _insert_event(conn, event)
             return True
@@ -433,33 +531,23 @@ class Database:
 
     def launch(self, launch_id: str) -> LaunchRecord | None:
         """A launch by id."""
-        row = self._run(
-            lambda conn: conn.execute(
-                select(t.launches).where(t.launches.c.id == launch_id)
-            ).first()
-        )
+        row = self._run(lambda conn: conn.execute(_LAUNCH_BY_ID, {"b_id": launch_id}).first())
         return None if row is None else self._launch(row)
 
-    def claim_launch(self, launch_id: str, vm_id: int, now: float) -> LaunchRecord | None:
-        """Move a pending, unexpired launch to ``validating``; None if someone else did."""
+    def claim_launch(self, uuid: str, launch_id: str, now: float) -> Claim:
+        """Move launch ``launch_id`` of the VM ``uuid`` from pending (unexpired) to
+        ``validating``, and read the VM as it is after the claim, in one transaction."""
 
-        def txn(conn: Connection) -> LaunchRecord | None:
-            result = conn.execute(
-                update(t.launches)
-                .where(
-                    and_(
-                        t.launches.c.id == launch_id,
-                        t.launches.c.vm_id == vm_id,
-                        t.launches.c.state == LaunchStatus.PENDING.value,
-                        t.launches.c.expires_at > now,
-                    )
-                )
-                .values(state=LaunchStatus.VALIDATING.value)
-            )
-            if _rowcount(result) != 1:
-                return None
-            row = conn.execute(select(t.launches).where(t.launches.c.id == launch_id)).one()
-            return self._launch(row)
+        def txn(conn: Connection) -> Claim:
+            claimed = conn.execute(
+                _CLAIM_LAUNCH, {"b_id": launch_id, "b_uuid": uuid, "b_now": now}
+            ).first()
+            vm_row = conn.execute(_VM_BY_UUID, {"b_uuid": uuid}).first()
+            vm = None if vm_row is None else self._vm(vm_row)
+            if claimed is not None:
+                return Claim(vm=vm, launch=self._launch(claimed), claimed=True)
+            row = conn.execute(_LAUNCH_BY_ID, {"b_id": launch_id}).first()
+            return Claim(vm=vm, launch=None if row is None else self._launch(row), claimed=False)
 
         return self._run(txn)
 
@@ -469,11 +557,7 @@ class Database:
         """Record the outcome and forget the transport keys."""
 
         def txn(conn: Connection) -> None:
-            conn.execute(
-                update(t.launches)
-                .where(t.launches.c.id == launch_id)
-                .values(state=state.value, keys_enc=None, finished_at=now)
-            )
+            conn.execute(_FINISH_LAUNCH, {"b_id": launch_id, "b_state": state.value, "b_now": now})
             _insert_event(conn, event)
 
         self._run(txn)
@@ -487,9 +571,7 @@ class Database:
                 update(t.launches)
                 .where(
                     and_(
-                        t.launches.c.state.in_(
-                            [LaunchStatus.PENDING.value, LaunchStatus.VALIDATING.value]
-                        ),
+                        t.launches.c.state.in_(_ACTIVE),
                         t.launches.c.expires_at <= now,
                         t.launches.c.keys_enc.is_not(None),
                     )
@@ -497,6 +579,40 @@ class Database:
                 .values(keys_enc=None)
             )
             return _rowcount(result)
+
+        return self._run(txn)
+
+    def delete_old_launches(self, before: float, *, batch: int = 1000) -> int:
+        """Delete up to ``batch`` launches finished before ``before``, or never finished
+        and expired before it; returns how many."""
+        finished = select(t.launches.c.id).where(t.launches.c.finished_at < before).limit(batch)
+        abandoned = (
+            select(t.launches.c.id)
+            .where(and_(t.launches.c.state.in_(_ACTIVE), t.launches.c.expires_at < before))
+            .limit(batch)
+        )
+
+        def txn(conn: Connection) -> int:
+            count = 0
+            for query in (finished, abandoned):
+                ids = list(conn.execute(query).scalars())
+                if ids:
+                    count += _rowcount(
+                        conn.execute(delete(t.launches).where(t.launches.c.id.in_(ids)))
+                    )
+            return count
+
+        return self._run(txn)
+
+    def delete_old_events(self, before: float, *, batch: int = 1000) -> int:
+        """Delete up to ``batch`` audit events recorded before ``before``; returns how many."""
+        query = select(t.events.c.id).where(t.events.c.ts < before).limit(batch)
+
+        def txn(conn: Connection) -> int:
+            ids = list(conn.execute(query).scalars())
+            if not ids:
+                return 0
+            return _rowcount(conn.execute(delete(t.events).where(t.events.c.id.in_(ids))))
 
         return self._run(txn)
 
@@ -565,24 +681,36 @@ class Database:
 
         return self._run(txn)
 
-    def stats(self) -> dict[str, int]:
-        """Counts for /metrics."""
+    def stats(self, now: float) -> dict[str, int]:
+        """Counts for /metrics: owners, VMs and the launches in progress.
+
+        ``launches_pending`` counts only unexpired sessions. Finished launches are not
+        counted (that would read every row of a table retention keeps large); the
+        process counters of /metrics count outcomes.
+        """
+        count = select(func.count()).select_from(t.launches)
 
         def txn(conn: Connection) -> dict[str, int]:
-            out = {
+            return {
                 "owners": int(
                     conn.execute(select(func.count()).select_from(t.owners)).scalar_one()
                 ),
                 "vms": int(conn.execute(select(func.count()).select_from(t.vms)).scalar_one()),
-            }
-            for state in LaunchStatus:
-                out[f"launches_{state.value}"] = int(
+                "launches_pending": int(
                     conn.execute(
-                        select(func.count())
-                        .select_from(t.launches)
-                        .where(t.launches.c.state == state.value)
+                        count.where(
+                            and_(
+                                t.launches.c.state == LaunchStatus.PENDING.value,
+                                t.launches.c.expires_at > now,
+                            )
+                        )
                     ).scalar_one()
-                )
-            return out
+                ),
+                "launches_validating": int(
+                    conn.execute(
+                        count.where(t.launches.c.state == LaunchStatus.VALIDATING.value)
+                    ).scalar_one()
+                ),
+            }
 
         return self._run(txn)

@@ -91,6 +91,8 @@ launches = Table(
     Column("finished_at", Float, nullable=True),
 )
 Index("ix_launches_vm_id", launches.c.vm_id)
+Index("ix_launches_state_expires", launches.c.state, launches.c.expires_at)
+Index("ix_launches_finished_at", launches.c.finished_at)
 
 events = Table(
     "events",
@@ -105,3 +107,4 @@ events = Table(
     Column("detail", Text, nullable=False),
 )
 Index("ix_events_owner_vm", events.c.owner_id, events.c.vm_uuid, events.c.id)
+Index("ix_events_ts", events.c.ts)

@@ -1,4 +1,4 @@
-"""``attestd owner create`` / ``host create`` / ``db upgrade`` / ``openapi``."""
+"""``attestd owner create`` / ``host create`` / ``db upgrade`` / ``db maintain`` / ``openapi``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,27 @@ def test_owner_and_host_tokens(
     assert service.authenticate_host(host_token).name == "node-1"
     stored = (tmp_path / "attestd.sqlite3").read_bytes()
     assert owner_token.encode() not in stored and host_token.encode() not in stored
+
+
+def test_db_maintain_applies_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attestd.service.factory import build_services
+    from attestd.storage.ports import Event, EventKind
+
+    monkeypatch.setenv("ATTESTD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ATTESTD_RETENTION_EVENT_DAYS", "1")
+    monkeypatch.delenv("ATTESTD_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ATTESTD_CONFIG", raising=False)
+    services = build_services(Settings(data_dir=tmp_path))
+    owner = services.store.create_owner("alice", "0" * 64, 1.0)
+    old = Event(owner, "00000000-0000-4000-8000-000000000001", EventKind.DELETED, 1.0)
+    services.store.add_event(old)
+    services.store.dispose()
+    assert cli.main(["db", "maintain"]) == 0
+    assert "deleted 0 launches and 1 events" in capsys.readouterr().out
+    assert cli.main(["db", "maintain"]) == 0
+    assert "deleted 0 launches and 0 events" in capsys.readouterr().out
 
 
 def test_config_file_and_env(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ def test_guest_owner_walkthrough_runs_literally(server: Server, testdata: Path) 
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert lines[0] == {"vms": []}
+    assert lines[0] == {"next": None, "vms": []}
     assert lines[1]["created"] is True and lines[1]["size"] == 4194304
     registered, shown, replaced, events = lines[2:6]
     assert registered["revision"] == 1 and shown == registered

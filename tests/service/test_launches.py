@@ -1,4 +1,5 @@
-"""The launch use-cases without Flask: key purge, the verified-chain cache, the decision order."""
+"""The launch use-cases without Flask: maintenance, statements per pair, the verified-chain
+cache, the decision order."""
 
 from __future__ import annotations
 
@@ -64,17 +65,69 @@ def _request(
     return ValidateRequest(**values)
 
 
-def test_expired_launch_keys_are_purged_at_the_next_launch(
+def test_expired_launch_keys_are_purged_by_maintenance_not_by_launch(
     services: Services, clock: Clock, platform: SimulatedPlatform, ovmf: bytes
 ) -> None:
     _register(services, "alice", VM, ovmf)
     first = _begin(services, platform, VM)
+    clock.now += services.settings.launch_ttl + 1
+    _begin(services, platform, VM)  # no purge on the request path any more
     record = services.store.launch(first.launch_id)
     assert record is not None and record.keys_enc is not None
-    clock.now += services.settings.launch_ttl + 1
-    _begin(services, platform, VM)  # the purge point: every /launch
+    report = services.upkeep.run()
+    assert report.purged_keys == 1
     purged = services.store.launch(first.launch_id)
     assert purged is not None and purged.keys_enc is None, "expired TEK/TIK still stored"
+
+
+def test_retention_deletes_old_launches_and_events_only(
+    services: Services, clock: Clock, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    _register(services, "alice", VM, ovmf)
+    done = _begin(services, platform, VM)
+    _handle, measurement = measure(platform, _grant(done), Boot(firmware=ovmf))
+    services.launches.validate(VM, _request(platform, done, measurement))
+    abandoned = _begin(services, platform, VM)
+    days = services.settings.retention_launch_days
+    clock.now += days * 86400 + services.settings.launch_ttl + 1
+    fresh = _begin(services, platform, VM)
+    report = services.upkeep.run(batch=1)  # batches of one: the loop drains them all
+    assert report.deleted_launches == 2 and report.deleted_events == 0
+    assert services.store.launch(done.launch_id) is None
+    assert services.store.launch(abandoned.launch_id) is None
+    assert services.store.launch(fresh.launch_id) is not None
+    alice = services.store.vm(VM)
+    assert alice is not None
+    kept = services.store.events(alice.owner_id, VM)
+    assert len(kept) == 5  # registered, three launches, one validate: younger than a year
+    clock.now += services.settings.retention_event_days * 86400
+    assert services.upkeep.run().deleted_events == 4  # all but the fresh launch's
+    (left,) = services.store.events(alice.owner_id, VM)
+    assert left.launch_id == fresh.launch_id
+
+
+def test_a_pair_makes_four_transactions_and_eight_statements(
+    services: Services, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    from sqlalchemy import event
+
+    _register(services, "alice", VM, ovmf)
+    engine = services.store.engine  # type: ignore[attr-defined]
+    seen: list[str] = []
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        seen.append(sql.split()[0].upper())
+
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        session = _begin(services, platform, VM)
+        _handle, measurement = measure(platform, _grant(session), Boot(firmware=ovmf))
+        services.launches.validate(VM, _request(platform, session, measurement))
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+    work = [s for s in seen if s not in ("BEGIN", "COMMIT", "ROLLBACK")]
+    assert seen.count("BEGIN") in (0, 4), seen  # SQLite's BEGIN IMMEDIATE is a statement
+    assert len(work) == 8, work
 
 
 def test_chain_cache_is_keyed_by_the_pinned_oca(

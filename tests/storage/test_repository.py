@@ -97,11 +97,14 @@ def test_claim_is_single_use_and_respects_expiry(db: Database) -> None:
     assert db.begin_launch(vm, _launch(vm, 1), event=event)
     assert db.begin_launch(vm, _launch(vm, 2, expires=50.0), event=event)
     assert db.begin_launch(vm, _launch(vm, 3, expires=50.0), event=event)
-    assert db.claim_launch("launch-0003", vm.id, 10.0) is not None  # then the node dies
-    claims = _parallel(6, lambda n: db.claim_launch("launch-0001", vm.id, 10.0))
-    assert sum(c is not None for c in claims) == 1
-    assert db.claim_launch("launch-0002", vm.id, 60.0) is None  # expired
-    assert db.claim_launch("launch-0002", vm.id + 1, 10.0) is None  # other VM
+    assert db.claim_launch(vm.uuid, "launch-0003", 10.0).claimed  # then the node dies
+    claims = _parallel(6, lambda n: db.claim_launch(vm.uuid, "launch-0001", 10.0))
+    assert sum(c.claimed for c in claims) == 1  # type: ignore[attr-defined]
+    expired = db.claim_launch(vm.uuid, "launch-0002", 60.0)
+    assert not expired.claimed and expired.launch is not None
+    assert expired.launch.state is LaunchStatus.PENDING and expired.vm == db.vm(vm.uuid)
+    other = db.claim_launch("00000000-0000-4000-8000-000000000002", "launch-0002", 10.0)
+    assert not other.claimed and other.vm is None  # other VM
     assert db.purge_expired_keys(60.0) == 2
     crashed = db.launch("launch-0003")
     assert crashed is not None and crashed.keys_enc is None

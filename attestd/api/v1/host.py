@@ -17,6 +17,13 @@ from attestd.service.launches import ValidateRequest
 
 bp = Blueprint("host", __name__)
 
+# built once: a marshmallow schema instance deep-copies its fields when created, which
+# cost more than the load or dump itself; instances are safe to share between threads
+_LAUNCH_REQUEST = LaunchRequestSchema()
+_LAUNCH_SESSION = LaunchSessionSchema()
+_VALIDATE_REQUEST = ValidateRequestSchema()
+_LAUNCH_SECRET = LaunchSecretSchema()
+
 
 @bp.post("/vm/<uuid>/launch")
 def launch(uuid: str) -> Response:
@@ -24,7 +31,7 @@ def launch(uuid: str) -> Response:
     st = state()
     st.services.principals.authenticate_host(bearer_token())
     canonical = vm_uuid(uuid)
-    body = load_json(LaunchRequestSchema())
+    body = load_json(_LAUNCH_REQUEST)
     try:
         session = st.services.launches.begin(
             canonical,
@@ -38,7 +45,7 @@ def launch(uuid: str) -> Response:
         raise
     st.metrics.outcome("launch", "started")
     return jsonify(
-        LaunchSessionSchema().dump(
+        _LAUNCH_SESSION.dump(
             {
                 "launch_id": session.launch_id,
                 "session": session.session,
@@ -56,7 +63,7 @@ def validate(uuid: str) -> Response:
     st = state()
     st.services.principals.authenticate_host(bearer_token())
     canonical = vm_uuid(uuid)
-    body = load_json(ValidateRequestSchema())
+    body = load_json(_VALIDATE_REQUEST)
     try:
         secret = st.services.launches.validate(canonical, ValidateRequest(**body))
     except AttestdError as exc:
@@ -64,7 +71,5 @@ def validate(uuid: str) -> Response:
         raise
     st.metrics.outcome("validate", "released")
     return jsonify(
-        LaunchSecretSchema().dump(
-            {"secret_header": secret.header, "secret_table": secret.ciphertext}
-        )
+        _LAUNCH_SECRET.dump({"secret_header": secret.header, "secret_table": secret.ciphertext})
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -14,6 +15,7 @@ from attestd.api.schemas import (
     FirmwareSchema,
     RegistrationSchema,
     VmListSchema,
+    VmQuerySchema,
     VmViewSchema,
     vm_uuid,
 )
@@ -22,6 +24,8 @@ from attestd.errors import ParseError
 from attestd.storage.ports import VmRecord
 
 bp = Blueprint("owner", __name__)
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def _view(vm: VmRecord) -> dict[str, Any]:
@@ -77,8 +81,11 @@ def remove(uuid: str) -> Response:
 
 @bp.get("/vm")
 def index() -> Response:
-    """The owner's VMs."""
+    """The owner's VMs, one page (``?after=<uuid>&limit=<n>``) at a time."""
     owner = current_owner()
+    query = VmQuerySchema().load(request.args.to_dict())
+    after = "" if query["after"] is None else str(query["after"])
+    page = state().services.vms.list(owner, after=after, limit=query["limit"])
     vms = [
         {
             "uuid": vm.uuid,
@@ -87,9 +94,10 @@ def index() -> Response:
             "launches_used": vm.launches_used,
             "updated_at": vm.updated_at,
         }
-        for vm in state().services.vms.list(owner)
+        for vm in page
     ]
-    return _respond({"vms": vms}, VmListSchema)
+    last = page[-1].uuid if len(page) == query["limit"] else None
+    return _respond({"vms": vms, "next": last}, VmListSchema)
 
 
 @bp.get("/vm/<uuid>/events")
@@ -137,3 +145,13 @@ def upload_firmware() -> Response:
         FirmwareSchema,
         201 if info.created else 200,
     )
+
+
+@bp.delete("/firmware/<sha256>")
+def delete_firmware(sha256: str) -> Response:
+    """Delete an uploaded image (409 while one of the owner's registrations names it)."""
+    owner = current_owner()
+    if not SHA256_HEX.fullmatch(sha256):
+        raise ParseError("the firmware is named by its SHA-256 in lower-case hex")
+    state().services.firmware.delete(owner, sha256)
+    return Response(status=204)
