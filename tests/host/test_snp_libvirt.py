@@ -54,8 +54,11 @@ virsh version --daemon >&2
 virsh domcapabilities --virttype qemu --emulatorbin /usr/bin/qemu-system-x86_64 >/dev/null
 stop
 caps=$(grep -l '<emulator>/usr/bin/qemu-system-x86_64<' /var/cache/libvirt/qemu/capabilities/*.xml)
-sed -i "s|^  <flag name='sev-guest-kernel-hashes'/>|  <flag name='sev-guest'/>\n  <flag name='sev-snp-guest'/>\n&|" "$caps"
-sed -i "s|^</qemuCaps>|  <sev>\n    <cbitpos>51</cbitpos>\n    <reducedPhysBits>1</reducedPhysBits>\n    <maxGuests>0</maxGuests>\n    <maxESGuests>0</maxESGuests>\n    <pdh>AA==</pdh>\n    <certChain>AA==</certChain>\n  </sev>\n&|" "$caps"
+flags="  <flag name='sev-guest'/>\\n  <flag name='sev-snp-guest'/>"
+sev="  <sev>\\n    <cbitpos>51</cbitpos>\\n    <reducedPhysBits>1</reducedPhysBits>\\n"
+sev="$sev    <maxGuests>0</maxGuests>\\n    <maxESGuests>0</maxESGuests>\\n"
+sev="$sev    <pdh>AA==</pdh>\\n    <certChain>AA==</certChain>\\n  </sev>"
+sed -i "s|^  <flag name='sev-guest-kernel-hashes'/>|$flags\\n&|; s|^</qemuCaps>|$sev\\n&|" "$caps"
 start
 virsh define /work/domain.xml >&2
 virsh domxml-to-native qemu-argv --domain snp1
