@@ -292,9 +292,13 @@ def _metadata_parent(root: ET.Element) -> ET.Element:
     meta = root.find("metadata")
     if meta is None:
         meta = ET.Element("metadata")
-        index = next((i + 1 for i, el in enumerate(root) if el.tag in ("uuid", "name")), 0)
-        root.insert(index, meta)
+        root.insert(_after(root, ("name", "uuid", "title", "description")), meta)
     return meta
+
+
+def _after(root: ET.Element, tags: tuple[str, ...]) -> int:
+    """The index just after the last child of ``root`` with one of ``tags`` (else 0)."""
+    return max((i + 1 for i, el in enumerate(root) if el.tag in tags), default=0)
 
 
 def _set_fwcfg(root: ET.Element, name: str, value: str) -> None:
@@ -302,8 +306,7 @@ def _set_fwcfg(root: ET.Element, name: str, value: str) -> None:
     sysinfo = root.find("sysinfo[@type='fwcfg']")
     if sysinfo is None:
         sysinfo = ET.Element("sysinfo", {"type": "fwcfg"})
-        index = next((i + 1 for i, el in enumerate(root) if el.tag in ("sysinfo", "metadata")), 0)
-        root.insert(index, sysinfo)
+        root.insert(_after(root, ("name", "uuid", "metadata", "sysinfo")), sysinfo)
     for entry in sysinfo.findall("entry"):
         if entry.get("name") == name:
             sysinfo.remove(entry)

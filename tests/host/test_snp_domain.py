@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +164,25 @@ def test_cli_prepare_domain_snp_errors(tmp_path: Path, args: list[str], message:
     )
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_examples_agree() -> None:
+    """examples/libvirt/snp-domain.xml carries snp-initdata.toml and its HOST_DATA, which
+    examples/service/registration-snp.json registers; re-preparing changes nothing."""
+    examples = PROJECT_ROOT / "examples"
+    document = (examples / "libvirt" / "snp-initdata.toml").read_bytes()
+    xml = (examples / "libvirt" / "snp-domain.xml").read_text()
+    root = ET.fromstring(xml)
+    entry = root.findtext(f"sysinfo[@type='fwcfg']/entry[@name='{FWCFG_INITDATA}']") or ""
+    assert base64.b64decode(entry) == document
+    host_data = initdata.host_data(document)
+    assert base64.b64decode(root.findtext("launchSecurity/hostData") or "") == host_data
+    registration = json.loads((examples / "service" / "registration-snp.json").read_text())
+    assert registration["host-data"] == host_data.hex()
+    assert initdata.parse(document).vm_id == parse_domain(xml).uuid
+    again = ET.fromstring(prepare_snp_domain(xml, policy=0x30000, initdata=document, service="s"))
+    for element in (again, root):
+        sev = element.find("launchSecurity")
+        assert sev is not None and sev.attrib == {"type": "sev-snp", "kernelHashes": "yes"}
+        assert sev.findtext("policy") == "0x00030000"
+        assert base64.b64decode(sev.findtext("hostData") or "") == host_data

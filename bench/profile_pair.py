@@ -1,0 +1,152 @@
+"""Profile: what one launch+validate pair costs inside the service, without HTTP.
+
+Runs ``--pairs`` complete launches through the Flask test client of
+``create_app`` (SQLite, or PostgreSQL with ``--backend postgresql``), counts the
+database transactions and statements of one pair (SQLAlchemy engine events),
+the server CPU per pair (process CPU time minus the simulated firmware's share),
+and prints the top functions of a cProfile run by cumulative time.
+
+    .venv/bin/python bench/profile_pair.py [--backend sqlite|postgresql] [--pairs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import io
+import os
+import pstats
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import event
+
+from attestd.api import create_app
+from attestd.config import Settings
+from attestd.sim.platform import SimulatedPlatform
+from tests.api.simhost import Boot, launch_body, measure, validate_body
+from tests.pgserver import PgServer
+
+FIRMWARE = os.urandom(64 * 1024)
+VM = "6f1d3a2c-9b8e-4f7a-8c6d-5e4b3a291807"
+
+
+def registration() -> dict[str, Any]:
+    """The VM's registration (plain SEV, three secrets)."""
+    return {
+        "scheme": "amd-sev",
+        "policy": 1,
+        "firmware-hashes": [hashlib.sha256(FIRMWARE).hexdigest()],
+        "secrets": [
+            {"type": "luks-passphrase", "passphrase": "bench-root"},
+            {"type": "volume", "name": "data", "device": "virtio:data", "generate": True},
+            {"type": "env", "name": "app.env", "values": {"MODE": "bench"}},
+        ],
+    }
+
+
+class Counting:
+    """Transactions and statements seen on an engine."""
+
+    def __init__(self, engine: Any) -> None:
+        self.transactions = 0
+        self.statements: Counter[str] = Counter()
+        event.listen(engine, "begin", self._begin)
+        event.listen(engine, "before_cursor_execute", self._statement)
+
+    def _begin(self, _conn: Any) -> None:
+        self.transactions += 1
+
+    def _statement(self, _conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        if sql.startswith("BEGIN"):
+            return
+        self.statements[" ".join(sql.split()[:3])] += 1
+
+    def reset(self) -> None:
+        self.transactions = 0
+        self.statements.clear()
+
+
+def one_pair(client: Any, platform: SimulatedPlatform, sim_cpu: list[float]) -> None:
+    """/launch, the simulated firmware (its CPU time noted apart), /validate."""
+    grant = client.post(f"/v1/vm/{VM}/launch", json=launch_body(platform))
+    assert grant.status_code == 200, grant.text
+    t0 = time.process_time()
+    _h, measurement = measure(platform, grant.json, Boot(firmware=FIRMWARE))
+    body = validate_body(platform, grant.json, measurement, Boot(firmware=FIRMWARE))
+    sim_cpu.append(time.process_time() - t0)
+    answer = client.post(f"/v1/vm/{VM}/validate", json=body)
+    assert answer.status_code == 200, answer.text
+
+
+def profile(settings: Settings, platform: SimulatedPlatform, pairs: int, top: int) -> None:
+    """Print statements per pair, server CPU per pair and the cProfile top."""
+    app = create_app(settings)
+    client = app.test_client()
+    services = app.extensions["attestd"].services
+    token = services.principals.create_owner("bench")
+    created = client.post(
+        f"/v1/vm/{VM}", json=registration(), headers={"Authorization": f"Bearer {token}"}
+    )
+    assert created.status_code == 201, created.text
+    engine = services.store.engine
+    counting = Counting(engine)
+    sim_cpu: list[float] = []
+    one_pair(client, platform, sim_cpu)  # warm the caches (chain, digests, anchors)
+    counting.reset()
+    one_pair(client, platform, sim_cpu)
+    print(f"database transactions per pair: {counting.transactions}")
+    print(f"database statements per pair: {sum(counting.statements.values())}")
+    for sql, count in sorted(counting.statements.items()):
+        print(f"  {count} x {sql}")
+    sim_cpu.clear()
+    started = time.process_time()
+    for _ in range(pairs):
+        one_pair(client, platform, sim_cpu)
+    cpu = (time.process_time() - started - sum(sim_cpu)) / pairs
+    print(f"server CPU per pair (in process, no HTTP): {cpu * 1000:.2f} ms")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(pairs):
+        one_pair(client, platform, sim_cpu)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
+    print(out.getvalue())
+    services.store.dispose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgresql"])
+    parser.add_argument("--pairs", type=int, default=200)
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="attestd-profile-"))
+    platform = SimulatedPlatform.create(name="bench", rsa_bits=2048)
+    anchors = root / "anchors"
+    platform.write_trust_anchor(anchors)
+    data = root / "data"
+    data.mkdir()
+    settings = Settings(data_dir=data, trust_anchors_dir=anchors, kds_offline=True)
+    pg: PgServer | None = None
+    try:
+        if args.backend == "postgresql":
+            pg = PgServer.start()
+            settings = settings.replace(database_url=pg.create_database())
+        profile(settings, platform, args.pairs, args.top)
+    finally:
+        if pg is not None:
+            pg.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
