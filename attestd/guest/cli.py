@@ -181,18 +181,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if agent.status == "ready" else EXIT_VOLUMES_FAILED
 
 
-def _read_request(path: Path) -> bytes:
-    if path.exists() and not path.is_file():
-        raise PayloadError(f"request {path} is not a regular file")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise PayloadError(f"cannot read request {path}: {exc.strerror}") from None
-
-
 def cmd_rotate(args: argparse.Namespace) -> int:
     """Rotate passphrases from a cvm-control ``PUT /api/v1/passphrase`` JSON body."""
-    raw = sys.stdin.buffer.read() if str(args.request) == "-" else _read_request(args.request)
+    raw = (
+        sys.stdin.buffer.read()
+        if str(args.request) == "-"
+        else _read_file(args.request, "request", PayloadError)
+    )
     specs = validate_rotation(parse_json(raw))
     agent = Agent(config_from_args(args), _runner(args))
     if not agent.recover():

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import json
 import socket
 import uuid
@@ -12,10 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from attestd.guest import initdata
 from attestd.guest.initdata import InitdataError
@@ -31,6 +25,7 @@ from attestd.sev.snp.verify import SnpReferencePolicy, report_data_binding
 from attestd.sim.snp import ReportRequest
 from tests.guest.snpfake import FakeTsmKernel, StubServer, StubService
 from tests.sev.snp.vectors import sim_platform
+from tests.tlscert import self_signed
 
 VM = "5d1e7bd2-9a64-4a4f-9f55-1f7d3c4d5e6f"
 MEASUREMENT = b"M" * 48
@@ -38,39 +33,10 @@ PAYLOAD = json.dumps({"version": 1, "volumes": {}}).encode()
 
 
 def make_tls(tmp_path: Path) -> tuple[Path, Path, str, str]:
-    """A self-signed P-256 server certificate for 127.0.0.1: (cert, key, its PEM, its pin)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attestd test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "cert.pem").write_bytes(pem)
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    """A self-signed server certificate for 127.0.0.1: (cert, key, its PEM, its pin)."""
+    cert, key, spki = self_signed(tmp_path)
     pin = initdata.format_pin(hashlib.sha256(spki).digest())
-    return tmp_path / "cert.pem", tmp_path / "key.pem", pem.decode(), pin
+    return cert, key, cert.read_text(), pin
 
 
 def document(
