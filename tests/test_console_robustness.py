@@ -48,7 +48,7 @@ STATUSES = {
     "attestd-sim": {0, 1, 2},
     "attestd-host": {0, 1, 2},
     "attestd-qemu": {0, 1, 2},
-    "attestd-guest": {0, 1, 2, 3, 4, 5, 6},
+    "attestd-guest": {0, 1, 2, 3, 4, 5, 6, 7},
 }
 #: arguments that accept any text by design, on commands that then run until stopped
 FREE_TEXT_SERVERS = {("attestd-guest", "serve", "--tls-cn")}

@@ -10,12 +10,15 @@ exit status:
   4   conflict (different input while ready, busy)
   5   authentication failed (old passphrase)
   6   other error (a command or the system failed; one line says which)
+  7   SEV-SNP: the initdata, the report or the service refused attestation (nothing released)
   70  internal error: a bug, please report it (ATTESTD_DEBUG=1 shows the traceback)
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import logging
 import os
@@ -40,6 +43,7 @@ from attestd.guest.errors import (
     PayloadError,
     SecretSourceError,
 )
+from attestd.guest.initdata import InitdataError
 from attestd.guest.payload import PAYLOAD_GUID, parse_json, parse_payload, validate_rotation
 from attestd.guest.runner import SubprocessRunner
 from attestd.guest.secrets import (
@@ -50,6 +54,8 @@ from attestd.guest.secrets import (
     TableFileSource,
     find_sim_port,
 )
+from attestd.guest.snpattest import AttestationRefused, ServiceUnreachable
+from attestd.guest.snpreport import ReportError
 
 EXIT_OK = 0
 EXIT_VOLUMES_FAILED = 1
@@ -58,6 +64,9 @@ EXIT_INVALID = 3
 EXIT_CONFLICT = 4
 EXIT_AUTH = 5
 EXIT_ERROR = 6
+EXIT_ATTESTATION = 7
+FWCFG_INITDATA = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/attestd/initdata/raw")
+PROC_CMDLINE = Path("/proc/cmdline")
 EXIT_INTERNAL = 70
 DEBUG_ENV = "ATTESTD_DEBUG"
 
@@ -142,6 +151,50 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.ok else EXIT_VOLUMES_FAILED
 
 
+def _initdata(args: argparse.Namespace) -> bytes:
+    """The initdata document: ``--initdata`` as is, else the fw_cfg entry (base64)."""
+    if args.initdata is not None:
+        return _read_file(args.initdata, "initdata", InitdataError)
+    raw = _read_file(args.initdata_fwcfg, "initdata fw_cfg entry", InitdataError)
+    try:
+        return base64.b64decode(b"".join(raw.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InitdataError(f"{args.initdata_fwcfg} is not base64") from None
+
+
+def _read_file(path: Path, what: str, error: type[GuestError]) -> bytes:
+    if path.exists() and not path.is_file():
+        raise error(f"{what} {path} is not a regular file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def cmd_snp_bootstrap(args: argparse.Namespace) -> int:
+    """SEV-SNP: attest to the service named in the initdata, then bootstrap the payload.
+
+    A re-run on a bootstrapped guest (state record, volumes mounted) attests nothing.
+    """
+    agent = Agent(config_from_args(args), _runner(args))
+    if agent.recover():
+        _emit(agent.describe())
+        return EXIT_OK
+    from attestd.guest import snpattest, snpreport
+
+    document = _initdata(args)
+    source = snpreport.choose(args.report_source, sim=args.sim_psp)
+    cmdline = _read_file(args.cmdline, "kernel command line", SecretSourceError)
+    pin = snpattest.kernel_pin(cmdline.decode("utf-8", "replace"))
+    payload = parse_payload(snpattest.SnpAttester(source).attest(document, cmdline_pin=pin))
+    outcome = agent.bootstrap(payload)
+    doc = outcome.full()
+    if outcome.ok:
+        doc["status"] = "ready"
+    _emit(doc)
+    return EXIT_OK if outcome.ok else EXIT_VOLUMES_FAILED
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print status; exit 0 when ready, 1 otherwise."""
     agent = Agent(config_from_args(args), _runner(args))
@@ -150,18 +203,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if agent.status == "ready" else EXIT_VOLUMES_FAILED
 
 
-def _read_request(path: Path) -> bytes:
-    if path.exists() and not path.is_file():
-        raise PayloadError(f"request {path} is not a regular file")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise PayloadError(f"cannot read request {path}: {exc.strerror}") from None
-
-
 def cmd_rotate(args: argparse.Namespace) -> int:
     """Rotate passphrases from a cvm-control ``PUT /api/v1/passphrase`` JSON body."""
-    raw = sys.stdin.buffer.read() if str(args.request) == "-" else _read_request(args.request)
+    raw = (
+        sys.stdin.buffer.read()
+        if str(args.request) == "-"
+        else _read_file(args.request, "request", PayloadError)
+    )
     specs = validate_rotation(parse_json(raw))
     agent = Agent(config_from_args(args), _runner(args))
     if not agent.recover():
@@ -261,6 +309,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     boot.set_defaults(func=cmd_bootstrap)
 
+    snp = sub.add_parser(
+        "snp-bootstrap", help="SEV-SNP: attest to the service, then bootstrap the released payload"
+    )
+    src = snp.add_mutually_exclusive_group()
+    src.add_argument(
+        "--initdata-fwcfg",
+        type=Path,
+        default=FWCFG_INITDATA,
+        help=f"fw_cfg file holding the base64 initdata (default {FWCFG_INITDATA})",
+    )
+    src.add_argument("--initdata", type=Path, help="the initdata document (TOML) in a file")
+    snp.add_argument(
+        "--report-source",
+        default="auto",
+        choices=["auto", "tsm", "sev-guest", "sim"],
+        help="configfs-tsm, /dev/sev-guest or the simulated PSP (default auto: in that order)",
+    )
+    snp.add_argument(
+        "--sim-psp",
+        type=Path,
+        default=Path("/dev/virtio-ports/org.attestd.snp-psp"),
+        help="the simulated PSP: a virtio-serial port or unix socket",
+    )
+    snp.add_argument(
+        "--cmdline",
+        type=Path,
+        default=PROC_CMDLINE,
+        help="kernel command line to read attestd.pin= from (default /proc/cmdline)",
+    )
+    snp.set_defaults(func=cmd_snp_bootstrap)
+
     st = sub.add_parser("status", help="recover from the state record and print the status")
     st.set_defaults(func=cmd_status)
 
@@ -285,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _EXIT_FOR: tuple[tuple[type[GuestError], int], ...] = (
+    (InitdataError, EXIT_ATTESTATION),
+    (ReportError, EXIT_ATTESTATION),
+    (AttestationRefused, EXIT_ATTESTATION),
+    (ServiceUnreachable, EXIT_ATTESTATION),
     (PayloadError, EXIT_INVALID),
     (SecretSourceError, EXIT_INVALID),
     (ConflictError, EXIT_CONFLICT),

@@ -16,18 +16,32 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-from attestd.console import EXIT_USAGE, new_parser, plain, read_text, run_guarded, url_arg, uuid_arg
+from attestd.console import (
+    EXIT_USAGE,
+    new_parser,
+    plain,
+    read_bytes,
+    read_text,
+    run_guarded,
+    url_arg,
+    uuid_arg,
+)
 from attestd.errors import LaunchError, ParseError
+from attestd.guest import initdata as initdata_mod
 from attestd.host import hook as hookmod
 from attestd.host import platform as plat
 from attestd.host import sim as simhost
 from attestd.host.config import HostSettings, load_settings
 from attestd.host.domain import (
+    SNP_DEFAULT_POLICY,
     WRAPPER_NAME,
     AttestdMetadata,
+    DomainInfo,
     ensure_uuid,
     parse_domain,
     prepare_domain,
+    prepare_snp_domain,
+    set_emulator,
 )
 
 HOOK_SOURCE = Path(__file__).resolve().parents[2] / "hooks" / "qemu"
@@ -68,6 +82,20 @@ def _emulator(args: argparse.Namespace, settings: HostSettings, wrapped: bool) -
     return given or default_wrapper()
 
 
+SCHEME_SEV = "amd-sev"
+SCHEME_SNP = "amd-sev-snp"
+
+
+def _snp_policy(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (hex with 0x)") from None
+    if not 0 <= value < 1 << 64 or not value & (1 << 17):
+        raise argparse.ArgumentTypeError("an SNP policy is 64 bits with bit 17 set")
+    return value
+
+
 def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
     """Add attestd metadata, SEV placeholders and the wrapper to a domain XML."""
     if args.define and not args.domain:
@@ -79,6 +107,68 @@ def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
     else:
         xml = ensure_uuid(read_text(Path(args.xml), "domain XML"))
     info = parse_domain(xml)
+    if args.scheme == SCHEME_SNP:
+        out = _prepare_snp(args, xml, info)
+    else:
+        out = _prepare_sev(args, settings, xml, info)
+    if conn is not None and args.define:
+        conn.defineXML(out)
+        print(f"domain {info.name} prepared for attestd")
+    elif args.output:
+        Path(args.output).write_text(out, encoding="utf-8")
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def _prepare_snp(args: argparse.Namespace, xml: str, info: DomainInfo) -> str:
+    """SEV-SNP: launchSecurity, HOST_DATA and the initdata; no hook, no wrapper."""
+    for flag in ("simulate", "firmware", "sim_state", "vcpu_type", "autostart", "no_wrapper"):
+        if getattr(args, flag):
+            raise ParseError(f"--{flag.replace('_', '-')} has no meaning for {SCHEME_SNP}")
+    if args.initdata:
+        if args.ca_file or args.pin or args.extra_service or args.vm_id:
+            raise ParseError(
+                "--initdata is used as it is: no --ca-file, --pin, --extra-service, --vm-id"
+            )
+        document = read_bytes(Path(args.initdata), "initdata")
+    else:
+        ca_pem = read_text(Path(args.ca_file), "CA certificate") if args.ca_file else None
+        try:
+            document = initdata_mod.build(
+                [args.service, *args.extra_service],
+                cast("UUID", args.vm_id) or info.uuid,
+                ca_pem=ca_pem,
+                pin=args.pin,
+            )
+        except initdata_mod.InitdataError as exc:
+            raise ParseError(exc.message) from None
+    if args.emulator is not None and Path(args.emulator).name == WRAPPER_NAME:
+        raise ParseError(f"an SNP domain does not run through {WRAPPER_NAME}")
+    if info.uses_wrapper and args.emulator is None:
+        raise ParseError(f"the domain's emulator is {WRAPPER_NAME}: pass --emulator QEMU")
+    out = prepare_snp_domain(
+        xml,
+        policy=SNP_DEFAULT_POLICY if args.policy is None else args.policy,
+        initdata=document,
+        service=args.service,
+    )
+    if args.emulator is not None:
+        out = set_emulator(out, args.emulator)
+    if args.initdata_out:
+        Path(args.initdata_out).write_bytes(document)
+    host_data = initdata_mod.host_data(document).hex()
+    print(f"host-data {host_data} (register it, or let the service expect it)", file=sys.stderr)
+    return out
+
+
+def _prepare_sev(
+    args: argparse.Namespace, settings: HostSettings, xml: str, info: DomainInfo
+) -> str:
+    """SEV / SEV-ES: attestd metadata, placeholders, the wrapper (or the agent path)."""
+    for flag in ("ca_file", "pin", "initdata", "initdata_out", "policy", "extra_service"):
+        if getattr(args, flag) not in (None, []):
+            raise ParseError(f"--{flag.replace('_', '-')} is for --scheme {SCHEME_SNP}")
     meta = AttestdMetadata(
         service=args.service,
         vm_id=cast("UUID", args.vm_id) or info.uuid,
@@ -88,15 +178,7 @@ def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
         vcpu_type=args.vcpu_type,
         autostart=args.autostart,
     )
-    out = prepare_domain(xml, meta, emulator=_emulator(args, settings, info.uses_wrapper))
-    if conn is not None and args.define:
-        conn.defineXML(out)
-        print(f"domain {info.name} prepared for attestd")
-    elif args.output:
-        Path(args.output).write_text(out, encoding="utf-8")
-    else:
-        sys.stdout.write(out)
-    return 0
+    return prepare_domain(xml, meta, emulator=_emulator(args, settings, info.uses_wrapper))
 
 
 def cmd_refresh_platform(args: argparse.Namespace, settings: HostSettings) -> int:
@@ -214,6 +296,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"agent path: no {WRAPPER_NAME} as <emulator>, no marker",
     )
+    p.add_argument(
+        "--scheme",
+        choices=[SCHEME_SEV, SCHEME_SNP],
+        default=SCHEME_SEV,
+        help=f"the VM's registration scheme (default {SCHEME_SEV}: SEV and SEV-ES)",
+    )
+    p.add_argument(
+        "--policy",
+        type=_snp_policy,
+        help=f"{SCHEME_SNP}: guest policy, hex or decimal (default 0x{SNP_DEFAULT_POLICY:x})",
+    )
+    p.add_argument(
+        "--extra-service",
+        type=url_arg,
+        action="append",
+        default=[],
+        help=f"{SCHEME_SNP}: another service base URL the guest may use (repeatable)",
+    )
+    p.add_argument("--ca-file", help=f"{SCHEME_SNP}: the service's CA certificate (PEM)")
+    p.add_argument("--pin", help=f"{SCHEME_SNP}: the service key pin, sha256//BASE64")
+    p.add_argument(
+        "--initdata", help=f"{SCHEME_SNP}: use this initdata document as it is (no other options)"
+    )
+    p.add_argument("--initdata-out", help=f"{SCHEME_SNP}: also write the initdata document here")
     p.add_argument("--define", action="store_true", help="with --domain: redefine it")
     p.add_argument("-o", "--output", help="write the XML here (default stdout)")
     connect(p)

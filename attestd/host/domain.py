@@ -16,12 +16,14 @@ library is used so that the hook stays light.
 
 from __future__ import annotations
 
+import base64
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID, uuid4
 
 from attestd.errors import ParseError
+from attestd.guest import initdata as initdata_mod
 from attestd.guest.secrets import SIM_SECRET_PORT
 from attestd.host.state import MARKER_ENV
 
@@ -128,6 +130,12 @@ class DomainInfo:
     marker: str | None = None
     #: the unix socket of the simulated secret area's ``<channel>`` (live XML, simulated SEV)
     sim_secret_socket: str | None = None
+    launch_security: str | None = None
+
+    @property
+    def is_snp(self) -> bool:
+        """True for ``<launchSecurity type='sev-snp'>``: the guest attests itself."""
+        return self.launch_security == "sev-snp"
 
     @property
     def uses_wrapper(self) -> bool:
@@ -223,6 +231,7 @@ def parse_domain(xml: str) -> DomainInfo:
     meta_el = _metadata_element(root)
     loader = root.findtext("os/loader")
     sev_el = root.find("launchSecurity[@type='sev']")
+    launch_el = root.find("launchSecurity")
     sev = None
     if sev_el is not None:
         sev = SevConfig(
@@ -246,6 +255,7 @@ def parse_domain(xml: str) -> DomainInfo:
         sev=sev,
         marker=marker_el.get("value") if marker_el is not None else None,
         sim_secret_socket=(source.get("path") or None) if source is not None else None,
+        launch_security=launch_el.get("type") if launch_el is not None else None,
     )
 
 
@@ -294,14 +304,106 @@ def prepare_domain(xml: str, metadata: AttestdMetadata, *, emulator: str | None)
         meta.remove(old)
     meta.append(metadata.to_element())
     if emulator is not None:
-        devices = root.find("devices")
-        if devices is None:
-            devices = ET.SubElement(root, "devices")
-        emu = devices.find("emulator")
-        if emu is None:
-            emu = ET.Element("emulator")
-            devices.insert(0, emu)
-        emu.text = emulator
+        _set_emulator(root, emulator)
     wrapped = Path((root.findtext("devices/emulator") or "").strip()).name == WRAPPER_NAME
     _set_marker(root, str(metadata.vm_id) if wrapped else None)
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+#: The fw_cfg file that carries the initdata document (base64) to an SNP guest.
+FWCFG_INITDATA = "opt/attestd/initdata"
+SNP_ELEMENT = "snp"
+SNP_DEFAULT_POLICY = 0x30000
+
+
+def _metadata_parent(root: ET.Element) -> ET.Element:
+    meta = root.find("metadata")
+    if meta is None:
+        meta = ET.Element("metadata")
+        root.insert(_after(root, ("name", "uuid", "title", "description")), meta)
+    return meta
+
+
+def _after(root: ET.Element, tags: tuple[str, ...]) -> int:
+    """The index just after the last child of ``root`` with one of ``tags`` (else 0)."""
+    return max((i + 1 for i, el in enumerate(root) if el.tag in tags), default=0)
+
+
+def _set_fwcfg(root: ET.Element, name: str, value: str) -> None:
+    """Add or replace ``<sysinfo type='fwcfg'><entry name=…>`` (other entries stay)."""
+    sysinfo = root.find("sysinfo[@type='fwcfg']")
+    if sysinfo is None:
+        sysinfo = ET.Element("sysinfo", {"type": "fwcfg"})
+        root.insert(_after(root, ("name", "uuid", "metadata", "sysinfo")), sysinfo)
+    for entry in sysinfo.findall("entry"):
+        if entry.get("name") == name:
+            sysinfo.remove(entry)
+    ET.SubElement(sysinfo, "entry", {"name": name}).text = value
+
+
+def prepare_snp_domain(xml: str, *, policy: int, initdata: bytes, service: str) -> str:
+    """Return ``xml`` made into an attestd SEV-SNP domain.
+
+    Writes ``<launchSecurity type='sev-snp'>`` with ``policy`` and ``<hostData>`` (the
+    base64 of the initdata's 32-byte digest), ``kernelHashes='yes'`` when the domain
+    boots a kernel directly, and the initdata (base64) as fw_cfg
+    :data:`FWCFG_INITDATA`. Children of an existing ``sev-snp`` element other than
+    policy and hostData (idBlock, idAuth, ...) are kept. The ``<attestd:launch>``
+    metadata and the wrapper marker are removed: an SNP domain needs neither the
+    hook nor the wrapper (the guest attests itself); ``<attestd:snp>`` records the
+    service and VM id for people reading the XML.
+    """
+    root = _parse_root(xml)
+    try:
+        doc = initdata_mod.parse(initdata)
+        host_data = initdata_mod.host_data(initdata)
+    except initdata_mod.InitdataError as exc:
+        raise ParseError(exc.message) from None
+    if not 0 <= policy < 1 << 64 or not policy & (1 << 17):
+        raise ParseError("SNP policy must be a 64-bit value with bit 17 set")
+    old = root.find("launchSecurity")
+    keep: list[ET.Element] = []
+    attrs: dict[str, str] = {}
+    if old is not None:
+        if old.get("type") != "sev-snp":
+            raise ParseError(
+                f"domain has <launchSecurity type='{old.get('type')}'>; "
+                "an SNP domain needs type='sev-snp' (or none)"
+            )
+        attrs = {k: v for k, v in old.attrib.items() if k not in ("type", "kernelHashes")}
+        keep = [el for el in old if el.tag not in ("policy", "hostData")]
+        root.remove(old)
+    sev = ET.SubElement(root, "launchSecurity", {"type": "sev-snp", **attrs})
+    if (root.findtext("os/kernel") or "").strip():
+        sev.set("kernelHashes", "yes")
+    ET.SubElement(sev, "policy").text = f"0x{policy:08x}"
+    ET.SubElement(sev, "hostData").text = base64.b64encode(host_data).decode("ascii")
+    sev.extend(keep)
+    meta = _metadata_parent(root)
+    for element in (_metadata_element(root), root.find(f"metadata/{{{NAMESPACE}}}{SNP_ELEMENT}")):
+        if element is not None:
+            meta.remove(element)
+    meta.append(
+        ET.Element(f"{{{NAMESPACE}}}{SNP_ELEMENT}", {"service": service, "vm-id": str(doc.vm_id)})
+    )
+    _set_fwcfg(root, FWCFG_INITDATA, base64.b64encode(initdata).decode("ascii"))
+    _set_marker(root, None)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def set_emulator(xml: str, emulator: str) -> str:
+    """``xml`` with ``<devices><emulator>`` set to ``emulator``."""
+    root = _parse_root(xml)
+    _set_emulator(root, emulator)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _set_emulator(root: ET.Element, emulator: str) -> None:
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    emu = devices.find("emulator")
+    if emu is None:
+        emu = ET.Element("emulator")
+        devices.insert(0, emu)
+    emu.text = emulator

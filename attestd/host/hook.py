@@ -3,7 +3,8 @@
 ``start begin``: ``POST /launch`` and write the per-launch GODH certificate and
 session into the ``dh_cert.base64``/``session.base64`` files libvirt created
 (in place, so owner and label stay), and leave a launch state for the wrapper or
-the agent. ``release end``: forget the launch state. Never calls libvirt. Any
+the agent. ``release end``: forget the launch state. A ``sev-snp`` domain is passed
+through untouched (its guest attests itself). Never calls libvirt. Any
 failure exits 1 with one line on stderr, which libvirt shows in its error.
 """
 
@@ -23,7 +24,8 @@ from attestd.host.state import remove_state
 def handle(settings: HostSettings, op: str, subop: str, xml: str) -> None:
     """Do the attestd work for one hook phase (raises AttestdError on failure)."""
     domain = parse_domain(xml)
-    if domain.metadata is None:
+    if domain.metadata is None or domain.is_snp:
+        # SEV-SNP guests attest themselves: nothing to do on the host, whatever the XML says
         return
     if (op, subop) == ("start", "begin"):
         begin_launch(settings, domain, lambda url: ServiceClient(url, settings))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime
-import ipaddress
 import json
 import socket
 import ssl
@@ -18,15 +16,12 @@ from pathlib import Path
 
 import pytest
 import responses
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from attestd.errors import LaunchError
 from attestd.host.client import LaunchReport, ServiceClient
 from attestd.host.config import HostSettings, parse_settings
 from attestd.host.platform import PlatformData
+from tests.tlscert import self_signed
 
 VM = uuid.UUID("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
 BASE = "https://attest.example/v1"
@@ -123,33 +118,7 @@ def test_bad_host_config_is_rejected(text: str) -> None:
 
 def _tls_server(tmp_path: Path) -> tuple[str, Path, Callable[[], None]]:
     """A real HTTPS server on 127.0.0.1 with a fresh self-signed certificate."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attestd test service")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_file, key_file, _spki = self_signed(tmp_path)
     answer = {"launch-id": "L1", "owner-cert": "Zw==", "session": "cw==", "policy": 1}
 
     class Handler(BaseHTTPRequestHandler):
