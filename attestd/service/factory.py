@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from attestd.config import Settings
+from attestd.service.attestations import Attestations
 from attestd.service.clock import Clock
 from attestd.service.events import Events
 from attestd.service.firmware import Firmware
@@ -41,12 +42,14 @@ class Services:
     firmware: Firmware
     events: Events
     launches: Launches
+    attestations: Attestations
 
     def configure(self, settings: Settings) -> None:
         """Use changed settings from now on (tests and reloads)."""
         self.settings = settings
         self.vms.settings = settings
         self.launches.settings = settings
+        self.attestations.settings = settings
         self.principals.require_host_token = settings.require_host_token
 
 
@@ -79,6 +82,15 @@ def build_services(
             events=store,
             firmware=store,
             keyring=keyring,
+            clock=clock,
+        ),
+        attestations=Attestations(
+            settings,
+            vms=vms,
+            vm_repo=store,
+            challenges=store,
+            events=store,
+            firmware=store,
             clock=clock,
         ),
     )

@@ -76,6 +76,7 @@ class EventKind(StrEnum):
     DELETED = "deleted"
     LAUNCH = "launch"
     VALIDATE = "validate"
+    ATTEST = "attest"
 
 
 class Outcome(StrEnum):
@@ -169,6 +170,28 @@ class LaunchRepository(Protocol):
     def purge_expired_keys(self, now: float) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ChallengeRecord:
+    """One SEV-SNP attestation challenge; only the SHA-256 of its nonce is stored."""
+
+    nonce_sha256: str
+    vm_id: int
+    created_at: float
+    expires_at: float
+    used_at: float | None
+
+
+class ChallengeRepository(Protocol):
+    """SEV-SNP challenges (shared by every service node) and the attestation budget."""
+
+    def add_challenge(self, challenge: ChallengeRecord, *, limit: int, now: float) -> bool: ...
+    def challenge(self, nonce_sha256: str) -> ChallengeRecord | None: ...
+    def claim_challenge(
+        self, nonce_sha256: str, vm_id: int, now: float
+    ) -> ChallengeRecord | None: ...
+    def spend_attestation(self, vm: VmRecord, *, event: Event) -> bool: ...
+
+
 class EventLog(Protocol):
     """The append-only audit trail."""
 
@@ -179,7 +202,13 @@ class EventLog(Protocol):
 
 
 class Store(
-    PrincipalRepository, FirmwareRepository, VmRepository, LaunchRepository, EventLog, Protocol
+    PrincipalRepository,
+    FirmwareRepository,
+    VmRepository,
+    LaunchRepository,
+    ChallengeRepository,
+    EventLog,
+    Protocol,
 ):
     """Every repository plus the operations of one database (schema, health, key rotation)."""
 
