@@ -54,6 +54,7 @@ from attestd.service.vms import Vms
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.snp.certs import SnpAnchor
+from attestd.sev.snp.report import AttestationReport, SigningKey
 from attestd.sev.snp.verify import accept, check_report, tee_pubkey
 from attestd.storage.ports import (
     ChallengeRecord,
@@ -67,6 +68,7 @@ from attestd.storage.ports import (
     VmRepository,
 )
 from attestd.trust.anchors import load_snp_anchors
+from attestd.trust.vcek import VcekKey, VcekStore
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,29 @@ class Attestations:
         self.clock = clock
         self._anchors: tuple[SnpAnchor, ...] | None = None
         self._digests: Lru[tuple[str, LaunchInputs], bytes] = Lru(512)
+        self._vceks: VcekStore | None = None
+
+    def vceks(self) -> VcekStore:
+        """The VCEK store (``<cek cache>/vcek``, AMD KDS unless ``kds_offline``)."""
+        if self._vceks is None:
+            self._vceks = VcekStore(
+                self.settings.effective_cek_cache_dir / "vcek",
+                base_url=self.settings.kds_url,
+                offline=self.settings.kds_offline,
+            )
+        return self._vceks
+
+    def _leaf(self, req: AttestRequest) -> bytes | None:
+        """The VCEK from the store when the request carries no certificate (VLEKs never)."""
+        if req.vcek is not None or req.cert_table is not None:
+            return req.vcek
+        try:
+            report = AttestationReport.unpack(req.report)
+        except ParseError:
+            return None  # check_report names the malformed report
+        if report.key_info.signing_key is not SigningKey.VCEK:
+            return None  # check_report: no certificate given (a VLEK comes with the request)
+        return self.vceks().get(VcekKey.of_report(report))
 
     def anchors(self) -> tuple[SnpAnchor, ...]:
         """The pinned AMD SNP roots plus the configured extra anchors (loaded once)."""
@@ -264,7 +289,7 @@ class Attestations:
                 )
             key = tee_pubkey(req.tee_pubkey)
             checked = check_report(
-                req.report, self.anchors(), leaf=req.vcek, cert_table=req.cert_table
+                req.report, self.anchors(), leaf=self._leaf(req), cert_table=req.cert_table
             )
             detail["links"] = list(checked.links)
             if not checked.ok or checked.verified is None:

@@ -11,14 +11,17 @@ import threading
 from typing import Any
 
 import pytest
+import responses
 from flask import Flask
 from flask.testing import FlaskClient
 
 from attestd.api import create_app
 from attestd.config import Settings
+from attestd.sev.snp.certs import SnpCertificate
 from attestd.sev.snp.report import SigningKey, TcbVersion
 from attestd.sim.platform import SimulatedPlatform
 from attestd.sim.snp import SnpPlatform
+from attestd.trust.vcek import VcekKey
 from tests.api.simhost import launch_body
 from tests.servicefix import Clock, make_owner, sev_registration
 from tests.snpfix import (
@@ -403,4 +406,32 @@ def test_a_second_node_validates_a_challenge_of_the_first(
         assert again.status_code == 409
     finally:
         for app in (first, second):
+            app.extensions["attestd"].services.store.dispose()
+
+
+@responses.activate
+def test_the_vcek_comes_from_the_store_when_the_guest_sends_none(
+    snp_settings: Settings, snp_platform: SnpPlatform, digest: bytes
+) -> None:
+    kds = "https://kds.test"
+    key = VcekKey.of_certificate(SnpCertificate.from_der(snp_platform.vcek))
+    responses.get(kds + key.query(), body=snp_platform.vcek)
+    offline = create_app(snp_settings)
+    online = create_app(snp_settings.replace(kds_offline=False, kds_url=kds))
+    try:
+        owner = make_owner(offline, "alice")
+        client = offline.test_client()
+        register(client, owner, snp_registration(digest))
+        guest = Guest()
+        body = attest_body(snp_platform, guest, challenge(client), digest, with_vcek=False)
+        resp = client.post(f"/v1/vm/{SNP_VM}/attest", json=body)
+        assert resp.status_code == 422 and resp.json["errors"]["reason"] == "cek_required"
+        no_secret(resp)
+        body = attest_body(snp_platform, guest, challenge(client), digest, with_vcek=False)
+        resp = online.test_client().post(f"/v1/vm/{SNP_VM}/attest", json=body)
+        assert resp.status_code == 200, resp.json
+        assert guest.decrypt(resp.json["payload"])["user_id"] == SNP_VM
+        assert len(responses.calls) == 1
+    finally:
+        for app in (offline, online):
             app.extensions["attestd"].services.store.dispose()
