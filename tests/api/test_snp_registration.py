@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import Flask
 
+from tests.conftest import PROJECT_ROOT
 from tests.servicefix import make_owner
 from tests.snpfix import SECRET_VALUES, SNP_VM, snp_registration
 
@@ -67,3 +70,14 @@ def test_invalid_snp_registrations_name_every_reason(app: Flask) -> None:
         resp = client.post(f"/v1/vm/{SNP_VM}", json=snp_registration(DIGEST, **bad), headers=owner)
         assert resp.status_code == 422, (bad, resp.json)
         assert resp.json["errors"]["reason"] == "invalid_request"
+
+
+def test_the_example_registration_is_accepted(app: Flask) -> None:
+    body = json.loads((PROJECT_ROOT / "examples" / "service" / "registration-snp.json").read_text())
+    resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=body, headers=make_owner(app, "ex"))
+    assert resp.status_code == 201, resp.json
+    assert resp.json["registration"]["secrets"][1] == {
+        "type": "secret-file",
+        "name": "credentials.env",
+        "keys": ["DB_PASSWORD"],
+    }
