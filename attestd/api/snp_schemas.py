@@ -21,8 +21,9 @@ from attestd.api.schemas import (
     _hex,
     _hex_list,
     _Strict,
+    check_cmdline,
+    cmdline_to_hash,
 )
-from attestd.service.registration import cmdline_sha256
 from attestd.service.snp_registration import SIGNING_KEYS, SNP_SCHEME, SnpRegistration
 from attestd.sev.measure.vmsa import VCPU_TYPES
 from attestd.sev.snp.report import REPORT_SIZE
@@ -136,16 +137,11 @@ class SnpRegistrationSchema(_Strict):
 
     @validates_schema
     def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        if "cmdline" in data and "cmdline_hash" in data:
-            raise ValidationError("give cmdline or cmdline-hash, not both", "cmdline")
-        if "cmdline" in data and "kernel_hash" not in data:
-            raise ValidationError("needs kernel-hash", "cmdline")
+        check_cmdline(data)
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> SnpRegistration:
-        cmdline = data.pop("cmdline", None)
-        if cmdline is not None:
-            data["cmdline_hash"] = cmdline_sha256(cmdline)
+        cmdline_to_hash(data)
         for name in ("vcpu_types", "firmware_hashes", "launch_digests", "signing_keys"):
             data[name] = tuple(dict.fromkeys(data[name]))
         for name in ("chip_ids", "id_key_digests", "author_key_digests"):

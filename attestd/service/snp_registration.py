@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attestd.errors import ParseError, Problem
-from attestd.service.registration import LuksPassphrase, Raw, Registration, Secret
+from attestd.service.registration import (
+    LuksPassphrase,
+    Raw,
+    Registration,
+    Secret,
+    launch_input_problems,
+)
 from attestd.sev.snp.report import FirmwareVersion, PolicyFlags, SigningKey, SnpPolicy, TcbVersion
 from attestd.sev.snp.verify import SnpReferencePolicy
 
@@ -86,19 +92,7 @@ class SnpRegistration:
                 out.append(
                     Problem("policy", "reserved_policy_bits", "reserved policy bits must be zero")
                 )
-        if not self.firmware_hashes and not self.launch_digests:
-            out.append(
-                Problem(
-                    "firmware-hashes", "no_launch_inputs", "give firmware-hashes or launch-digests"
-                )
-            )
-        if self.kernel_hash is None:
-            for name, value in (
-                ("initrd-hash", self.initrd_hash),
-                ("cmdline-hash", self.cmdline_hash),
-            ):
-                if value is not None:
-                    out.append(Problem(name, "needs_kernel_hash", "needs kernel-hash"))
+        out += launch_input_problems(self)
         for name, tcb in (("min-tcb", self.min_tcb), ("min-launch-tcb", self.min_launch_tcb)):
             if tcb is not None:
                 try:
