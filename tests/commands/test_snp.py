@@ -144,7 +144,7 @@ def test_usage_and_file_errors(tmp_path: Path) -> None:
             1,
             "cannot read",
         ),
-        ([*report, "--vcek", str(tmp_path)], 1, "cannot read"),
+        ([*report, "--vcek", str(tmp_path)], 1, "is not a regular file"),
         (
             [*report, "--vcek", str(vector.leaf_file), "--trust-anchors", str(tmp_path / "no")],
             1,
