@@ -50,6 +50,10 @@ class Settings:
     secret_area_size: int = 3072
     #: Seconds a launch session stays valid.
     launch_ttl: int = 600
+    #: Seconds an SEV-SNP attestation challenge (nonce) stays valid.
+    attest_nonce_ttl: int = 120
+    #: Live (unused, unexpired) SEV-SNP challenges allowed per VM.
+    attest_max_challenges: int = 16
     #: Require ``Authorization: Bearer <host token>`` on /launch and /validate.
     require_host_token: bool = False
     #: Largest accepted firmware upload (bytes).
@@ -143,6 +147,8 @@ _FIELD_KINDS: dict[str, type] = {
     "kds_url": str,
     "secret_area_size": int,
     "launch_ttl": int,
+    "attest_nonce_ttl": int,
+    "attest_max_challenges": int,
     "require_host_token": bool,
     "max_firmware_size": int,
     "max_request_size": int,
@@ -201,4 +207,8 @@ def load(
         raise ParseError("configuration secret_area_size: too small for a secret table")
     if settings.launch_ttl < 1:
         raise ParseError("configuration launch_ttl: must be at least one second")
+    if settings.attest_nonce_ttl < 1:
+        raise ParseError("configuration attest_nonce_ttl: must be at least one second")
+    if settings.attest_max_challenges < 1:
+        raise ParseError("configuration attest_max_challenges: must be at least 1")
     return settings

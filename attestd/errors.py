@@ -142,6 +142,18 @@ class StorageKeyError(AttestdError):
     code = "storage_key"
 
 
+class NonceRejected(Conflict):
+    """An attest nonce that is unknown, another VM's, already used or expired."""
+
+    code = "nonce_rejected"
+
+
+class ChallengeLimit(AttestdError):
+    """Too many live attestation challenges for one VM."""
+
+    code = "too_many_challenges"
+
+
 class LaunchError(AttestdError):
     """Host-side launch driver failure (service refused, QMP failure, timeout).
 

@@ -51,6 +51,7 @@ def _bench(module: str) -> dict[str, float]:
             "bench.bench_session",
             ["start_launch", "verify_measurement (1", "verify_measurement (8", "LAUNCH_SECRET"],
         ),
+        ("bench.bench_snp", ["check_report", "accept + JWE", "challenge + attest pair"]),
     ],
 )
 def test_bench_prints_each_operation(module: str, operations: list[str]) -> None:

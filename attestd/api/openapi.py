@@ -15,6 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from attestd.api import schemas as s
+from attestd.api import snp_schemas as snp
 
 #: The protocol version the document describes (not the package version).
 PROTOCOL_VERSION = "1.0"
@@ -102,6 +103,21 @@ OPERATIONS: tuple[Operation, ...] = (
         "host",
     ),
     Operation(
+        "/v1/vm/{uuid}/attest/challenge",
+        "post",
+        "SEV-SNP: a single-use nonce for the guest's next attestation",
+        200,
+        snp.ChallengeSchema,
+    ),
+    Operation(
+        "/v1/vm/{uuid}/attest",
+        "post",
+        "SEV-SNP: verify the guest's report, release its payload as a JWE",
+        200,
+        snp.AttestResultSchema,
+        snp.AttestRequestSchema,
+    ),
+    Operation(
         "/v1/firmware",
         "post",
         "Upload a firmware image (content-addressed)",
@@ -136,10 +152,11 @@ ERROR_STATUSES = {
     "401": "missing or invalid bearer token",
     "403": "attestation failed: chain, measurement or policy (nothing released)",
     "404": "unknown VM or launch (or another owner's)",
-    "409": "conflict: launch used or expired, budget exhausted, VM exists, firmware quota"
-    " used up or firmware still named by a registration",
+    "409": "conflict: launch or nonce used or expired, budget exhausted, VM exists, firmware"
+    " quota used up or firmware still named by a registration",
     "413": "body too large, or the secret table would not fit the secret area",
     "422": "the request does not match the schema, or is unsupported",
+    "429": "too many live attestation challenges for the VM",
     "503": "database, storage key or signed CEK unavailable",
 }
 
@@ -153,6 +170,13 @@ def _custom_fields(plugin: MarshmallowPlugin) -> None:
                 "oneOf": [
                     {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF},
                     {"type": "string", "pattern": "^(0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10})$"},
+                ]
+            }
+        if isinstance(field, snp.SnpPolicyField):
+            return {
+                "oneOf": [
+                    {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+                    {"type": "string", "pattern": "^(0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20})$"},
                 ]
             }
         if isinstance(field, s.SecretField):
@@ -178,7 +202,9 @@ def build_spec() -> dict[str, Any]:
         openapi_version="3.0.3",
         plugins=[plugin],
         info={
-            "description": "Remote attestation service for AMD SEV / SEV-ES guests (protocol v1).",
+            "description": (
+                "Remote attestation service for AMD SEV, SEV-ES and SEV-SNP guests (protocol v1)."
+            ),
         },
     )
     _custom_fields(plugin)
@@ -190,6 +216,8 @@ def build_spec() -> dict[str, Any]:
         ("Env", s.EnvSchema),
         ("Raw", s.RawSchema),
         ("Error", s.ErrorSchema),
+        ("Registration", s.RegistrationSchema),
+        ("SnpRegistration", snp.SnpRegistrationSchema),
     ):
         spec.components.schema(name, schema=schema)
     paths: dict[str, dict[str, Any]] = {}
@@ -251,6 +279,11 @@ def _operation(op: Operation) -> dict[str, Any]:
         out["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": op.request}},
+        }
+    if op.request is s.RegistrationSchema:
+        variants = [f"#/components/schemas/{n}" for n in ("Registration", "SnpRegistration")]
+        out["requestBody"]["content"]["application/json"]["schema"] = {
+            "oneOf": [{"$ref": ref} for ref in variants]
         }
     if op.binary_body:
         out["requestBody"] = {

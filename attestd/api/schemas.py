@@ -205,6 +205,21 @@ class SecretField(fields.Field[Secret]):
         return from_stored(loaded)
 
 
+def check_cmdline(data: Mapping[str, Any]) -> None:
+    """``cmdline`` is JSON sugar for ``cmdline-hash``: its own two mapping rules."""
+    if "cmdline" in data and "cmdline_hash" in data:
+        raise ValidationError("give cmdline or cmdline-hash, not both", "cmdline")
+    if "cmdline" in data and "kernel_hash" not in data:
+        raise ValidationError("needs kernel-hash", "cmdline")
+
+
+def cmdline_to_hash(data: dict[str, Any]) -> None:
+    """Replace a loaded ``cmdline`` by its ``cmdline_hash``."""
+    cmdline = data.pop("cmdline", None)
+    if cmdline is not None:
+        data["cmdline_hash"] = cmdline_sha256(cmdline)
+
+
 class RegistrationSchema(_Strict):
     """``POST``/``PUT /v1/vm/<uuid>`` body."""
 
@@ -257,17 +272,11 @@ class RegistrationSchema(_Strict):
 
     @validates_schema
     def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        # ``cmdline`` is JSON sugar for ``cmdline-hash``: its own two mapping rules
-        if "cmdline" in data and "cmdline_hash" in data:
-            raise ValidationError("give cmdline or cmdline-hash, not both", "cmdline")
-        if "cmdline" in data and "kernel_hash" not in data:
-            raise ValidationError("needs kernel-hash", "cmdline")
+        check_cmdline(data)
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> Registration:
-        cmdline = data.pop("cmdline", None)
-        if cmdline is not None:
-            data["cmdline_hash"] = cmdline_sha256(cmdline)
+        cmdline_to_hash(data)
         for name in ("vcpu_types", "vmsa_flavours", "firmware_hashes", "launch_digests"):
             data[name] = tuple(dict.fromkeys(data[name]))
         data["secrets"] = tuple(data["secrets"])

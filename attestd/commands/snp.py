@@ -36,6 +36,7 @@ from attestd.sev.snp.report import (
 )
 from attestd.sev.snp.verify import SnpReferencePolicy, check_report, decide
 from attestd.trust import load_snp_anchors
+from attestd.trust.vcek import VcekKey, VcekStore
 
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _ALLOW_ALL = (
@@ -104,6 +105,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--no-provisional", action="store_true", help="require COMMITTED = CURRENT (TCB, firmware)"
     )
     verify.set_defaults(func=run_verify)
+    vcek = snp_sub.add_parser("vcek", help="the service's VCEK cache (AMD KDS, offline import)")
+    vcek_sub = vcek.add_subparsers(dest="vcek_command", metavar="COMMAND", required=True)
+    fetch = vcek_sub.add_parser(
+        "fetch", help="fetch from AMD KDS the VCEK that signed a report, into the cache"
+    )
+    fetch.add_argument(
+        "--report", type=Path, required=True, metavar="FILE", help="binary, hex text or Azure HCL"
+    )
+    fetch.set_defaults(func=run_vcek_fetch)
+    imp = vcek_sub.add_parser("import", help="add a VCEK obtained elsewhere to the cache")
+    imp.add_argument("vcek", type=Path, metavar="FILE", help="the VCEK (DER or PEM)")
+    imp.set_defaults(func=run_vcek_import)
 
 
 class UsageError(Exception):
@@ -270,3 +283,30 @@ def run_verify(args: argparse.Namespace) -> int:
         out["verified"] = not reasons
     print(json.dumps(out, indent=2))
     return 0 if out["verified"] else 1
+
+
+def _vcek_store() -> VcekStore:
+    settings = config.load()
+    return VcekStore(
+        settings.effective_cek_cache_dir / "vcek", base_url=settings.kds_url, offline=False
+    )
+
+
+def run_vcek_fetch(args: argparse.Namespace) -> int:
+    """Fetch the VCEK of a report's chip and TCB from AMD KDS into the cache."""
+    report = AttestationReport.unpack(extract_report(_read(args.report, "report")))
+    store = _vcek_store()
+    key = VcekKey.of_report(report)
+    store.fetch(key)
+    print(store.cache_dir / key.filename)
+    return 0
+
+
+def run_vcek_import(args: argparse.Namespace) -> int:
+    """Add a VCEK to the cache (for hosts without access to AMD KDS)."""
+    data = _read(args.vcek, "VCEK")
+    der = load_pem_or_der(data)[0].der if b"-----BEGIN" in data else data
+    store = _vcek_store()
+    key = store.import_vcek(der)
+    print(store.cache_dir / key.filename)
+    return 0

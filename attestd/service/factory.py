@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from attestd.config import Settings
+from attestd.service.attestations import Attestations
 from attestd.service.clock import Clock
 from attestd.service.events import Events
 from attestd.service.firmware import Firmware
@@ -43,6 +44,7 @@ class Services:
     events: Events
     launches: Launches
     upkeep: Upkeep
+    attestations: Attestations
 
     def configure(self, settings: Settings) -> None:
         """Use changed settings from now on (tests and reloads)."""
@@ -51,6 +53,7 @@ class Services:
         self.launches.settings = settings
         self.upkeep.settings = settings
         self.firmware.settings = settings
+        self.attestations.settings = settings
         self.principals.require_host_token = settings.require_host_token
 
 
@@ -86,4 +89,13 @@ def build_services(
             clock=clock,
         ),
         upkeep=Upkeep(settings, store, clock=clock),
+        attestations=Attestations(
+            settings,
+            vms=vms,
+            vm_repo=store,
+            challenges=store,
+            events=store,
+            firmware=store,
+            clock=clock,
+        ),
     )

@@ -28,6 +28,7 @@ from attestd.errors import (
     NotFound,
     PolicyViolation,
     RegistrationChanged,
+    Unsupported,
 )
 from attestd.service import acceptance
 from attestd.service.acceptance import HostClaims
@@ -35,6 +36,7 @@ from attestd.service.cache import Lru
 from attestd.service.clock import Clock
 from attestd.service.payload import secret_table
 from attestd.service.registration import Registration
+from attestd.service.snp_registration import is_snp
 from attestd.service.vms import Vms
 from attestd.sev.certs import SevCertificate
 from attestd.sev.chain import PlatformChain, TrustAnchor, VerifiedChain, verify_chain
@@ -119,6 +121,12 @@ class Launches:
         vm = self.vm_repo.vm(uuid)
         if vm is None:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
+        if is_snp(vm.registration):
+            raise Unsupported(
+                f"VM {uuid} is an SEV-SNP VM: it attests itself (/attest), it has no "
+                "/launch or /validate",
+                reasons=["wrong_scheme"],
+            )
         return vm, Registration.from_public(vm.registration)
 
     def _refuse(self, vm: VmRecord, kind: EventKind, exc: AttestdError, **detail: Any) -> None:

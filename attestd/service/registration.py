@@ -24,7 +24,7 @@ import secrets as _secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 from attestd.errors import AttestdError, Problem
@@ -252,19 +252,7 @@ class Registration:
                     out.append(
                         Problem("cloud-cert", "cloud_cert_not_oca", "must be an OCA certificate")
                     )
-        if not self.firmware_hashes and not self.launch_digests:
-            out.append(
-                Problem(
-                    "firmware-hashes", "no_launch_inputs", "give firmware-hashes or launch-digests"
-                )
-            )
-        if self.kernel_hash is None:
-            for name, value in (
-                ("initrd-hash", self.initrd_hash),
-                ("cmdline-hash", self.cmdline_hash),
-            ):
-                if value is not None:
-                    out.append(Problem(name, "needs_kernel_hash", "needs kernel-hash"))
+        out += launch_input_problems(self)
         out += self._check_secrets()
         return out
 
@@ -370,6 +358,35 @@ class Registration:
             max_launches=doc.get("max-launches"),
             user_id=doc.get("user-id"),
         )
+
+
+class LaunchInputFields(Protocol):
+    """The launch-input fields SEV and SEV-SNP registrations share."""
+
+    @property
+    def firmware_hashes(self) -> tuple[str, ...]: ...
+    @property
+    def launch_digests(self) -> tuple[str, ...]: ...
+    @property
+    def kernel_hash(self) -> str | None: ...
+    @property
+    def initrd_hash(self) -> str | None: ...
+    @property
+    def cmdline_hash(self) -> str | None: ...
+
+
+def launch_input_problems(reg: LaunchInputFields) -> list[Problem]:
+    """Launch digests or firmware are given; initrd and cmdline hashes need a kernel hash."""
+    out: list[Problem] = []
+    if not reg.firmware_hashes and not reg.launch_digests:
+        out.append(
+            Problem("firmware-hashes", "no_launch_inputs", "give firmware-hashes or launch-digests")
+        )
+    if reg.kernel_hash is None:
+        for name, value in (("initrd-hash", reg.initrd_hash), ("cmdline-hash", reg.cmdline_hash)):
+            if value is not None:
+                out.append(Problem(name, "needs_kernel_hash", "needs kernel-hash"))
+    return out
 
 
 def _check_volume(index: int, volume: Volume) -> list[Problem]:

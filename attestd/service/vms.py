@@ -17,6 +17,7 @@ from attestd.errors import AttestdError, InvalidRegistration, NotFound, SecretTo
 from attestd.service.clock import Clock
 from attestd.service.payload import resolve_secrets, secret_table
 from attestd.service.registration import Registration, Secret, from_stored
+from attestd.service.snp_registration import SnpRegistration
 from attestd.sev.measure.ovmf import Ovmf
 from attestd.storage.keys import KeyRing
 from attestd.storage.ports import (
@@ -63,7 +64,9 @@ class Vms:
             raise TypeError("stored secrets must be a JSON list")
         return [from_stored(entry) for entry in value]
 
-    def _secret_area_limit(self, owner: Principal, registration: Registration) -> int:
+    def _secret_area_limit(
+        self, owner: Principal, registration: Registration | SnpRegistration
+    ) -> int:
         """The configured secret area, or less if an accepted uploaded firmware declares less."""
         limit = self.settings.secret_area_size
         for digest in registration.firmware_hashes:
@@ -82,13 +85,17 @@ class Vms:
         self,
         owner: Principal,
         uuid: str,
-        registration: Registration,
+        registration: Registration | SnpRegistration,
         previous: Sequence[Secret],
     ) -> bytes:
         reasons = registration.check()
         if reasons:
             raise InvalidRegistration("the registration is not valid", problems=reasons)
         stored = resolve_secrets(registration.secrets, previous)
+        if isinstance(registration, SnpRegistration):
+            # no EFI secret area: the payload travels in a JWE
+            document = [entry.to_stored() for entry in stored]
+            return self.keyring.encrypt(json.dumps(document, sort_keys=True).encode("utf-8"))
         limit = self._secret_area_limit(owner, registration)
         try:
             secret_table(registration.user_id or uuid, stored, max_size=limit)
@@ -100,7 +107,9 @@ class Vms:
         document = [entry.to_stored() for entry in stored]
         return self.keyring.encrypt(json.dumps(document, sort_keys=True).encode("utf-8"))
 
-    def register(self, owner: Principal, uuid: str, registration: Registration) -> VmRecord:
+    def register(
+        self, owner: Principal, uuid: str, registration: Registration | SnpRegistration
+    ) -> VmRecord:
         """Register a new VM (``POST``)."""
         sealed = self._seal(owner, uuid, registration, ())
         now = self.clock()
@@ -116,7 +125,9 @@ class Vms:
         logger.info("registered VM %s (owner_id=%d)", uuid, owner.id)
         return vm
 
-    def replace(self, owner: Principal, uuid: str, registration: Registration) -> VmRecord:
+    def replace(
+        self, owner: Principal, uuid: str, registration: Registration | SnpRegistration
+    ) -> VmRecord:
         """Replace a registration (``PUT``); generated passphrases are kept."""
         vm = self.owned(owner, uuid)
         sealed = self._seal(owner, uuid, registration, self.stored_secrets(vm))

@@ -90,6 +90,7 @@ class EventKind(StrEnum):
     DELETED = "deleted"
     LAUNCH = "launch"
     VALIDATE = "validate"
+    ATTEST = "attest"
 
 
 class Outcome(StrEnum):
@@ -202,6 +203,28 @@ class Maintenance(Protocol):
     def delete_old_events(self, before: float, *, batch: int = 1000) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ChallengeRecord:
+    """One SEV-SNP attestation challenge; only the SHA-256 of its nonce is stored."""
+
+    nonce_sha256: str
+    vm_id: int
+    created_at: float
+    expires_at: float
+    used_at: float | None
+
+
+class ChallengeRepository(Protocol):
+    """SEV-SNP challenges (shared by every service node) and the attestation budget."""
+
+    def add_challenge(self, challenge: ChallengeRecord, *, limit: int, now: float) -> bool: ...
+    def challenge(self, nonce_sha256: str) -> ChallengeRecord | None: ...
+    def claim_challenge(
+        self, nonce_sha256: str, vm_id: int, now: float
+    ) -> ChallengeRecord | None: ...
+    def spend_attestation(self, vm: VmRecord, *, event: Event) -> bool: ...
+
+
 class EventLog(Protocol):
     """The append-only audit trail."""
 
@@ -218,6 +241,7 @@ class Store(
     LaunchRepository,
     EventLog,
     Maintenance,
+    ChallengeRepository,
     Protocol,
 ):
     """Every repository plus the operations of one database (schema, health, key rotation)."""

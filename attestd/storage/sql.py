@@ -44,6 +44,7 @@ from attestd.storage.ports import (
     Principal,
     VmRecord,
 )
+from attestd.storage.sql_challenges import ChallengeTables
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def _insert_event(conn: Connection, event: Event) -> None:
     )
 
 
-class Database:
+class Database(ChallengeTables):
     """The attestd tables behind one SQLAlchemy engine."""
 
     def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10) -> None:
@@ -474,6 +475,7 @@ class Database:
 
         def txn(conn: Connection) -> None:
             conn.execute(delete(t.launches).where(t.launches.c.vm_id == vm.id))
+            conn.execute(delete(t.attest_challenges).where(t.attest_challenges.c.vm_id == vm.id))
             conn.execute(delete(t.vms).where(t.vms.c.id == vm.id))
             _insert_event(conn, event)
 

@@ -108,3 +108,14 @@ events = Table(
 )
 Index("ix_events_owner_vm", events.c.owner_id, events.c.vm_uuid, events.c.id)
 Index("ix_events_ts", events.c.ts)
+
+attest_challenges = Table(
+    "attest_challenges",
+    metadata,
+    Column("nonce_sha256", String(64), primary_key=True),
+    Column("vm_id", Integer, ForeignKey("vms.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)
+Index("ix_attest_challenges_vm_id", attest_challenges.c.vm_id)

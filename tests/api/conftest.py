@@ -3,3 +3,4 @@
 from __future__ import annotations
 
 from tests.servicefix import *  # noqa: F403
+from tests.snpfix import *  # noqa: F403

@@ -149,7 +149,7 @@ RAW_GUID = "0c8b5b2e-2f6a-4b7d-9a55-7d1f3c2e4a10"
 #: (id, body, the path of the field error in ``errors.fields``, the machine code of a
 #: registration rule in ``errors.reasons`` or None for a shape error of the schema)
 INVALID: list[tuple[str, dict[str, Any], tuple[str, ...], str | None]] = [
-    ("unknown scheme", sev_registration(scheme="amd-sev-snp"), ("scheme",), None),
+    ("unknown scheme", sev_registration(scheme="intel-tdx"), ("scheme",), None),
     ("ES bit on plain SEV", sev_registration(policy=4), ("policy",), "es_bit_mismatch"),
     (
         "SEV-ES without the ES bit",

@@ -19,8 +19,11 @@ from attestd.api.schemas import (
     VmViewSchema,
     vm_uuid,
 )
+from attestd.api.snp_schemas import SnpRegistrationSchema
 from attestd.api.state import current_owner, load_json, state
 from attestd.errors import ParseError
+from attestd.service.registration import Registration
+from attestd.service.snp_registration import SNP_SCHEME, SnpRegistration
 from attestd.storage.ports import VmRecord
 
 bp = Blueprint("owner", __name__)
@@ -43,12 +46,25 @@ def _respond(payload: dict[str, Any], schema: type[Schema], status: int = 200) -
     return response
 
 
+def _registration() -> Registration | SnpRegistration:
+    """The body as the registration variant its ``scheme`` names."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None  # load_json refuses it with its own message
+    if isinstance(body, dict) and body.get("scheme") == SNP_SCHEME:
+        snp: SnpRegistration = load_json(SnpRegistrationSchema())
+        return snp
+    sev: Registration = load_json(RegistrationSchema())
+    return sev
+
+
 @bp.post("/vm/<uuid>")
 def register(uuid: str) -> Response:
     """Register a VM."""
     owner = current_owner()
     canonical = vm_uuid(uuid)
-    registration = load_json(RegistrationSchema())
+    registration = _registration()
     vm = state().services.vms.register(owner, canonical, registration)
     return _respond(_view(vm), VmViewSchema, 201)
 
@@ -58,7 +74,7 @@ def replace(uuid: str) -> Response:
     """Replace a registration."""
     owner = current_owner()
     canonical = vm_uuid(uuid)
-    registration = load_json(RegistrationSchema())
+    registration = _registration()
     vm = state().services.vms.replace(owner, canonical, registration)
     return _respond(_view(vm), VmViewSchema)
 

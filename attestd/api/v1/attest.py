@@ -1,0 +1,40 @@
+"""Guest endpoints of SEV-SNP attestation: ``/attest/challenge`` and ``/attest``.
+
+No owner or host token: the guest has none; the report, the nonce and REPORT_DATA
+are what is checked (:mod:`attestd.service.attestations`).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from attestd.api.schemas import vm_uuid
+from attestd.api.snp_schemas import AttestRequestSchema, AttestResultSchema, ChallengeSchema
+from attestd.api.state import load_json, state
+from attestd.errors import AttestdError
+from attestd.service.attestations import AttestRequest
+
+bp = Blueprint("attest", __name__)
+
+
+@bp.post("/vm/<uuid>/attest/challenge")
+def challenge(uuid: str) -> Response:
+    """A single-use nonce for the VM's next attestation."""
+    st = state()
+    issued = st.services.attestations.challenge(vm_uuid(uuid))
+    return jsonify(ChallengeSchema().dump({"nonce": issued.nonce, "expires_at": issued.expires_at}))
+
+
+@bp.post("/vm/<uuid>/attest")
+def attest(uuid: str) -> Response:
+    """Verify an SEV-SNP report and release the guest payload as a JWE."""
+    st = state()
+    canonical = vm_uuid(uuid)
+    body = load_json(AttestRequestSchema())
+    try:
+        token = st.services.attestations.attest(canonical, AttestRequest(**body))
+    except AttestdError as exc:
+        st.metrics.outcome("attest", exc.code)
+        raise
+    st.metrics.outcome("attest", "released")
+    return jsonify(AttestResultSchema().dump({"payload": token}))

@@ -1,0 +1,339 @@
+"""Guest use-cases of SEV-SNP attestation: issue a challenge, attest and release.
+
+``challenge`` (``/attest/challenge``) stores a fresh single-use nonce for an SNP VM
+(only its SHA-256; shared by every node through the database). ``attest``
+(``/attest``), in this order:
+
+1. claims the nonce: the first attest that presents it consumes it, whatever the
+   outcome (one conditional ``UPDATE``); concurrent attests with one nonce get one
+   answer and :class:`~attestd.errors.NonceRejected` for the others;
+2. reads the registration again (a ``PUT`` that committed before the claim wins);
+3. verifies the report (:func:`attestd.sev.snp.verify.check_report`: signature,
+   chain to a pinned or configured root, REPORTED_TCB, chip id) with the VCEK or VLEK
+   from the request;
+4. asks the SNP core for every reason to refuse (:func:`attestd.sev.snp.verify.accept`:
+   the owner's policy, minimum TCBs, VMPL, accepted measurements, HOST_DATA, allow-lists,
+   and REPORT_DATA binding the nonce and the guest's key);
+5. only from the resulting :class:`~attestd.sev.snp.verify.VerifiedAttestation`
+   encrypts the guest payload (version 1, :mod:`attestd.service.payload`) to the
+   guest's key, and spends one release of ``max-launches`` on the revision decided on,
+   recording the event in the same transaction.
+
+Every attempt is an ``attest`` event listing the outcome and every failed check.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import secrets as _secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from attestd.config import Settings
+from attestd.errors import (
+    AttestdError,
+    ChainInvalid,
+    ChallengeLimit,
+    Conflict,
+    NonceRejected,
+    NotFound,
+    ParseError,
+    RegistrationChanged,
+    Unsupported,
+)
+from attestd.service.cache import Lru
+from attestd.service.clock import Clock
+from attestd.service.payload import payload_document
+from attestd.service.snp_registration import SnpRegistration, is_snp
+from attestd.service.vms import Vms
+from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests
+from attestd.sev.measure.sev_hashes import KernelHashes
+from attestd.sev.snp.certs import SnpAnchor
+from attestd.sev.snp.report import AttestationReport, SigningKey
+from attestd.sev.snp.verify import accept, check_report, tee_pubkey
+from attestd.storage.ports import (
+    ChallengeRecord,
+    ChallengeRepository,
+    Event,
+    EventKind,
+    EventLog,
+    FirmwareRepository,
+    Outcome,
+    VmRecord,
+    VmRepository,
+)
+from attestd.trust.anchors import load_snp_anchors
+from attestd.trust.vcek import VcekKey, VcekStore
+
+logger = logging.getLogger(__name__)
+
+NONCE_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """The ``/attest/challenge`` answer."""
+
+    nonce: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttestRequest:
+    """The ``/attest`` request (all of it untrusted until verified)."""
+
+    nonce: str
+    tee_pubkey: Mapping[str, Any]
+    report: bytes = field(repr=False)
+    vcek: bytes | None = field(default=None, repr=False)
+    cert_table: bytes | None = field(default=None, repr=False)
+
+
+def nonce_sha256(nonce: str) -> str:
+    """The stored form of a nonce."""
+    return hashlib.sha256(nonce.encode("utf-8")).hexdigest()
+
+
+def snp_kernel_hashes(reg: SnpRegistration) -> KernelHashes | None:
+    """The registered kernel/initrd/cmdline hashes (None: kernel hashes off)."""
+    if reg.kernel_hash is None:
+        return None
+    empty = KernelHashes.from_content(b"", None, None)
+    return KernelHashes(
+        kernel=bytes.fromhex(reg.kernel_hash),
+        initrd=bytes.fromhex(reg.initrd_hash) if reg.initrd_hash else empty.initrd,
+        cmdline=bytes.fromhex(reg.cmdline_hash) if reg.cmdline_hash else empty.cmdline,
+    )
+
+
+def snp_inputs(reg: SnpRegistration) -> list[LaunchInputs]:
+    """The launch inputs whose SNP digests the owner accepts (one per vCPU type)."""
+    hashes = snp_kernel_hashes(reg)
+    return [
+        LaunchInputs(
+            SevMode.SEV_SNP,
+            hashes,
+            vcpus=reg.cpu_count,
+            vcpu_type=vcpu_type,
+            guest_features=reg.guest_features,
+        )
+        for vcpu_type in reg.vcpu_types
+    ]
+
+
+class Attestations:
+    """``/attest/challenge`` and ``/attest``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        vms: Vms,
+        vm_repo: VmRepository,
+        challenges: ChallengeRepository,
+        events: EventLog,
+        firmware: FirmwareRepository,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.vms = vms
+        self.vm_repo = vm_repo
+        self.repo = challenges
+        self.events = events
+        self.firmware = firmware
+        self.clock = clock
+        self._anchors: tuple[SnpAnchor, ...] | None = None
+        self._digests: Lru[tuple[str, LaunchInputs], bytes] = Lru(512)
+        self._vceks: VcekStore | None = None
+
+    def vceks(self) -> VcekStore:
+        """The VCEK store (``<cek cache>/vcek``, AMD KDS unless ``kds_offline``)."""
+        if self._vceks is None:
+            self._vceks = VcekStore(
+                self.settings.effective_cek_cache_dir / "vcek",
+                base_url=self.settings.kds_url,
+                offline=self.settings.kds_offline,
+            )
+        return self._vceks
+
+    def _leaf(self, req: AttestRequest) -> bytes | None:
+        """The VCEK from the store when the request carries no certificate (VLEKs never)."""
+        if req.vcek is not None or req.cert_table is not None:
+            return req.vcek
+        try:
+            report = AttestationReport.unpack(req.report)
+        except ParseError:
+            return None  # check_report names the malformed report
+        if report.key_info.signing_key is not SigningKey.VCEK:
+            return None  # check_report: no certificate given (a VLEK comes with the request)
+        return self.vceks().get(VcekKey.of_report(report))
+
+    def anchors(self) -> tuple[SnpAnchor, ...]:
+        """The pinned AMD SNP roots plus the configured extra anchors (loaded once)."""
+        if self._anchors is None:
+            self._anchors = load_snp_anchors(self.settings.trust_anchors_dir)
+        return self._anchors
+
+    def _vm(self, uuid: str) -> VmRecord:
+        vm = self.vm_repo.vm(uuid)
+        if vm is None:
+            raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
+        return vm
+
+    @staticmethod
+    def _wrong_scheme(vm: VmRecord) -> Unsupported:
+        return Unsupported(
+            f"VM {vm.uuid} is registered for {vm.registration.get('scheme')}, which does not "
+            "attest this way (only amd-sev-snp does)",
+            reasons=["wrong_scheme"],
+        )
+
+    # -- /attest/challenge -------------------------------------------------------------
+
+    def challenge(self, uuid: str) -> Challenge:
+        """A fresh single-use nonce for SNP VM ``uuid``."""
+        vm = self._vm(uuid)
+        if not is_snp(vm.registration):
+            raise self._wrong_scheme(vm)
+        now = self.clock()
+        nonce = base64.b64encode(_secrets.token_bytes(NONCE_BYTES)).decode("ascii")
+        expires = math.floor(now) + self.settings.attest_nonce_ttl
+        record = ChallengeRecord(nonce_sha256(nonce), vm.id, now, float(expires), None)
+        if not self.repo.add_challenge(record, limit=self.settings.attest_max_challenges, now=now):
+            raise ChallengeLimit(
+                f"at most {self.settings.attest_max_challenges} live challenges per VM",
+                reasons=["too_many_challenges"],
+            )
+        return Challenge(nonce, expires)
+
+    # -- /attest -----------------------------------------------------------------------
+
+    def _event(self, vm: VmRecord, at: float, outcome: Outcome, detail: dict[str, Any]) -> Event:
+        return Event(vm.owner_id, vm.uuid, EventKind.ATTEST, at, outcome=outcome, detail=detail)
+
+    def _claim(self, vm: VmRecord, nonce: str, now: float) -> ChallengeRecord:
+        digest = nonce_sha256(nonce)
+        claimed = self.repo.claim_challenge(digest, vm.id, now)
+        if claimed is None:
+            known = self.repo.challenge(digest)
+            if known is None:
+                raise NonceRejected("unknown nonce", reasons=["nonce_unknown"])
+            if known.vm_id != vm.id:
+                raise NonceRejected(
+                    "the nonce was issued for another VM", reasons=["nonce_other_vm"]
+                )
+            raise NonceRejected("the nonce was already used", reasons=["nonce_used"])
+        if claimed.expires_at <= now:
+            raise NonceRejected("the nonce expired", reasons=["nonce_expired"])
+        return claimed
+
+    def _digests_of(
+        self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
+    ) -> list[bytes]:
+        missing = [i for i in inputs if self._digests.get((firmware, i)) is None]
+        if missing:
+            data = self.firmware.firmware(owner_id, firmware)
+            if data is None:
+                return []
+            for key, value in launch_digests(data, missing).items():
+                self._digests.put((firmware, key), value)
+        found = (self._digests.get((firmware, i)) for i in inputs)
+        return [d for d in found if d is not None]
+
+    def measurements(self, owner_id: int, reg: SnpRegistration) -> tuple[list[bytes], list[str]]:
+        """The accepted SNP launch digests, and what was tried (for the event)."""
+        out = [bytes.fromhex(d) for d in reg.launch_digests]
+        tried = [f"launch-digest {d[:16]}" for d in reg.launch_digests]
+        inputs = snp_inputs(reg)
+        for fw in reg.firmware_hashes:
+            try:
+                found = self._digests_of(owner_id, fw, inputs)
+            except AttestdError as exc:
+                tried.append(f"firmware {fw[:16]}: {exc.message}")
+                continue
+            tried.append(
+                f"firmware {fw[:16]} (snp, {reg.cpu_count} vCPU(s) of {'/'.join(reg.vcpu_types)}, "
+                f"kernel hashes {'on' if reg.kernel_hash else 'off'})"
+                + ("" if found else ": not uploaded")
+            )
+            out.extend(found)
+        return out, tried
+
+    def attest(self, uuid: str, req: AttestRequest) -> str:
+        """Verify an SNP report; the JWE of the guest payload, or raise (nothing released)."""
+        vm = self._vm(uuid)
+        now = self.clock()
+        detail: dict[str, Any] = {}
+        try:
+            if not is_snp(vm.registration):
+                raise self._wrong_scheme(vm)
+            self._claim(vm, req.nonce, now)
+            # read again after the claim: a PUT that committed before it wins
+            current = self.vm_repo.vm(uuid)
+            if current is None or current.id != vm.id:
+                raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
+            vm = current
+            if not is_snp(vm.registration):
+                raise self._wrong_scheme(vm)
+            reg = SnpRegistration.from_public(vm.registration)
+            detail["revision"] = vm.revision
+            if vm.max_launches is not None and vm.launches_used >= vm.max_launches:
+                raise Conflict(
+                    "the VM's attestation budget is exhausted",
+                    reasons=[f"max-launches={vm.max_launches}"],
+                )
+            key = tee_pubkey(req.tee_pubkey)
+            checked = check_report(
+                req.report, self.anchors(), leaf=self._leaf(req), cert_table=req.cert_table
+            )
+            detail["links"] = list(checked.links)
+            if not checked.ok or checked.verified is None:
+                raise ChainInvalid(
+                    checked.failure or "the report did not verify",
+                    reasons=[f"{checked.code}: {checked.failure}"],
+                )
+            verified = checked.verified
+            detail.update(
+                generation=verified.generation.value,
+                signing_key=verified.signing_key.label,
+                measurement=verified.report.measurement.hex(),
+                vmpl=verified.report.vmpl,
+            )
+            measurements, tried = self.measurements(vm.owner_id, reg)
+            detail["tried"] = tried
+            attestation = accept(
+                verified, reg.reference_policy(measurements), nonce=req.nonce, tee_key=key
+            )
+            stored = self.vms.stored_secrets(vm)
+            document = payload_document(reg.user_id or vm.uuid, stored)
+            plaintext = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+            token = attestation.encrypt_payload(plaintext.encode("utf-8"), key)
+            released = self._event(vm, now, Outcome.RELEASED, detail)
+            if not self.repo.spend_attestation(vm, event=released):
+                latest = self.vm_repo.vm(uuid)
+                if latest is None or latest.revision != vm.revision:
+                    raise RegistrationChanged(
+                        "the registration changed during the attestation",
+                        reasons=["registration_changed"],
+                    )
+                raise Conflict(
+                    "the VM's attestation budget is exhausted",
+                    reasons=[f"max-launches={vm.max_launches}"],
+                )
+        except Exception as exc:
+            if isinstance(exc, AttestdError):
+                info = {"reason": exc.code, "message": exc.message, "failed": list(exc.reasons)}
+            else:
+                info = {"reason": "internal_error"}
+            self.events.add_event(self._event(vm, now, Outcome.REFUSED, {**detail, **info}))
+            logger.info("attest for VM %s refused: %s", vm.uuid, info["reason"])
+            if isinstance(exc, ValueError) and not isinstance(exc, AttestdError):
+                raise ParseError("the attestation request is not valid") from None
+            raise
+        logger.info("attest for VM %s: payload released", vm.uuid)
+        return token

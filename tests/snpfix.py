@@ -1,0 +1,142 @@
+"""Shared SEV-SNP fixtures and helpers of the service suites (not a test module).
+
+A software SNP platform (``attestd.sim.snp``) whose anchor is in the service's trust
+anchors directory, a guest key (jwcrypto), and the requests a guest makes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from jwcrypto import jwe, jwk
+
+from attestd.api import create_app
+from attestd.config import Settings
+from attestd.service.clock import Clock
+from attestd.sev.snp.report import SigningKey
+from attestd.sev.snp.verify import report_data_binding
+from attestd.sim.snp import ReportRequest, SnpPlatform
+
+SNP_VM = "6f1c2b7e-3c1a-4d8e-9a51-0c2b9d1f7e11"
+OTHER_VM = "0a2d9c4b-8e6f-4b21-a3c7-5d9e1f0b2c33"
+SNP_POLICY = 0x30000
+SECRETS: list[dict[str, Any]] = [
+    {"type": "volume", "name": "data", "device": "/dev/vdb", "passphrase": "pass-of-data"},
+    {"type": "env", "name": "app", "values": {"MODE": "prod"}},
+    {"type": "secret-file", "name": "api", "values": {"TOKEN": "s3cr3t-token"}},
+]
+SECRET_VALUES = ("pass-of-data", "s3cr3t-token")
+
+
+@pytest.fixture(scope="session")
+def snp_platform() -> SnpPlatform:
+    """The trusted simulated SNP platform (Milan, with a VLEK too)."""
+    return SnpPlatform.create(name="sim-snp", vlek=True)
+
+
+@pytest.fixture(scope="session")
+def snp_anchors_dir(tmp_path_factory: pytest.TempPathFactory, snp_platform: SnpPlatform) -> Path:
+    """ATTESTD_TRUST_ANCHORS_DIR holding the simulated SNP platform's anchor."""
+    directory = tmp_path_factory.mktemp("snp-anchors")
+    snp_platform.write_anchor(directory)
+    return directory
+
+
+@pytest.fixture
+def snp_settings(settings: Settings, snp_anchors_dir: Path) -> Settings:
+    """Settings that trust the simulated SNP platform."""
+    return settings.replace(trust_anchors_dir=snp_anchors_dir)
+
+
+@pytest.fixture
+def snp_app(snp_settings: Settings, clock: Clock) -> Iterator[Flask]:
+    """An app that trusts the SNP simulator, with a settable clock."""
+    application = create_app(snp_settings, clock=clock)
+    yield application
+    application.extensions["attestd"].store.dispose()
+
+
+def measurement(ovmf: bytes, **inputs: Any) -> bytes:
+    """The SNP launch digest of a guest started with OVMF and ``inputs``."""
+    return SnpPlatform.measure(ovmf, **inputs)
+
+
+def snp_registration(digest: bytes, **extra: Any) -> dict[str, Any]:
+    """A valid SNP registration accepting ``digest``."""
+    body: dict[str, Any] = {
+        "scheme": "amd-sev-snp",
+        "policy": SNP_POLICY,
+        "launch-digests": [digest.hex()],
+        "secrets": SECRETS,
+    }
+    body.update(extra)
+    return body
+
+
+class Guest:
+    """A guest's key pair (EC P-384) and what it sends."""
+
+    def __init__(self) -> None:
+        self.key = jwk.JWK.generate(kty="EC", crv="P-384")
+        public = self.key.export_public(as_dict=True)
+        self.public = {k: public[k] for k in ("kty", "crv", "x", "y")}
+
+    def decrypt(self, token: str) -> dict[str, Any]:
+        """The plaintext payload document of a JWE."""
+        message = jwe.JWE()
+        message.deserialize(token, key=self.key)
+        header = message.jose_header
+        assert header["alg"] == "ECDH-ES+A256KW" and header["enc"] == "A256GCM"
+        value = json.loads(message.payload)
+        assert isinstance(value, dict)
+        return value
+
+
+def attest_body(
+    platform: SnpPlatform,
+    guest: Guest,
+    nonce: str,
+    digest: bytes,
+    *,
+    bind_nonce: str | None = None,
+    bind_key: dict[str, str] | None = None,
+    with_vcek: bool = True,
+    **request: Any,
+) -> dict[str, Any]:
+    """A guest's ``/attest`` body: a report signed by ``platform`` binding nonce and key."""
+    report_data = report_data_binding(bind_nonce or nonce, bind_key or guest.public)
+    signing_key = request.get("signing_key", SigningKey.VCEK)
+    report = platform.report(ReportRequest(report_data=report_data, measurement=digest, **request))
+    body: dict[str, Any] = {
+        "nonce": nonce,
+        "tee-pubkey": guest.public,
+        "report": base64.b64encode(report).decode(),
+    }
+    if with_vcek:
+        body["vcek"] = base64.b64encode(platform.leaf(signing_key)).decode()
+    return body
+
+
+def challenge(client: FlaskClient, uuid: str = SNP_VM) -> str:
+    """A fresh nonce for ``uuid``."""
+    resp = client.post(f"/v1/vm/{uuid}/attest/challenge")
+    assert resp.status_code == 200, resp.json
+    nonce = resp.json["nonce"]
+    assert isinstance(nonce, str)
+    return nonce
+
+
+def other_chip(platform: SnpPlatform, **changes: Any) -> SnpPlatform:
+    """The same platform with some fields changed (e.g. another chip id, another TCB)."""
+    return replace(platform, **changes)
+
+
+__all__ = ["snp_anchors_dir", "snp_app", "snp_platform", "snp_settings"]
