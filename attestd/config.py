@@ -50,8 +50,9 @@ class Settings:
     secret_area_size: int = 3072
     #: Seconds a launch session stays valid.
     launch_ttl: int = 600
-    #: Require ``Authorization: Bearer <host token>`` on /launch and /validate.
-    require_host_token: bool = False
+    #: Require ``Authorization: Bearer <host token>`` on /launch and /validate. On by
+    #: default; ``false`` is for development only and is logged and shown by /healthz.
+    require_host_token: bool = True
     #: Largest accepted firmware upload (bytes).
     max_firmware_size: int = 16 * 1024 * 1024
     #: Largest accepted JSON request body (bytes).
@@ -65,6 +66,10 @@ class Settings:
     #: gunicorn defaults for ``attestd serve``.
     bind: str = "127.0.0.1:8080"
     workers: int = 2
+    #: gunicorn's control socket (``gunicornc``) for this instance; empty disables it.
+    #: gunicorn's own default is one per user (``~/.gunicorn/gunicorn.ctl``), which a
+    #: second instance of the same user would take over.
+    control_socket: str = ""
 
     @property
     def effective_database_url(self) -> str:
@@ -140,6 +145,7 @@ _FIELD_KINDS: dict[str, type] = {
     "log_level": str,
     "bind": str,
     "workers": int,
+    "control_socket": str,
 }
 
 

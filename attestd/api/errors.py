@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from attestd import errors as e
 
@@ -112,7 +112,10 @@ def _http_error(exc: HTTPException) -> Response:
         413: "too_large",
         415: "unsupported_media_type",
     }.get(status, "http_error")
-    return envelope(status, exc.description or HTTPStatus(status).phrase, {"reason": reason})
+    response = envelope(status, exc.description or HTTPStatus(status).phrase, {"reason": reason})
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response
 
 
 def _unexpected(exc: Exception) -> Response:

@@ -53,8 +53,12 @@ def cmd_owner_create(args: argparse.Namespace) -> int:
 def cmd_host_create(args: argparse.Namespace) -> int:
     """Create a host and print its token (last line)."""
     principals = _services(_settings(args)).principals
-    token = principals.create_host(_check_name(args.name))
-    print(f"created host {args.name}; its bearer token (shown only now):")
+    owner = getattr(args, "owner", None)
+    token = principals.create_host(
+        _check_name(args.name), owner=None if owner is None else _check_name(owner)
+    )
+    scope = f"for owner {owner}" if owner else "for EVERY owner (no --owner given)"
+    print(f"created host {args.name} {scope}; its bearer token (shown only now):")
     print(token)
     return 0
 
@@ -107,7 +111,15 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str]) -> list[str]:
-    """The gunicorn command line of ``attestd serve``."""
+    """The gunicorn command line of ``attestd serve``.
+
+    gunicorn's control socket is per instance (``control_socket``) or off: never the
+    per-user default every instance of the user would share.
+    """
+    if settings.control_socket:
+        control = ["--control-socket", settings.control_socket]
+    else:
+        control = ["--no-control-socket"]
     return [
         sys.executable,
         "-m",
@@ -120,6 +132,7 @@ def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str])
         settings.log_level.lower(),
         "--access-logfile",
         "-",
+        *control,
         *extra,
         "attestd.wsgi:app",
     ]
@@ -162,6 +175,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub = group.add_subparsers(dest=f"{kind}_command", metavar="COMMAND", required=True)
         create = with_config(sub.add_parser("create", help=f"create a {kind}; prints its token"))
         create.add_argument("name")
+        if kind == "host":
+            create.add_argument(
+                "--owner", help="the owner whose VMs this host may launch (default: any owner)"
+            )
         create.set_defaults(func=func)
 
     db = subparsers.add_parser("db", help="database schema")

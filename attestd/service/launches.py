@@ -51,6 +51,7 @@ from attestd.storage.ports import (
     LaunchRepository,
     LaunchStatus,
     Outcome,
+    Principal,
     VmRecord,
     VmRepository,
 )
@@ -79,6 +80,15 @@ class ValidateRequest(HostClaims):
     measurement: bytes = b""
 
 
+def _pdh_fingerprint(pdh: bytes) -> str:
+    """The PDH's :attr:`~attestd.sev.certs.SevCertificate.fingerprint` (signed bytes
+    only); the SHA-256 of the raw bytes for a PDH that does not even parse."""
+    try:
+        return SevCertificate.unpack(pdh).fingerprint
+    except AttestdError:
+        return hashlib.sha256(pdh).hexdigest()
+
+
 class Launches:
     """``/launch`` and ``/validate``."""
 
@@ -103,8 +113,10 @@ class Launches:
         self.keyring = keyring
         self.clock = clock
         self._anchors: tuple[TrustAnchor, ...] | None = None
-        # launch digests per (firmware hash, inputs); verified chains per exact input bytes
-        self._digests: Lru[tuple[str, LaunchInputs], bytes] = Lru(512)
+        # launch digests per (owner, firmware hash, inputs): an owner's entry is reached
+        # only through that owner's firmware link, so another owner's upload of the same
+        # image neither serves nor reveals it; verified chains per exact input bytes
+        self._digests: Lru[tuple[int, str, LaunchInputs], bytes] = Lru(512)
         self._chains: Lru[bytes, VerifiedChain] = Lru(256)
 
     # -- helpers ------------------------------------------------------------------------
@@ -115,9 +127,11 @@ class Launches:
             self._anchors = load_anchors(self.settings.trust_anchors_dir)
         return self._anchors
 
-    def _vm(self, uuid: str) -> tuple[VmRecord, Registration]:
+    def _vm(self, uuid: str, host: Principal | None) -> tuple[VmRecord, Registration]:
+        """The VM ``uuid`` as the host may see it: a host token scoped to one owner
+        finds only that owner's VMs (another owner's is "no VM", as an unknown one)."""
         vm = self.vm_repo.vm(uuid)
-        if vm is None:
+        if vm is None or (host is not None and host.owner_id not in (None, vm.owner_id)):
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return vm, Registration.from_public(vm.registration)
 
@@ -165,12 +179,19 @@ class Launches:
     # -- /launch ------------------------------------------------------------------------
 
     def begin(
-        self, uuid: str, *, pdh: bytes, cert_chain: bytes, cpu_id: bytes | None, cek: bytes | None
+        self,
+        uuid: str,
+        *,
+        pdh: bytes,
+        cert_chain: bytes,
+        cpu_id: bytes | None,
+        cek: bytes | None,
+        host: Principal | None = None,
     ) -> LaunchSession:
         """Verify the platform and start a fresh launch session for VM ``uuid``."""
-        vm, reg = self._vm(uuid)
+        vm, reg = self._vm(uuid, host)
         self.repo.purge_expired_keys(self.clock())
-        pdh_sha256 = hashlib.sha256(pdh).hexdigest()
+        pdh_sha256 = _pdh_fingerprint(pdh)
         chip = cpu_id.hex() if cpu_id is not None else ""
         where = {"pdh_sha256": pdh_sha256, "chip_id": chip}
         try:
@@ -305,24 +326,27 @@ class Launches:
     def _digest_of(
         self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
     ) -> dict[LaunchInputs, bytes]:
-        """Launch digests of an uploaded firmware (remembered per firmware and inputs)."""
-        missing = [i for i in inputs if self._digests.get((firmware, i)) is None]
+        """Launch digests of the owner's uploaded firmware (remembered per owner,
+        firmware and inputs)."""
+        missing = [i for i in inputs if self._digests.get((owner_id, firmware, i)) is None]
         if missing:
             data = self.firmware.firmware(owner_id, firmware)
             if data is None:
                 raise NotFound("is not uploaded; cannot compute its digest")
             for key, value in launch_digests(data, missing).items():
-                self._digests.put((firmware, key), value)
+                self._digests.put((owner_id, firmware, key), value)
         out: dict[LaunchInputs, bytes] = {}
         for i in inputs:
-            digest = self._digests.get((firmware, i))
+            digest = self._digests.get((owner_id, firmware, i))
             if digest is not None:
                 out[i] = digest
         return out
 
-    def validate(self, uuid: str, req: ValidateRequest) -> LaunchSecret:
+    def validate(
+        self, uuid: str, req: ValidateRequest, *, host: Principal | None = None
+    ) -> LaunchSecret:
         """Verify the launch measurement; release the secret table exactly once."""
-        vm, reg = self._vm(uuid)
+        vm, reg = self._vm(uuid, host)
         launch = self._claim(vm, req.launch_id)
         now = self.clock()
         try:
@@ -380,12 +404,12 @@ class Launches:
             )
             logger.info("validate %s for VM %s refused: %s", launch.id, vm.uuid, detail["reason"])
             raise
-        self._end_launch(
-            vm,
-            launch.id,
-            LaunchStatus.VALIDATED,
-            self.clock(),
-            event_at=now,
+        released = Event(
+            vm.owner_id,
+            vm.uuid,
+            EventKind.VALIDATE,
+            now,
+            launch_id=launch.id,
             outcome=Outcome.RELEASED,
             detail={
                 "launch_digest": verified.launch_digest.hex(),
@@ -394,6 +418,24 @@ class Launches:
                 "table_size": len(table),
             },
         )
+        # the packet leaves only if this commit (conditional on the registration
+        # revision) succeeded: a PUT or DELETE that committed meanwhile wins
+        if not self.repo.release_launch(launch, self.clock(), event=released):
+            changed = RegistrationChanged(
+                "the registration changed while the launch was validated",
+                reasons=["registration_changed"],
+            )
+            self._end_launch(
+                vm,
+                launch.id,
+                LaunchStatus.FAILED,
+                self.clock(),
+                event_at=now,
+                outcome=Outcome.REFUSED,
+                detail={"reason": changed.code, "message": changed.message},
+            )
+            logger.info("validate %s for VM %s refused: registration changed", launch.id, vm.uuid)
+            raise changed
         logger.info(
             "validate %s for VM %s: secret released (digest %s)",
             launch.id,

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from attestd.errors import AttestdError
+from attestd.files import write_private
 from attestd.sev._binary import raw_or_base64
 from attestd.sim.platform import STATE_FILE, SimulatedPlatform
 
@@ -145,7 +146,7 @@ def _secret_table(args: argparse.Namespace) -> int:
     if table is None:
         print(f"attestd-sim: guest {args.handle} has no secret", file=sys.stderr)
         return 1
-    args.out.write_bytes(table)
+    write_private(args.out, table)  # the guest's secrets: owner-only
     return 0
 
 

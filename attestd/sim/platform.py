@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attestd.errors import AttestationFailed, ParseError, SecretTooLarge, Unsupported
+from attestd.files import write_private
 from attestd.sev.certs import (
     CHIP_ID_SIZE,
     SEV_CERT_SIZE,
@@ -375,11 +376,11 @@ class SimulatedPlatform:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            _write_private(directory / f"{name}.key", pem)
+            write_private(directory / f"{name}.key", pem)
         guests: dict[str, Any] = {}
         for handle, guest in self._guests.items():
             guests[str(handle)] = guest.to_json()
-            _write_private(directory / f"guest-{handle}.measured", bytes(guest.measured))
+            write_private(directory / f"guest-{handle}.measured", bytes(guest.measured))
         state = {
             "version": STATE_VERSION,
             "name": self.name,
@@ -393,7 +394,7 @@ class SimulatedPlatform:
             "next_handle": self._next_handle,
             "guests": guests,
         }
-        _write_private(directory / STATE_FILE, json.dumps(state, indent=1).encode())
+        write_private(directory / STATE_FILE, json.dumps(state, indent=1).encode())
 
     @classmethod
     def load(cls, directory: Path) -> Self:
@@ -427,10 +428,3 @@ class SimulatedPlatform:
         return platform
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically to ``path`` with mode 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

@@ -39,6 +39,13 @@ hosts = Table(
     Column("name", String(128), nullable=False, unique=True),
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
+    # the one owner whose VMs this host may launch (NULL: any owner's; migration 0002)
+    Column(
+        "owner_id",
+        Integer,
+        ForeignKey("owners.id", ondelete="CASCADE", name="fk_hosts_owner_id"),
+        nullable=True,
+    ),
 )
 
 firmware_blobs = Table(
@@ -105,3 +112,11 @@ events = Table(
     Column("detail", Text, nullable=False),
 )
 Index("ix_events_owner_vm", events.c.owner_id, events.c.vm_uuid, events.c.id)
+
+#: One row /healthz rewrites: a database that cannot take a write is unhealthy (0002).
+heartbeat = Table(
+    "heartbeat",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("checked_at", Float, nullable=False),
+)

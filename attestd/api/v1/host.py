@@ -22,7 +22,7 @@ bp = Blueprint("host", __name__)
 def launch(uuid: str) -> Response:
     """Verify the host platform and start a launch session."""
     st = state()
-    st.services.principals.authenticate_host(bearer_token())
+    host = st.services.principals.authenticate_host(bearer_token())
     canonical = vm_uuid(uuid)
     body = load_json(LaunchRequestSchema())
     try:
@@ -32,6 +32,7 @@ def launch(uuid: str) -> Response:
             cert_chain=body["cert_chain"],
             cpu_id=body.get("cpu_id"),
             cek=body.get("cek"),
+            host=host,
         )
     except AttestdError as exc:
         st.metrics.outcome("launch", exc.code)
@@ -54,11 +55,11 @@ def launch(uuid: str) -> Response:
 def validate(uuid: str) -> Response:
     """Verify the launch measurement and release the secret table."""
     st = state()
-    st.services.principals.authenticate_host(bearer_token())
+    host = st.services.principals.authenticate_host(bearer_token())
     canonical = vm_uuid(uuid)
     body = load_json(ValidateRequestSchema())
     try:
-        secret = st.services.launches.validate(canonical, ValidateRequest(**body))
+        secret = st.services.launches.validate(canonical, ValidateRequest(**body), host=host)
     except AttestdError as exc:
         st.metrics.outcome("validate", exc.code)
         raise

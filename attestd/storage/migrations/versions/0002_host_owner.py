@@ -1,0 +1,38 @@
+"""Host tokens scoped to one owner: ``hosts.owner_id`` (NULL: an unscoped host);
+the one-row ``heartbeat`` table /healthz writes to prove the database is writable.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    """Add the optional owner of a host token and the heartbeat table."""
+    with op.batch_alter_table("hosts") as batch:
+        batch.add_column(sa.Column("owner_id", sa.Integer, nullable=True))
+        batch.create_foreign_key(
+            "fk_hosts_owner_id", "owners", ["owner_id"], ["id"], ondelete="CASCADE"
+        )
+    op.create_table(
+        "heartbeat",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("checked_at", sa.Float, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    """Drop both (scoped host tokens become unscoped)."""
+    op.drop_table("heartbeat")
+    with op.batch_alter_table("hosts") as batch:
+        batch.drop_constraint("fk_hosts_owner_id", type_="foreignkey")
+        batch.drop_column("owner_id")
