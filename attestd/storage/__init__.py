@@ -50,6 +50,8 @@ def _create_sqlite_file(url: str) -> None:
     name = parsed.database
     if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:":
         return
+    if name.startswith("file:") or parsed.query.get("uri"):
+        return  # a SQLite URI (mode=ro, ...): the operator's file, opened as given
     path = Path(name)
     private_dir(path.parent)
     try:
