@@ -21,6 +21,7 @@ from attestd.sim.platform import SimulatedPlatform
 from tests.api.simhost import (
     VM,
     Boot,
+    b64,
     es_boot,
     launch_body,
     measure,
@@ -327,3 +328,27 @@ def test_put_or_delete_during_validate_wins(
         assert "secret-table" not in resp.json
     finally:
         app.extensions["attestd"].store.dispose()
+
+
+# -- the PDH fingerprint covers signed bytes only ----------------------------------------
+
+
+def test_pdh_fingerprint_ignores_bytes_no_signature_covers(
+    host_app: Flask, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    from attestd.sev.certs import SevCertificate
+
+    client = host_app.test_client()
+    owner = make_owner(host_app, "alice")
+    assert client.post(f"/v1/vm/{VM}", json=sev(ovmf), headers=owner).status_code == 201
+    pdh = platform.export().pdh
+    cert = SevCertificate.unpack(pdh)
+    unused = next(i for i, slot in enumerate(cert.signatures) if slot.is_empty)
+    offset = SevCertificate.BODY_SIZE + unused * 520 + 8 + 100  # inside the unused slot
+    flipped = bytearray(pdh)
+    flipped[offset] ^= 0xFF
+    for body in (launch_body(platform), launch_body(platform, pdh=b64(bytes(flipped)))):
+        assert client.post(f"/v1/vm/{VM}/launch", json=body).status_code == 200
+    events = client.get(f"/v1/vm/{VM}/events", headers=owner).json["events"]
+    prints = {e["detail"]["pdh_sha256"] for e in events if e["kind"] == "launch"}
+    assert prints == {cert.fingerprint}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from attestd.config import Settings
 from attestd.errors import ChainInvalid, MeasurementMismatch, PolicyViolation
-from attestd.service.factory import Services
+from attestd.service.factory import Services, build_services
 from attestd.service.launches import LaunchSession, ValidateRequest
 from attestd.service.registration import LuksPassphrase, Registration
 from attestd.sim.platform import SimulatedPlatform
@@ -129,3 +132,40 @@ def test_a_claimed_version_is_not_judged_before_the_hmac(
     lie = _request(platform, session, measurement, build_id=platform.build_id - 1)
     with pytest.raises(MeasurementMismatch):
         services.launches.validate(VM, lie)
+
+
+@pytest.fixture(scope="module")
+def old_firmware() -> SimulatedPlatform:
+    """A platform on firmware API 0.16: its HMAC does not cover version and build."""
+    return SimulatedPlatform.create(name="sim-api-0-16", api_major=0, api_minor=16, rsa_bits=2048)
+
+
+@pytest.fixture
+def old_services(
+    host_settings: Settings, clock: Clock, old_firmware: SimulatedPlatform, tmp_path: Path
+) -> Iterator[Services]:
+    anchors = tmp_path / "old-anchors"
+    old_firmware.write_trust_anchor(anchors)
+    built = build_services(host_settings.replace(trust_anchors_dir=anchors), clock=clock)
+    yield built
+    built.store.dispose()
+
+
+@pytest.mark.parametrize(
+    "minimum", [{"min_build_id": 0}, {"min_api_major": 0, "min_api_minor": 1}, {}]
+)
+def test_minimum_versions_refuse_firmware_below_api_0_17(
+    old_services: Services, old_firmware: SimulatedPlatform, ovmf: bytes, minimum: dict[str, int]
+) -> None:
+    """Below API 0.17 the version is the host's claim: a registration with any minimum
+    refuses it (even one the claim meets); one without minimums accepts it."""
+    _register(old_services, "alice", VM, ovmf, **minimum)
+    session = _begin(old_services, old_firmware, VM)
+    _handle, measurement = measure(old_firmware, _grant(session), Boot(firmware=ovmf))
+    request = _request(old_firmware, session, measurement)
+    if not minimum:
+        assert old_services.launches.validate(VM, request).ciphertext
+        return
+    with pytest.raises(PolicyViolation) as refused:
+        old_services.launches.validate(VM, request)
+    assert any("does not authenticate its version" in r for r in refused.value.reasons)
