@@ -50,6 +50,11 @@ class Settings:
     secret_area_size: int = 3072
     #: Seconds a launch session stays valid.
     launch_ttl: int = 600
+    #: Unexpired pending launches one VM may have; one more is refused 429 (0: no bound).
+    max_pending_launches: int = 8
+    #: /launch requests per second one host may make, per service process; more are
+    #: refused 429 with Retry-After (bursts of twice the rate pass; 0: no limit).
+    host_launch_rate: int = 10
     #: Require ``Authorization: Bearer <host token>`` on /launch and /validate. On by
     #: default; ``false`` is for development only and is logged and shown by /healthz.
     require_host_token: bool = True
@@ -136,6 +141,8 @@ _FIELD_KINDS: dict[str, type] = {
     "kds_url": str,
     "secret_area_size": int,
     "launch_ttl": int,
+    "max_pending_launches": int,
+    "host_launch_rate": int,
     "require_host_token": bool,
     "max_firmware_size": int,
     "max_request_size": int,

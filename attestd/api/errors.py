@@ -35,6 +35,7 @@ STATUS: dict[type[e.AttestdError], int] = {
     e.CekRequired: 422,
     e.CekUnavailable: 503,
     e.AuthenticationError: 401,
+    e.TooManyRequests: 429,
     e.NotFound: 404,
     e.Conflict: 409,
     e.RegistrationChanged: 409,
@@ -89,7 +90,10 @@ def _attestd_error(exc: e.AttestdError) -> Response:
     errors: dict[str, Any] = {"reason": exc.code}
     if exc.reasons:
         errors["reasons"] = list(exc.reasons)
-    return envelope(status, exc.message, errors)
+    response = envelope(status, exc.message, errors)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(exc.retry_after)))
+    return response
 
 
 def _fields_error(messages: dict[str, Any], codes: list[str] | None = None) -> Response:

@@ -28,7 +28,9 @@ from attestd.errors import (
     NotFound,
     PolicyViolation,
     RegistrationChanged,
+    TooManyRequests,
 )
+from attestd.ratelimit import TokenBuckets
 from attestd.service import acceptance
 from attestd.service.acceptance import HostClaims
 from attestd.service.cache import Lru
@@ -37,7 +39,13 @@ from attestd.service.payload import secret_table
 from attestd.service.registration import Registration
 from attestd.service.vms import Vms
 from attestd.sev.certs import SevCertificate
-from attestd.sev.chain import PlatformChain, TrustAnchor, VerifiedChain, verify_chain
+from attestd.sev.chain import (
+    PlatformChain,
+    TrustAnchor,
+    VerifiedChain,
+    check_platform_links,
+    verify_chain,
+)
 from attestd.sev.measure.digest import LaunchInputs, launch_digests
 from attestd.sev.secrets import LaunchSecret, verify_launch
 from attestd.sev.session import LaunchMeasurement, TransportKeys, start_launch
@@ -56,7 +64,7 @@ from attestd.storage.ports import (
     VmRepository,
 )
 from attestd.trust import load_anchors
-from attestd.trust.kds import CekStore
+from attestd.trust.kds import CekStore, KdsGate
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +126,10 @@ class Launches:
         # image neither serves nor reveals it; verified chains per exact input bytes
         self._digests: Lru[tuple[int, str, LaunchInputs], bytes] = Lru(512)
         self._chains: Lru[bytes, VerifiedChain] = Lru(256)
+        #: AMD KDS behind single flight, a negative cache and a rate limit (per process)
+        self.kds = KdsGate()
+        #: /launch requests per host (per process), made when first needed
+        self._host_rate: TokenBuckets | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -149,6 +161,32 @@ class Launches:
             )
         )
 
+    def _limit_launches(self, vm: VmRecord, host: Principal | None) -> None:
+        """Refuse (429, Retry-After) a host over its launch rate or a VM with too many
+        pending launches, before any cryptography or storage write."""
+        rate = self.settings.host_launch_rate
+        if rate > 0:
+            if self._host_rate is None or self._host_rate.rate != rate:
+                self._host_rate = TokenBuckets(rate, 2 * rate)
+            wait = self._host_rate.take(None if host is None else host.id)
+            if wait > 0:
+                raise TooManyRequests(
+                    "this host starts launches too fast",
+                    reasons=[f"host-launch-rate={rate}/s"],
+                    retry_after=int(wait) + 1,
+                )
+        bound = self.settings.max_pending_launches
+        if bound > 0:
+            now = self.clock()
+            pending, first_expiry = self.repo.pending_launches(vm.id, now)
+            if pending >= bound:
+                until = (first_expiry or now + self.settings.launch_ttl) - now
+                raise TooManyRequests(
+                    "the VM has too many pending launches",
+                    reasons=[f"max-pending-launches={bound}"],
+                    retry_after=int(until) + 1,
+                )
+
     def _signed_cek(self, cpu_id: bytes | None, cek: bytes | None) -> SevCertificate:
         if cek is not None:
             return SevCertificate.unpack(cek)
@@ -159,7 +197,7 @@ class Launches:
             base_url=self.settings.kds_url,
             offline=self.settings.kds_offline,
         )
-        return store.get(cpu_id)
+        return self.kds.get(store, cpu_id)
 
     def _verify(
         self, chain: PlatformChain, cek: SevCertificate, pinned: SevCertificate | None
@@ -190,6 +228,7 @@ class Launches:
     ) -> LaunchSession:
         """Verify the platform and start a fresh launch session for VM ``uuid``."""
         vm, reg = self._vm(uuid, host)
+        self._limit_launches(vm, host)
         self.repo.purge_expired_keys(self.clock())
         pdh_sha256 = _pdh_fingerprint(pdh)
         chip = cpu_id.hex() if cpu_id is not None else ""
@@ -201,8 +240,11 @@ class Launches:
                     reasons=[f"max-launches={vm.max_launches}"],
                 )
             chain = PlatformChain.from_export(pdh, cert_chain)
-            signed_cek = self._signed_cek(cpu_id, cek)
             pinned = SevCertificate.unpack(reg.cloud_cert) if reg.cloud_cert else None
+            if cek is None:
+                # everything that needs no AMD key is checked before AMD KDS is asked
+                check_platform_links(chain, pinned)
+            signed_cek = self._signed_cek(cpu_id, cek)
             verified = self._verify(chain, signed_cek, pinned)
             start = start_launch(verified.pdh_key(), reg.policy)
         except AttestdError as exc:

@@ -590,6 +590,21 @@ class Database:
 
         return self._run(txn)
 
+    def pending_launches(self, vm_id: int, now: float) -> tuple[int, float | None]:
+        """How many unexpired launches of the VM are pending, and when the first expires."""
+        row = self._run(
+            lambda conn: conn.execute(
+                select(func.count(), func.min(t.launches.c.expires_at)).where(
+                    and_(
+                        t.launches.c.vm_id == vm_id,
+                        t.launches.c.state == LaunchStatus.PENDING.value,
+                        t.launches.c.expires_at > now,
+                    )
+                )
+            ).one()
+        )
+        return int(row[0]), None if row[1] is None else float(row[1])
+
     def purge_expired_keys(self, now: float) -> int:
         """Drop TEK/TIK of expired launches never finished (also those a crash left
         ``validating``); returns how many."""
