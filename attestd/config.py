@@ -50,6 +50,9 @@ class Settings:
     secret_area_size: int = 3072
     #: Seconds a launch session stays valid.
     launch_ttl: int = 600
+    #: Seconds a /validate holds its claim on a launch: a claim whose worker died
+    #: (SIGKILL, power loss) lapses and the launch can be validated again.
+    validate_lease: int = 60
     #: Unexpired pending launches one VM may have; one more is refused 429 (0: no bound).
     max_pending_launches: int = 8
     #: /launch requests per second one host may make, per service process; more are
@@ -141,6 +144,7 @@ _FIELD_KINDS: dict[str, type] = {
     "kds_url": str,
     "secret_area_size": int,
     "launch_ttl": int,
+    "validate_lease": int,
     "max_pending_launches": int,
     "host_launch_rate": int,
     "require_host_token": bool,

@@ -117,14 +117,28 @@ ERROR_STATUSES = {
     "409": "conflict: launch used or expired, budget exhausted, VM exists",
     "413": "body too large, or the secret table would not fit the secret area",
     "422": "the request does not match the schema, or is unsupported",
+    "429": "too many pending launches for the VM or launches by the host (Retry-After)",
     "503": "database, storage key or signed CEK unavailable",
 }
+
+
+def _base64_limits(field: s.Base64Bytes) -> dict[str, Any]:
+    """The text lengths ``Base64Bytes`` enforces (``_deserialize``), as the server does."""
+    limits: dict[str, Any] = {}
+    limit = field.length or field.max_length
+    if limit is not None:
+        limits["maxLength"] = 4 * (limit // 3 + 1) + 8
+    if field.length is not None:
+        limits["minLength"] = 4 * -(-field.length // 3)
+    return limits
 
 
 def _custom_fields(plugin: MarshmallowPlugin) -> None:
     plugin.map_to_openapi_type(s.Base64Bytes, "string", "byte")  # type: ignore[no-untyped-call]
 
     def extra(self: Any, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
+        if isinstance(field, s.Base64Bytes):
+            return _base64_limits(field)
         if isinstance(field, s.Policy):
             return {
                 "oneOf": [

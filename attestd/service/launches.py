@@ -28,6 +28,8 @@ from attestd.errors import (
     NotFound,
     PolicyViolation,
     RegistrationChanged,
+    StorageKeyError,
+    StorageUnavailable,
     TooManyRequests,
 )
 from attestd.ratelimit import TokenBuckets
@@ -86,6 +88,13 @@ class ValidateRequest(HostClaims):
 
     launch_id: str = ""
     measurement: bytes = b""
+
+
+def _retryable(exc: Exception) -> bool:
+    """A failure of the service, not of the launch's evidence: the launch is not burnt."""
+    return isinstance(exc, StorageUnavailable | StorageKeyError) or not isinstance(
+        exc, AttestdError
+    )
 
 
 def _pdh_fingerprint(pdh: bytes) -> str:
@@ -344,7 +353,7 @@ class Launches:
         known = self.repo.launch(launch_id)
         if known is None or known.vm_id != vm.id:
             raise NotFound("unknown launch", reasons=["unknown_launch"])
-        claimed = self.repo.claim_launch(launch_id, vm.id, now)
+        claimed = self.repo.claim_launch(launch_id, vm.id, now, self.settings.validate_lease)
         if claimed is not None:
             return claimed
         current = self.repo.launch(launch_id)
@@ -361,9 +370,31 @@ class Launches:
                 detail={"reason": "launch_expired"},
             )
             raise expired
-        used = Conflict(f"the launch was already used ({state.value})", reasons=["launch_used"])
+        retry = None
+        if current is not None and state is LaunchStatus.VALIDATING and current.claimed_until:
+            retry = max(1, int(current.claimed_until - now) + 1)  # in progress, or its lease
+        used = Conflict(
+            f"the launch was already used ({state.value})",
+            reasons=["launch_used"],
+            retry_after=retry,
+        )
         self._refuse(vm, EventKind.VALIDATE, used, launch_id=launch_id)
         raise used
+
+    def _give_back(self, vm: VmRecord, launch: LaunchRecord, exc: Exception) -> None:
+        """After a retryable failure: the launch is pending again (the host retries the
+        same launch id); if even that cannot be written, the claim's lease lapses."""
+        try:
+            back = self.repo.unclaim_launch(launch)
+        except AttestdError:
+            back = False
+        logger.warning(
+            "validate %s for VM %s failed for a retryable reason (%s): %s",
+            launch.id,
+            vm.uuid,
+            exc.code if isinstance(exc, AttestdError) else type(exc).__name__,
+            "the launch is pending again" if back else "its claim lapses after the lease",
+        )
 
     def _digest_of(
         self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
@@ -431,6 +462,9 @@ class Launches:
             )
             packet = verified.launch_secret(table)
         except Exception as exc:
+            if _retryable(exc):
+                self._give_back(vm, launch, exc)
+                raise
             if isinstance(exc, AttestdError):
                 detail = {"reason": exc.code, "message": exc.message, "tried": list(exc.reasons)}
             else:
@@ -462,7 +496,12 @@ class Launches:
         )
         # the packet leaves only if this commit (conditional on the registration
         # revision) succeeded: a PUT or DELETE that committed meanwhile wins
-        if not self.repo.release_launch(launch, self.clock(), event=released):
+        try:
+            committed = self.repo.release_launch(launch, self.clock(), event=released)
+        except (StorageUnavailable, StorageKeyError) as exc:
+            self._give_back(vm, launch, exc)
+            raise
+        if not committed:
             changed = RegistrationChanged(
                 "the registration changed while the launch was validated",
                 reasons=["registration_changed"],

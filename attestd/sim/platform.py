@@ -426,5 +426,3 @@ class SimulatedPlatform:
             measured = (directory / f"guest-{handle}.measured").read_bytes()
             platform._guests[int(handle)] = _Guest.from_json(data, measured)
         return platform
-
-

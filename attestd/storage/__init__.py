@@ -19,9 +19,8 @@ def open_store(settings: Settings) -> Store:
     The only place outside this package that gets the SQL adapter is through here,
     typed as the :class:`~attestd.storage.ports.Store` Protocol.
     """
-    from attestd.storage.sql import Database
-
     from attestd.files import private_dir
+    from attestd.storage.sql import Database
 
     if not settings.database_url:
         private_dir(settings.data_dir)

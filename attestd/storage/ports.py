@@ -71,6 +71,8 @@ class LaunchRecord:
     created_at: float
     expires_at: float
     finished_at: float | None
+    #: while ``validating``: when the claim lapses (the claimer is presumed dead)
+    claimed_until: float | None = None
 
 
 class EventKind(StrEnum):
@@ -168,7 +170,10 @@ class LaunchRepository(Protocol):
 
     def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: Event) -> bool: ...
     def launch(self, launch_id: str) -> LaunchRecord | None: ...
-    def claim_launch(self, launch_id: str, vm_id: int, now: float) -> LaunchRecord | None: ...
+    def claim_launch(
+        self, launch_id: str, vm_id: int, now: float, lease: float = 60.0
+    ) -> LaunchRecord | None: ...
+    def unclaim_launch(self, launch: LaunchRecord) -> bool: ...
     def finish_launch(
         self, launch_id: str, state: LaunchStatus, now: float, *, event: Event
     ) -> None: ...

@@ -467,6 +467,7 @@ class Database:
             created_at=row.created_at,
             expires_at=row.expires_at,
             finished_at=row.finished_at,
+            claimed_until=row.claimed_until,
         )
 
     def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: Event) -> bool:
@@ -519,21 +520,31 @@ class Database:
         )
         return None if row is None else self._launch(row)
 
-    def claim_launch(self, launch_id: str, vm_id: int, now: float) -> LaunchRecord | None:
-        """Move a pending, unexpired launch to ``validating``; None if someone else did."""
+    def claim_launch(
+        self, launch_id: str, vm_id: int, now: float, lease: float = 60.0
+    ) -> LaunchRecord | None:
+        """Move a pending, unexpired launch to ``validating`` for ``lease`` seconds; None
+        if someone else holds it. A claim whose lease lapsed (its worker died) is taken
+        over; the release is conditional on the claim (``claimed_until``)."""
 
         def txn(conn: Connection) -> LaunchRecord | None:
+            lapsed = and_(
+                t.launches.c.state == LaunchStatus.VALIDATING.value,
+                t.launches.c.claimed_until.is_not(None),
+                t.launches.c.claimed_until <= now,
+            )
             result = conn.execute(
                 update(t.launches)
                 .where(
                     and_(
                         t.launches.c.id == launch_id,
                         t.launches.c.vm_id == vm_id,
-                        t.launches.c.state == LaunchStatus.PENDING.value,
+                        or_(t.launches.c.state == LaunchStatus.PENDING.value, lapsed),
                         t.launches.c.expires_at > now,
+                        t.launches.c.keys_enc.is_not(None),
                     )
                 )
-                .values(state=LaunchStatus.VALIDATING.value)
+                .values(state=LaunchStatus.VALIDATING.value, claimed_until=now + lease)
             )
             if _rowcount(result) != 1:
                 return None
@@ -579,6 +590,7 @@ class Database:
                         t.launches.c.id == launch.id,
                         t.launches.c.vm_revision == launch.vm_revision,
                         t.launches.c.state == LaunchStatus.VALIDATING.value,
+                        t.launches.c.claimed_until == launch.claimed_until,
                     )
                 )
                 .values(state=LaunchStatus.VALIDATED.value, keys_enc=None, finished_at=now)
@@ -587,6 +599,26 @@ class Database:
                 return False
             _insert_event(conn, event)
             return True
+
+        return self._run(txn)
+
+    def unclaim_launch(self, launch: LaunchRecord) -> bool:
+        """Give a claimed launch back (``pending``) after a retryable failure, if the
+        claim is still this one; True when it was given back."""
+
+        def txn(conn: Connection) -> bool:
+            result = conn.execute(
+                update(t.launches)
+                .where(
+                    and_(
+                        t.launches.c.id == launch.id,
+                        t.launches.c.state == LaunchStatus.VALIDATING.value,
+                        t.launches.c.claimed_until == launch.claimed_until,
+                    )
+                )
+                .values(state=LaunchStatus.PENDING.value, claimed_until=None)
+            )
+            return _rowcount(result) == 1
 
         return self._run(txn)
 

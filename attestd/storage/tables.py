@@ -96,6 +96,8 @@ launches = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    # the claim of a validating launch lasts until then (migration 0002)
+    Column("claimed_until", Float, nullable=True),
 )
 Index("ix_launches_vm_id", launches.c.vm_id)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 from typing import Any
@@ -13,8 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from attestd.service.registration import Volume
-from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.certs import SevCertificate
+from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour
 from attestd.sev.secrets import ATTESTD_PAYLOAD_GUID, LUKS_KEY_GUID
 from attestd.sim.platform import SimulatedPlatform

@@ -154,9 +154,7 @@ def test_service_creates_data_dir_0700_and_database_0600(
     data = tmp_path / "fresh" / "data"
     old = os.umask(0o022)
     try:
-        app = create_app(
-            Settings(data_dir=data, kds_offline=True, trust_anchors_dir=anchors_dir)
-        )
+        app = create_app(Settings(data_dir=data, kds_offline=True, trust_anchors_dir=anchors_dir))
     finally:
         os.umask(old)
     try:
@@ -184,9 +182,7 @@ def test_healthz_unhealthy_on_read_only_database(
     app.extensions["attestd"].store.dispose()
     # a database the service can read but not write (mode=ro holds for root too)
     url = f"sqlite:///file:{data / 'attestd.sqlite3'}?mode=ro&uri=true"
-    ro = create_app(
-        Settings(data_dir=data, database_url=url, kds_offline=True, auto_migrate=False)
-    )
+    ro = create_app(Settings(data_dir=data, database_url=url, kds_offline=True, auto_migrate=False))
     try:
         with caplog.at_level(logging.ERROR):
             resp = ro.test_client().get("/healthz")
@@ -352,3 +348,17 @@ def test_pdh_fingerprint_ignores_bytes_no_signature_covers(
     events = client.get(f"/v1/vm/{VM}/events", headers=owner).json["events"]
     prints = {e["detail"]["pdh_sha256"] for e in events if e["kind"] == "launch"}
     assert prints == {cert.fingerprint}
+
+
+def test_openapi_states_the_base64_limits_the_server_enforces(
+    client: FlaskClient, platform: SimulatedPlatform
+) -> None:
+    from attestd.api.openapi import build_spec
+
+    pdh = build_spec()["components"]["schemas"]["LaunchRequest"]["properties"]["pdh"]
+    assert pdh["minLength"] == len(launch_body(platform)["pdh"])
+    for text in ("", "A" * (pdh["minLength"] - 4), "A" * (pdh["maxLength"] + 1)):
+        resp = client.post(f"/v1/vm/{VM}/launch", json=launch_body(platform, pdh=text))
+        assert resp.status_code == 422, (len(text), resp.json)
+        assert "pdh" in resp.json["errors"]["fields"]
+    assert "429" in build_spec()["paths"]["/v1/vm/{uuid}/launch"]["post"]["responses"]

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from attestd.config import Settings
-from attestd.errors import ChainInvalid, MeasurementMismatch, PolicyViolation
+from attestd.errors import (
+    ChainInvalid,
+    Conflict,
+    MeasurementMismatch,
+    PolicyViolation,
+    StorageKeyError,
+)
 from attestd.service.factory import Services, build_services
 from attestd.service.launches import LaunchSession, ValidateRequest
 from attestd.service.registration import LuksPassphrase, Registration
@@ -169,3 +175,45 @@ def test_minimum_versions_refuse_firmware_below_api_0_17(
     with pytest.raises(PolicyViolation) as refused:
         old_services.launches.validate(VM, request)
     assert any("does not authenticate its version" in r for r in refused.value.reasons)
+
+
+# -- crash-consistent launches -----------------------------------------------------------
+
+
+def test_a_claim_whose_worker_died_lapses_after_the_lease(
+    services: Services, clock: Clock, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    _register(services, "alice", VM, ovmf)
+    session = _begin(services, platform, VM)
+    _handle, measurement = measure(platform, _grant(session), Boot(firmware=ovmf))
+    vm = services.store.vm(VM)
+    assert vm is not None
+    # a worker claimed the launch, then was SIGKILLed before it answered
+    assert services.store.claim_launch(session.launch_id, vm.id, clock.now) is not None
+    request = _request(platform, session, measurement)
+    with pytest.raises(Conflict) as busy:
+        services.launches.validate(VM, request)
+    assert busy.value.retry_after is not None  # the host learns when to retry
+    clock.now += services.settings.validate_lease + 1
+    assert services.launches.validate(VM, request).ciphertext  # not stuck in validating
+    with pytest.raises(Conflict):
+        services.launches.validate(VM, request)  # and still released only once
+
+
+def test_a_retryable_failure_does_not_burn_the_launch(
+    services: Services, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    from attestd.storage.keys import add_primary_key, retire_old_keys
+
+    _register(services, "alice", VM, ovmf)
+    session = _begin(services, platform, VM)
+    _handle, measurement = measure(platform, _grant(session), Boot(firmware=ovmf))
+    key_file = services.settings.effective_storage_key_file
+    saved = key_file.read_bytes()
+    add_primary_key(key_file)
+    retire_old_keys(key_file)  # the stored launch keys cannot be opened: a 503
+    request = _request(platform, session, measurement)
+    with pytest.raises(StorageKeyError):
+        services.launches.validate(VM, request)
+    key_file.write_bytes(saved)  # the operator restores the key file
+    assert services.launches.validate(VM, request).ciphertext
