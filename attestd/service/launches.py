@@ -419,7 +419,11 @@ class Launches:
         self, uuid: str, req: ValidateRequest, *, host: Principal | None = None
     ) -> LaunchSecret:
         """Verify the launch measurement; release the secret table exactly once."""
-        vm, reg = self._vm(uuid, host)
+        try:
+            vm, reg = self._vm(uuid, host)
+        except NotFound:
+            # without a launch id of the VM the caller learns nothing about the VM
+            raise NotFound("unknown launch", reasons=["unknown_launch"]) from None
         launch = self._claim(vm, req.launch_id)
         now = self.clock()
         try:
@@ -461,6 +465,28 @@ class Launches:
                 reg.user_id or vm.uuid, stored, max_size=self.settings.secret_area_size
             )
             packet = verified.launch_secret(table)
+            released = Event(
+                vm.owner_id,
+                vm.uuid,
+                EventKind.VALIDATE,
+                now,
+                launch_id=launch.id,
+                outcome=Outcome.RELEASED,
+                detail={
+                    "launch_digest": verified.launch_digest.hex(),
+                    "matched": label,
+                    "firmware": str(verified.version),
+                    "table_size": len(table),
+                },
+            )
+            # the packet leaves only if this commit (conditional on the registration
+            # revision and on this claim) succeeded: a PUT or DELETE that committed
+            # meanwhile wins
+            if not self.repo.release_launch(launch, self.clock(), event=released):
+                raise RegistrationChanged(
+                    "the registration changed while the launch was validated",
+                    reasons=["registration_changed"],
+                )
         except Exception as exc:
             if _retryable(exc):
                 self._give_back(vm, launch, exc)
@@ -480,43 +506,6 @@ class Launches:
             )
             logger.info("validate %s for VM %s refused: %s", launch.id, vm.uuid, detail["reason"])
             raise
-        released = Event(
-            vm.owner_id,
-            vm.uuid,
-            EventKind.VALIDATE,
-            now,
-            launch_id=launch.id,
-            outcome=Outcome.RELEASED,
-            detail={
-                "launch_digest": verified.launch_digest.hex(),
-                "matched": label,
-                "firmware": str(verified.version),
-                "table_size": len(table),
-            },
-        )
-        # the packet leaves only if this commit (conditional on the registration
-        # revision) succeeded: a PUT or DELETE that committed meanwhile wins
-        try:
-            committed = self.repo.release_launch(launch, self.clock(), event=released)
-        except (StorageUnavailable, StorageKeyError) as exc:
-            self._give_back(vm, launch, exc)
-            raise
-        if not committed:
-            changed = RegistrationChanged(
-                "the registration changed while the launch was validated",
-                reasons=["registration_changed"],
-            )
-            self._end_launch(
-                vm,
-                launch.id,
-                LaunchStatus.FAILED,
-                self.clock(),
-                event_at=now,
-                outcome=Outcome.REFUSED,
-                detail={"reason": changed.code, "message": changed.message},
-            )
-            logger.info("validate %s for VM %s refused: registration changed", launch.id, vm.uuid)
-            raise changed
         logger.info(
             "validate %s for VM %s: secret released (digest %s)",
             launch.id,

@@ -362,3 +362,17 @@ def test_openapi_states_the_base64_limits_the_server_enforces(
         assert resp.status_code == 422, (len(text), resp.json)
         assert "pdh" in resp.json["errors"]["fields"]
     assert "429" in build_spec()["paths"]["/v1/vm/{uuid}/launch"]["post"]["responses"]
+
+
+def test_validate_does_not_tell_registered_from_unregistered_vms(
+    host_app: Flask, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    client = host_app.test_client()
+    owner = make_owner(host_app, "alice")
+    assert client.post(f"/v1/vm/{VM}", json=sev(ovmf), headers=owner).status_code == 201
+    grant = {"launch-id": "x" * 32, "policy": 1}
+    body = validate_body(platform, grant, b"\0" * 48, Boot(firmware=ovmf))
+    registered = client.post(f"/v1/vm/{VM}/validate", json=body)
+    unregistered = client.post(f"/v1/vm/{OTHER_VM}/validate", json=body)
+    assert registered.status_code == unregistered.status_code == 404
+    assert registered.json == unregistered.json
