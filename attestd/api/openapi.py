@@ -129,7 +129,12 @@ def _base64_limits(field: s.Base64Bytes) -> dict[str, Any]:
     if limit is not None:
         limits["maxLength"] = 4 * (limit // 3 + 1) + 8
     if field.length is not None:
-        limits["minLength"] = 4 * -(-field.length // 3)
+        # refused when empty; the exact decoded length is in the description, as a
+        # minLength of the base64 text would leave generators nothing to produce
+        limits["minLength"] = 1
+        exact = f"base64 of exactly {field.length} bytes"
+        described = field.metadata.get("description")
+        limits["description"] = f"{described} ({exact})" if described else exact
     return limits
 
 
