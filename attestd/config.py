@@ -54,8 +54,17 @@ class Settings:
     attest_nonce_ttl: int = 120
     #: Live (unused, unexpired) SEV-SNP challenges allowed per VM.
     attest_max_challenges: int = 16
-    #: Require ``Authorization: Bearer <host token>`` on /launch and /validate.
-    require_host_token: bool = False
+    #: Seconds a /validate holds its claim on a launch: a claim whose worker died
+    #: (SIGKILL, power loss) lapses and the launch can be validated again.
+    validate_lease: int = 60
+    #: Unexpired pending launches one VM may have; one more is refused 429 (0: no bound).
+    max_pending_launches: int = 8
+    #: /launch requests per second one host may make, per service process; more are
+    #: refused 429 with Retry-After (bursts of twice the rate pass; 0: no limit).
+    host_launch_rate: int = 10
+    #: Require ``Authorization: Bearer <host token>`` on /launch and /validate. On by
+    #: default; ``false`` is for development only and is logged and shown by /healthz.
+    require_host_token: bool = True
     #: Largest accepted firmware upload (bytes).
     max_firmware_size: int = 16 * 1024 * 1024
     #: Largest accepted JSON request body (bytes).
@@ -79,6 +88,10 @@ class Settings:
     workers: int = 2
     #: Threads per gunicorn worker (gthread): concurrent requests per worker.
     threads: int = 8
+    #: gunicorn's control socket (``gunicornc``) for this instance; empty disables it.
+    #: gunicorn's own default is one per user (``~/.gunicorn/gunicorn.ctl``), which a
+    #: second instance of the same user would take over.
+    control_socket: str = ""
 
     @property
     def effective_database_url(self) -> str:
@@ -149,6 +162,9 @@ _FIELD_KINDS: dict[str, type] = {
     "launch_ttl": int,
     "attest_nonce_ttl": int,
     "attest_max_challenges": int,
+    "validate_lease": int,
+    "max_pending_launches": int,
+    "host_launch_rate": int,
     "require_host_token": bool,
     "max_firmware_size": int,
     "max_request_size": int,
@@ -163,6 +179,7 @@ _FIELD_KINDS: dict[str, type] = {
     "bind": str,
     "workers": int,
     "threads": int,
+    "control_socket": str,
 }
 
 

@@ -21,10 +21,14 @@ class AttestdError(Exception):
 
     code = "attestd_error"
 
-    def __init__(self, message: str, *, reasons: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, reasons: list[str] | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reasons: list[str] = list(reasons or [])
+        #: seconds after which the same request may succeed (a transient refusal)
+        self.retry_after = retry_after
 
 
 class ParseError(AttestdError):
@@ -82,6 +86,12 @@ class CekUnavailable(AttestdError):
     """AMD KDS could not be asked for the chip's CEK (unreachable, error answer)."""
 
     code = "cek_unavailable"
+
+
+class TooManyRequests(AttestdError):
+    """A bound on pending launches or on a host's request rate was reached; retry later."""
+
+    code = "rate_limited"
 
 
 class AuthenticationError(AttestdError):

@@ -336,6 +336,11 @@ def main() -> int:
                     ATTESTD_KDS_OFFLINE="1",
                     ATTESTD_CONFIG="",
                     ATTESTD_LOG_LEVEL="WARNING",
+                    # the load generator is one anonymous "host" starting launches as fast
+                    # as it can: the safe defaults (host tokens, launch-flood bounds) are off
+                    ATTESTD_REQUIRE_HOST_TOKEN="0",
+                    ATTESTD_HOST_LAUNCH_RATE="0",
+                    ATTESTD_MAX_PENDING_LAUNCHES="0",
                 )
                 if backend == "postgresql":
                     pg = pg or PgServer.start()

@@ -136,7 +136,15 @@ def main() -> int:
     platform.write_trust_anchor(anchors)
     data = root / "data"
     data.mkdir()
-    settings = Settings(data_dir=data, trust_anchors_dir=anchors, kds_offline=True)
+    # one anonymous host profiling pairs: the safe defaults (host tokens, flood bounds) off
+    settings = Settings(
+        data_dir=data,
+        trust_anchors_dir=anchors,
+        kds_offline=True,
+        require_host_token=False,
+        host_launch_rate=0,
+        max_pending_launches=0,
+    )
     pg: PgServer | None = None
     try:
         if args.backend == "postgresql":

@@ -29,9 +29,15 @@ def test_readme_health_check_and_exit_statuses(tmp_path: Path) -> None:
     from attestd.config import Settings
 
     readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
-    assert '`curl http://127.0.0.1:8080/healthz` answers\n`{"status":"ok"}`' in readme
+    assert (
+        '`curl http://127.0.0.1:8080/healthz` answers\n`{"host_tokens":"required","status":"ok"}`'
+        in readme
+    )
     assert "127.0.0.1:8080" in (PROJECT_ROOT / "tools" / "serve").read_text(encoding="utf-8")
     app = create_app(Settings(data_dir=tmp_path, kds_offline=True))
     answer = app.test_client().get("/healthz")
-    assert answer.status_code == 200 and answer.get_data(as_text=True).strip() == '{"status":"ok"}'
+    assert (
+        answer.status_code == 200
+        and answer.get_data(as_text=True).strip() == '{"host_tokens":"required","status":"ok"}'
+    )
     assert "70 on an internal error" in readme and "docs/guest.md" in readme

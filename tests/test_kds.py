@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 from attestd.errors import CekRequired, CekUnavailable, ParseError
 from attestd.sev.chain import PlatformChain, builtin_anchors, verify_chain
-from attestd.trust.kds import CekStore, chip_id_hex, parse_chip_id, parse_signed_cek
+from attestd.trust.kds import CekStore, KdsGate, chip_id_hex, parse_chip_id, parse_signed_cek
 from tests.conftest import TESTDATA
 
 PLATFORM = TESTDATA / "sev" / "platform"
@@ -178,3 +180,98 @@ def test_chip_id_parser_raises_only_parse_error(data: bytes | str) -> None:
 def test_signed_cek_parser_raises_only_parse_error(data: bytes) -> None:
     with pytest.raises(ParseError):
         parse_signed_cek(data)
+
+
+# -- KdsGate: single flight, negative cache, rate limit, bounded wait --------------------
+
+
+@responses.activate
+def test_gate_single_flight_per_chip(tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def slow(_request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
+        release.wait(10)
+        return 200, {}, SIGNED_CEK
+
+    responses.add_callback(responses.GET, URL, callback=slow)
+    gate = KdsGate(wait=10.0)
+    results: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(gate.get(store(tmp_path), CHIP_ID).pack()))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert results == [SIGNED_CEK] * 4
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_gate_bounded_wait_then_served_from_cache(tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def slow(_request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
+        release.wait(10)
+        return 200, {}, SIGNED_CEK
+
+    responses.add_callback(responses.GET, URL, callback=slow)
+    gate = KdsGate(wait=0.2)
+    started = time.monotonic()
+    with pytest.raises(CekUnavailable) as exc:
+        gate.get(store(tmp_path), CHIP_ID)
+    assert time.monotonic() - started < 2.0
+    assert exc.value.retry_after is not None and "not answered yet" in exc.value.message
+    release.set()
+    deadline = time.monotonic() + 10
+    while not store(tmp_path).path_for(CHIP_ID).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gate.get(store(tmp_path), CHIP_ID).pack() == SIGNED_CEK  # the retry: cached
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_gate_negative_cache(tmp_path: Path) -> None:
+    responses.get(URL, status=404)
+    now = [1000.0]
+    gate = KdsGate(negative_ttl=60.0, clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(CekUnavailable) as exc:
+            gate.get(store(tmp_path), CHIP_ID)
+        assert "HTTP 404" in exc.value.message
+    assert len(responses.calls) == 1
+    now[0] += 61
+    with pytest.raises(CekUnavailable):
+        gate.get(store(tmp_path), CHIP_ID)
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_gate_global_rate_limit(tmp_path: Path) -> None:
+    responses.get(re.compile(r"https://kdsintf\.amd\.com/cek/id/.*"), status=404)
+    now = [1000.0]
+    gate = KdsGate(rate=0.1, burst=3, clock=lambda: now[0])
+    chips = [bytes([i]) * 64 for i in range(1, 6)]
+    messages = []
+    for chip in chips:
+        with pytest.raises(CekUnavailable) as exc:
+            gate.get(store(tmp_path), chip)
+        messages.append(exc.value.message)
+    assert len(responses.calls) == 3  # the burst; then refused without asking KDS
+    assert all("too many AMD KDS lookups" in m for m in messages[3:])
+    now[0] += 10  # one token back
+    with pytest.raises(CekUnavailable):
+        gate.get(store(tmp_path), chips[4])
+    assert len(responses.calls) == 4
+
+
+def test_gate_offline_never_asks(tmp_path: Path) -> None:
+    with pytest.raises(CekRequired):
+        KdsGate().get(store(tmp_path, offline=True), CHIP_ID)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Flask, Response, g, request
@@ -13,11 +14,18 @@ from attestd.config import Settings
 from attestd.service.clock import Clock
 from attestd.service.factory import build_services
 
+logger = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings | None = None, *, clock: Clock = time.time) -> Flask:
     """The WSGI application (gunicorn: ``attestd.wsgi:app``)."""
     settings = settings if settings is not None else config.load()
     services = build_services(settings, clock=clock)
+    if not settings.require_host_token:
+        logger.warning(
+            "require_host_token = false: /launch and /validate accept requests without a "
+            "host token (development only; anyone who reaches the port can start launches)"
+        )
     app = Flask("attestd")
     # one byte more than any body may have: a streamed (chunked) body is read up to this
     # limit without an error, so only a read past the real limit shows it was exceeded

@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from attestd import errors as e
 
@@ -35,6 +35,7 @@ STATUS: dict[type[e.AttestdError], int] = {
     e.CekRequired: 422,
     e.CekUnavailable: 503,
     e.AuthenticationError: 401,
+    e.TooManyRequests: 429,
     e.NotFound: 404,
     e.Conflict: 409,
     e.RegistrationChanged: 409,
@@ -91,7 +92,10 @@ def _attestd_error(exc: e.AttestdError) -> Response:
     errors: dict[str, Any] = {"reason": exc.code}
     if exc.reasons:
         errors["reasons"] = list(exc.reasons)
-    return envelope(status, exc.message, errors)
+    response = envelope(status, exc.message, errors)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(exc.retry_after)))
+    return response
 
 
 def _fields_error(messages: dict[str, Any], codes: list[str] | None = None) -> Response:
@@ -114,7 +118,10 @@ def _http_error(exc: HTTPException) -> Response:
         413: "too_large",
         415: "unsupported_media_type",
     }.get(status, "http_error")
-    return envelope(status, exc.description or HTTPStatus(status).phrase, {"reason": reason})
+    response = envelope(status, exc.description or HTTPStatus(status).phrase, {"reason": reason})
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response
 
 
 def _unexpected(exc: Exception) -> Response:

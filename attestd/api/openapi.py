@@ -156,15 +156,34 @@ ERROR_STATUSES = {
     " quota used up or firmware still named by a registration",
     "413": "body too large, or the secret table would not fit the secret area",
     "422": "the request does not match the schema, or is unsupported",
-    "429": "too many live attestation challenges for the VM",
+    "429": "too many pending launches for the VM or launches by the host, or too many live"
+    " attestation challenges for the VM (Retry-After)",
     "503": "database, storage key or signed CEK unavailable",
 }
+
+
+def _base64_limits(field: s.Base64Bytes) -> dict[str, Any]:
+    """The text lengths ``Base64Bytes`` enforces (``_deserialize``), as the server does."""
+    limits: dict[str, Any] = {}
+    limit = field.length or field.max_length
+    if limit is not None:
+        limits["maxLength"] = 4 * (limit // 3 + 1) + 8
+    if field.length is not None:
+        # refused when empty; the exact decoded length is in the description, as a
+        # minLength of the base64 text would leave generators nothing to produce
+        limits["minLength"] = 1
+        exact = f"base64 of exactly {field.length} bytes"
+        described = field.metadata.get("description")
+        limits["description"] = f"{described} ({exact})" if described else exact
+    return limits
 
 
 def _custom_fields(plugin: MarshmallowPlugin) -> None:
     plugin.map_to_openapi_type(s.Base64Bytes, "string", "byte")  # type: ignore[no-untyped-call]
 
     def extra(self: Any, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
+        if isinstance(field, s.Base64Bytes):
+            return _base64_limits(field)
         if isinstance(field, s.Policy):
             return {
                 "oneOf": [

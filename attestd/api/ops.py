@@ -12,9 +12,16 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """200 when the database answers (503 envelope otherwise)."""
-    state().store.ping()
-    return jsonify({"status": "ok"})
+    """200 when the database answers and accepts a write (503 envelope otherwise).
+
+    ``host_tokens`` says whether /launch and /validate demand a host token
+    (``"not required"`` only in a development setup, ``require_host_token = false``).
+    """
+    st = state()
+    st.store.ping()
+    st.store.check_writable(st.services.clock())
+    required = st.settings.require_host_token
+    return jsonify({"status": "ok", "host_tokens": "required" if required else "not required"})
 
 
 def _label(value: object) -> str:

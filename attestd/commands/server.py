@@ -57,8 +57,12 @@ def cmd_owner_create(args: argparse.Namespace) -> int:
 def cmd_host_create(args: argparse.Namespace) -> int:
     """Create a host and print its token (last line)."""
     principals = _services(_settings(args)).principals
-    token = principals.create_host(_check_name(args.name))
-    print(f"created host {args.name}; its bearer token (shown only now):")
+    owner = getattr(args, "owner", None)
+    token = principals.create_host(
+        _check_name(args.name), owner=None if owner is None else _check_name(owner)
+    )
+    scope = f"for owner {owner}" if owner else "for EVERY owner (no --owner given)"
+    print(f"created host {args.name} {scope}; its bearer token (shown only now):")
     print(token)
     return 0
 
@@ -139,9 +143,15 @@ def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str])
     Threaded workers (``gthread``): a client that sends its headers slowly holds one
     thread, not a whole worker (with sync workers two such connections stalled a
     2-worker service for the 30 s worker timeout). Request lines and headers are
-    bounded; idle keep-alive connections are closed after 5 s. Options after ``--``
-    (``extra``) override these.
+    bounded; idle keep-alive connections are closed after 5 s. gunicorn's control
+    socket is per instance (``control_socket``) or off: never the per-user default
+    every instance of the user would share. Options after ``--`` (``extra``) override
+    these.
     """
+    if settings.control_socket:
+        control = ["--control-socket", settings.control_socket]
+    else:
+        control = ["--no-control-socket"]
     return [
         sys.executable,
         "-m",
@@ -166,6 +176,7 @@ def gunicorn_argv(settings: Settings, bind: str, workers: int, extra: list[str])
         "8190",
         "--limit-request-fields",
         "64",
+        *control,
         *extra,
         "attestd.wsgi:app",
     ]
@@ -233,6 +244,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         text = f"create {article} {kind}; prints its token"
         create = with_config(sub.add_parser("create", help=text, description=text))
         create.add_argument("name", help=f"{kind} name ({NAME_PATTERN})")
+        if kind == "host":
+            create.add_argument(
+                "--owner", help="the owner whose VMs this host may launch (default: any owner)"
+            )
         create.set_defaults(func=func)
 
     db = subparsers.add_parser("db", help="database schema")

@@ -16,8 +16,9 @@ Pure: no I/O, no clock, no storage. The launch use-case
    the owner's minimum, the build not below the owner's minimum.
 
 Only if :func:`decide` returns no reason is the secret released. On firmware
-API < 0.17 the version and build are not inside the HMAC (the host's claim); see
-docs/threat-model.md.
+API < 0.17 the version and build are not inside the HMAC (the host's claim): a
+registration that sets a minimum API or build refuses such firmware; one that sets
+none accepts it, and its version is then recorded as claimed; see docs/threat-model.md.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour
 from attestd.sev.policy import GuestPolicy
 from attestd.sev.session import FirmwareVersion
+
+#: The first firmware API whose measurement HMAC covers API version and build.
+HMAC_COVERS_VERSION = (0, 17)
 
 #: ``digest_of(firmware_sha256, inputs)``: the launch digest of each input for that
 #: firmware (raises an ``AttestdError`` when it cannot, e.g. firmware not uploaded).
@@ -151,7 +155,16 @@ def decide(
             f"firmware API {api} below the policy's {policy.api_major}.{policy.api_minor}"
         )
     minimum = (reg.min_api_major or 0, reg.min_api_minor or 0)
-    if (reg.min_api_major is not None or reg.min_api_minor is not None) and api < minimum:
+    has_minimum = reg.min_api_major is not None or reg.min_api_minor is not None
+    if (has_minimum or reg.min_build_id is not None) and api < HMAC_COVERS_VERSION:
+        # below 0.17 the version and build are the host's unauthenticated claim: a
+        # minimum could not be enforced, so a registration that sets one refuses
+        reasons.append(
+            f"firmware API {api[0]}.{api[1]} does not authenticate its version and build "
+            f"(needs {HMAC_COVERS_VERSION[0]}.{HMAC_COVERS_VERSION[1]}); the registration "
+            "sets minimum versions"
+        )
+    if has_minimum and api < minimum:
         reasons.append(f"firmware API {api[0]}.{api[1]} below {minimum[0]}.{minimum[1]}")
     if reg.min_build_id is not None and version.build_id < reg.min_build_id:
         reasons.append(f"firmware build {version.build_id} below {reg.min_build_id}")

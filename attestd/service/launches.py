@@ -28,8 +28,12 @@ from attestd.errors import (
     NotFound,
     PolicyViolation,
     RegistrationChanged,
+    StorageKeyError,
+    StorageUnavailable,
+    TooManyRequests,
     Unsupported,
 )
+from attestd.ratelimit import TokenBuckets
 from attestd.service import acceptance
 from attestd.service.acceptance import HostClaims
 from attestd.service.cache import Lru
@@ -39,7 +43,13 @@ from attestd.service.registration import Registration
 from attestd.service.snp_registration import is_snp
 from attestd.service.vms import Vms
 from attestd.sev.certs import SevCertificate
-from attestd.sev.chain import PlatformChain, TrustAnchor, VerifiedChain, verify_chain
+from attestd.sev.chain import (
+    PlatformChain,
+    TrustAnchor,
+    VerifiedChain,
+    check_platform_links,
+    verify_chain,
+)
 from attestd.sev.measure.digest import LaunchInputs, launch_digests
 from attestd.sev.secrets import LaunchSecret, verify_launch
 from attestd.sev.session import LaunchMeasurement, TransportKeys, start_launch
@@ -53,11 +63,12 @@ from attestd.storage.ports import (
     LaunchRepository,
     LaunchStatus,
     Outcome,
+    Principal,
     VmRecord,
     VmRepository,
 )
 from attestd.trust import load_anchors
-from attestd.trust.kds import CekStore
+from attestd.trust.kds import CekStore, KdsGate
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +90,22 @@ class ValidateRequest(HostClaims):
 
     launch_id: str = ""
     measurement: bytes = b""
+
+
+def _retryable(exc: Exception) -> bool:
+    """A failure of the service, not of the launch's evidence: the launch is not burnt."""
+    return isinstance(exc, StorageUnavailable | StorageKeyError) or not isinstance(
+        exc, AttestdError
+    )
+
+
+def _pdh_fingerprint(pdh: bytes) -> str:
+    """The PDH's :attr:`~attestd.sev.certs.SevCertificate.fingerprint` (signed bytes
+    only); the SHA-256 of the raw bytes for a PDH that does not even parse."""
+    try:
+        return SevCertificate.unpack(pdh).fingerprint
+    except AttestdError:
+        return hashlib.sha256(pdh).hexdigest()
 
 
 class Launches:
@@ -105,9 +132,15 @@ class Launches:
         self.keyring = keyring
         self.clock = clock
         self._anchors: tuple[TrustAnchor, ...] | None = None
-        # launch digests per (firmware hash, inputs); verified chains per exact input bytes
-        self._digests: Lru[tuple[str, LaunchInputs], bytes] = Lru(512)
+        # launch digests per (owner, firmware hash, inputs): an owner's entry is reached
+        # only through that owner's firmware link, so another owner's upload of the same
+        # image neither serves nor reveals it; verified chains per exact input bytes
+        self._digests: Lru[tuple[int, str, LaunchInputs], bytes] = Lru(512)
         self._chains: Lru[bytes, VerifiedChain] = Lru(256)
+        #: AMD KDS behind single flight, a negative cache and a rate limit (per process)
+        self.kds = KdsGate()
+        #: /launch requests per host (per process), made when first needed
+        self._host_rate: TokenBuckets | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -117,17 +150,23 @@ class Launches:
             self._anchors = load_anchors(self.settings.trust_anchors_dir)
         return self._anchors
 
-    def _vm(self, uuid: str) -> tuple[VmRecord, Registration]:
-        vm = self.vm_repo.vm(uuid)
-        if vm is None:
+    def _vm(
+        self, uuid: str, host: Principal | None
+    ) -> tuple[VmRecord, Registration, int, float | None]:
+        """The VM ``uuid`` as the host may see it, with how many launches it has pending
+        and when the first expires: a host token scoped to one owner finds only that
+        owner's VMs (another owner's is "no VM", as an unknown one)."""
+        found = self.repo.vm_for_launch(uuid, self.clock())
+        if found is None or (host is not None and host.owner_id not in (None, found[0].owner_id)):
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
+        vm, pending, first_expiry = found
         if is_snp(vm.registration):
             raise Unsupported(
                 f"VM {uuid} is an SEV-SNP VM: it attests itself (/attest), it has no "
                 "/launch or /validate",
                 reasons=["wrong_scheme"],
             )
-        return vm, Registration.from_public(vm.registration)
+        return vm, Registration.from_public(vm.registration), pending, first_expiry
 
     def _refuse(self, vm: VmRecord, kind: EventKind, exc: AttestdError, **detail: Any) -> None:
         info = {"reason": exc.code, "message": exc.message, "tried": list(exc.reasons), **detail}
@@ -143,6 +182,33 @@ class Launches:
             )
         )
 
+    def _limit_launches(
+        self, host: Principal | None, pending: int, first_expiry: float | None
+    ) -> None:
+        """Refuse (429, Retry-After) a host over its launch rate or a VM with too many
+        pending launches, before any cryptography or storage write."""
+        rate = self.settings.host_launch_rate
+        if rate > 0:
+            if self._host_rate is None or self._host_rate.rate != rate:
+                self._host_rate = TokenBuckets(rate, 2 * rate)
+            wait = self._host_rate.take(None if host is None else host.id)
+            if wait > 0:
+                raise TooManyRequests(
+                    "this host starts launches too fast",
+                    reasons=[f"host-launch-rate={rate}/s"],
+                    retry_after=int(wait) + 1,
+                )
+        bound = self.settings.max_pending_launches
+        if bound > 0:
+            now = self.clock()
+            if pending >= bound:
+                until = (first_expiry or now + self.settings.launch_ttl) - now
+                raise TooManyRequests(
+                    "the VM has too many pending launches",
+                    reasons=[f"max-pending-launches={bound}"],
+                    retry_after=int(until) + 1,
+                )
+
     def _signed_cek(self, cpu_id: bytes | None, cek: bytes | None) -> SevCertificate:
         if cek is not None:
             return SevCertificate.unpack(cek)
@@ -153,7 +219,7 @@ class Launches:
             base_url=self.settings.kds_url,
             offline=self.settings.kds_offline,
         )
-        return store.get(cpu_id)
+        return self.kds.get(store, cpu_id)
 
     def _verify(
         self, chain: PlatformChain, cek: SevCertificate, pinned: SevCertificate | None
@@ -173,11 +239,19 @@ class Launches:
     # -- /launch ------------------------------------------------------------------------
 
     def begin(
-        self, uuid: str, *, pdh: bytes, cert_chain: bytes, cpu_id: bytes | None, cek: bytes | None
+        self,
+        uuid: str,
+        *,
+        pdh: bytes,
+        cert_chain: bytes,
+        cpu_id: bytes | None,
+        cek: bytes | None,
+        host: Principal | None = None,
     ) -> LaunchSession:
         """Verify the platform and start a fresh launch session for VM ``uuid``."""
-        vm, reg = self._vm(uuid)
-        pdh_sha256 = hashlib.sha256(pdh).hexdigest()
+        vm, reg, pending, first_expiry = self._vm(uuid, host)
+        self._limit_launches(host, pending, first_expiry)
+        pdh_sha256 = _pdh_fingerprint(pdh)
         chip = cpu_id.hex() if cpu_id is not None else ""
         where = {"pdh_sha256": pdh_sha256, "chip_id": chip}
         try:
@@ -187,8 +261,11 @@ class Launches:
                     reasons=[f"max-launches={vm.max_launches}"],
                 )
             chain = PlatformChain.from_export(pdh, cert_chain)
-            signed_cek = self._signed_cek(cpu_id, cek)
             pinned = SevCertificate.unpack(reg.cloud_cert) if reg.cloud_cert else None
+            if cek is None:
+                # everything that needs no AMD key is checked before AMD KDS is asked
+                check_platform_links(chain, pinned)
+            signed_cek = self._signed_cek(cpu_id, cek)
             verified = self._verify(chain, signed_cek, pinned)
             start = start_launch(verified.pdh_key(), reg.policy)
         except AttestdError as exc:
@@ -283,15 +360,25 @@ class Launches:
             ),
         )
 
-    def _claim(self, uuid: str, launch_id: str) -> tuple[VmRecord, LaunchRecord]:
-        """Claim the launch and read the VM as it is after the claim (one transaction)."""
+    def _claim(
+        self, uuid: str, launch_id: str, host: Principal | None
+    ) -> tuple[VmRecord, LaunchRecord]:
+        """Claim the launch for the validate lease and read the VM as it is after the
+        claim (one transaction). A host token scoped to one owner claims only that
+        owner's launches."""
         now = self.clock()
-        claim = self.repo.claim_launch(uuid, launch_id, now)
-        vm = claim.vm
-        if vm is None:
-            raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
-        launch = claim.launch
-        if launch is None or launch.vm_id != vm.id:
+        owner = None if host is None else host.owner_id
+        claim = self.repo.claim_launch(
+            uuid, launch_id, now, self.settings.validate_lease, owner_id=owner
+        )
+        vm, launch = claim.vm, claim.launch
+        if (
+            vm is None
+            or (owner is not None and vm.owner_id != owner)
+            or launch is None
+            or launch.vm_id != vm.id
+        ):
+            # without a launch id of the VM the caller learns nothing about the VM
             raise NotFound("unknown launch", reasons=["unknown_launch"])
         if claim.claimed:
             return vm, launch
@@ -307,34 +394,57 @@ class Launches:
                 detail={"reason": "launch_expired"},
             )
             raise expired
+        retry = None
+        if launch.state is LaunchStatus.VALIDATING and launch.claimed_until:
+            retry = max(1, int(launch.claimed_until - now) + 1)  # in progress, or its lease
         used = Conflict(
-            f"the launch was already used ({launch.state.value})", reasons=["launch_used"]
+            f"the launch was already used ({launch.state.value})",
+            reasons=["launch_used"],
+            retry_after=retry,
         )
         self._refuse(vm, EventKind.VALIDATE, used, launch_id=launch_id)
         raise used
 
+    def _give_back(self, vm: VmRecord, launch: LaunchRecord, exc: Exception) -> None:
+        """After a retryable failure: the launch is pending again (the host retries the
+        same launch id); if even that cannot be written, the claim's lease lapses."""
+        try:
+            back = self.repo.unclaim_launch(launch)
+        except AttestdError:
+            back = False
+        logger.warning(
+            "validate %s for VM %s failed for a retryable reason (%s): %s",
+            launch.id,
+            vm.uuid,
+            exc.code if isinstance(exc, AttestdError) else type(exc).__name__,
+            "the launch is pending again" if back else "its claim lapses after the lease",
+        )
+
     def _digest_of(
         self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
     ) -> dict[LaunchInputs, bytes]:
-        """Launch digests of an uploaded firmware (remembered per firmware and inputs)."""
-        missing = [i for i in inputs if self._digests.get((firmware, i)) is None]
+        """Launch digests of the owner's uploaded firmware (remembered per owner,
+        firmware and inputs)."""
+        missing = [i for i in inputs if self._digests.get((owner_id, firmware, i)) is None]
         if missing:
             data = self.firmware.firmware(owner_id, firmware)
             if data is None:
                 raise NotFound("is not uploaded; cannot compute its digest")
             for key, value in launch_digests(data, missing).items():
-                self._digests.put((firmware, key), value)
+                self._digests.put((owner_id, firmware, key), value)
         out: dict[LaunchInputs, bytes] = {}
         for i in inputs:
-            digest = self._digests.get((firmware, i))
+            digest = self._digests.get((owner_id, firmware, i))
             if digest is not None:
                 out[i] = digest
         return out
 
-    def validate(self, uuid: str, req: ValidateRequest) -> LaunchSecret:
+    def validate(
+        self, uuid: str, req: ValidateRequest, *, host: Principal | None = None
+    ) -> LaunchSecret:
         """Verify the launch measurement; release the secret table exactly once."""
         # the VM is read after the claim: a PUT that committed before it ends this launch
-        vm, launch = self._claim(uuid, req.launch_id)
+        vm, launch = self._claim(uuid, req.launch_id, host)
         now = self.clock()
         try:
             if vm.revision != launch.vm_revision:
@@ -372,7 +482,32 @@ class Launches:
                 reg.user_id or vm.uuid, stored, max_size=self.settings.secret_area_size
             )
             packet = verified.launch_secret(table)
+            released = Event(
+                vm.owner_id,
+                vm.uuid,
+                EventKind.VALIDATE,
+                now,
+                launch_id=launch.id,
+                outcome=Outcome.RELEASED,
+                detail={
+                    "launch_digest": verified.launch_digest.hex(),
+                    "matched": label,
+                    "firmware": str(verified.version),
+                    "table_size": len(table),
+                },
+            )
+            # the packet leaves only if this commit (conditional on the registration
+            # revision and on this claim) succeeded: a PUT or DELETE that committed
+            # meanwhile wins
+            if not self.repo.release_launch(launch, self.clock(), event=released):
+                raise RegistrationChanged(
+                    "the registration changed while the launch was validated",
+                    reasons=["registration_changed"],
+                )
         except Exception as exc:
+            if _retryable(exc):
+                self._give_back(vm, launch, exc)
+                raise
             if isinstance(exc, AttestdError):
                 detail = {"reason": exc.code, "message": exc.message, "tried": list(exc.reasons)}
             else:
@@ -388,20 +523,6 @@ class Launches:
             )
             logger.info("validate %s for VM %s refused: %s", launch.id, vm.uuid, detail["reason"])
             raise
-        self._end_launch(
-            vm,
-            launch.id,
-            LaunchStatus.VALIDATED,
-            self.clock(),
-            event_at=now,
-            outcome=Outcome.RELEASED,
-            detail={
-                "launch_digest": verified.launch_digest.hex(),
-                "matched": label,
-                "firmware": str(verified.version),
-                "table_size": len(table),
-            },
-        )
         logger.info(
             "validate %s for VM %s: secret released (digest %s)",
             launch.id,

@@ -43,11 +43,24 @@ class Principals:
         logger.info("created owner %s (owner_id=%d)", name, owner_id)
         return token
 
-    def create_host(self, name: str) -> str:
-        """Create a host; returns its token (shown once, stored hashed)."""
+    def create_host(self, name: str, *, owner: str | None = None) -> str:
+        """Create a host; returns its token (shown once, stored hashed).
+
+        With ``owner`` the token launches only that owner's VMs; without, any owner's
+        (a single-owner deployment).
+        """
         token = new_token(HOST_TOKEN_PREFIX)
-        host_id = self.repo.create_host(name, hash_token(token), self.clock())
-        logger.info("created host %s (host_id=%d)", name, host_id)
+        if owner is None:
+            host_id = self.repo.create_host(name, hash_token(token), self.clock())
+            logger.warning(
+                "created host %s (host_id=%d) NOT scoped to an owner: it may launch every "
+                "owner's VMs",
+                name,
+                host_id,
+            )
+        else:
+            host_id = self.repo.create_owner_host(name, hash_token(token), self.clock(), owner)
+            logger.info("created host %s (host_id=%d) for owner %s", name, host_id, owner)
         return token
 
     def authenticate_owner(self, token: str | None) -> Principal:
@@ -60,8 +73,13 @@ class Principals:
         return owner
 
     def authenticate_host(self, token: str | None) -> Principal | None:
-        """Check a host token when host tokens are required (None when they are not)."""
-        if not self.require_host_token:
+        """Check a host token when host tokens are required (None when they are not).
+
+        With ``require_host_token = false`` (development) a request without a token is
+        anonymous (None); a token it does carry is still checked, so a scoped host stays
+        scoped.
+        """
+        if not self.require_host_token and not token:
             return None
         if not token or not token.startswith(HOST_TOKEN_PREFIX):
             raise AuthenticationError("a valid host bearer token is required")

@@ -7,6 +7,7 @@ ECDSA r/s, RSA moduli and RSA signatures. Pure: bytes in, objects/bytes out.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -323,6 +324,15 @@ class SevCertificate:
     def body(self) -> bytes:
         """The signed region ``[0:0x414]``: header and public key."""
         return self.pack()[: self.BODY_SIZE]
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 hex of the signed region only: the identity of the certified key.
+
+        Signature slots are left out, so bytes no signature covers (an unused slot, the
+        padding of a used one) cannot make one platform look like a new one.
+        """
+        return hashlib.sha256(self.body).hexdigest()
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         """The certified EC key; ``Unsupported`` for an RSA key, ``ParseError`` if off-curve."""

@@ -262,6 +262,20 @@ def _platform_links(
     links.append(_signed("PDH", chain.pdh, "PEK", chain.pek))
 
 
+def check_platform_links(chain: PlatformChain, pinned_oca: SevCertificate | None = None) -> None:
+    """Check every link that needs no AMD key (OCA, PEK by OCA and by the platform's
+    CEK, PDH by PEK); ``ChainInvalid`` names the first failing one.
+
+    Worth nothing as evidence on its own: it lets the service refuse a chain before
+    it asks AMD's key server for the signed CEK.
+    """
+    try:
+        _check_cert("CEK", chain.cek, Usage.CEK, _ECDSA)
+        _platform_links(chain, chain.cek, pinned_oca, [])
+    except _Failed as exc:
+        raise ChainInvalid(str(exc)) from None
+
+
 def verify_chain(
     chain: PlatformChain,
     anchors: Sequence[TrustAnchor],

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from attestd.console import int_range, new_parser, read_bytes, run_guarded
 from attestd.errors import NotFound
+from attestd.files import write_private
 from attestd.sev._binary import raw_or_base64
 from attestd.sim import snp_cli
 from attestd.sim.platform import STATE_FILE, SimulatedPlatform
@@ -149,7 +150,7 @@ def _secret_table(args: argparse.Namespace) -> int:
     if table is None:
         print(f"attestd-sim: guest {args.handle} has no secret", file=sys.stderr)
         return 1
-    args.out.write_bytes(table)
+    write_private(args.out, table)  # the guest's secrets: owner-only
     return 0
 
 

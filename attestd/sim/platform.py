@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attestd.errors import AttestationFailed, ParseError, SecretTooLarge, Unsupported
+from attestd.files import write_private
 from attestd.sev.certs import (
     CHIP_ID_SIZE,
     SEV_CERT_SIZE,
@@ -437,12 +438,3 @@ class SimulatedPlatform:
             measured = (directory / f"guest-{handle}.measured").read_bytes()
             platform._guests[int(handle)] = _Guest.from_json(data, measured)
         return platform
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically to ``path`` with mode 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

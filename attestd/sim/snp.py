@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from attestd.errors import ParseError
+from attestd.files import write_private
 from attestd.sev.measure.digest import launch_digest
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.snp import _der
@@ -60,7 +61,6 @@ from attestd.sev.snp.report import (
     TcbVersion,
 )
 from attestd.sim.errors import FirmwareStatus, SevFirmwareError
-from attestd.sim.platform import write_private
 
 STATE_FILE = "snp.json"
 STATE_VERSION = 1

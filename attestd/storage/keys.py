@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from attestd.errors import ParseError, StorageKeyError
+from attestd.files import private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _read_keys(path: Path) -> list[bytes]:
 
 def _write_atomic(path: Path, lines: Sequence[bytes], *, exclusive: bool) -> bool:
     """Write ``lines`` to ``path`` (0600) atomically; with ``exclusive`` never replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".storage-key-", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
@@ -32,8 +34,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.sql.dml import ReturningUpdate
 
-from attestd.errors import Conflict, StorageUnavailable
+from attestd.errors import Conflict, NotFound, StorageUnavailable
 from attestd.storage import tables as t
 from attestd.storage.ports import (
     Claim,
@@ -54,6 +57,22 @@ T = TypeVar("T")
 def _rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
+
+
+#: Free space a SQLite database's file system must have for /healthz to pass.
+MIN_FREE_BYTES = 1024 * 1024
+
+
+def _write_failure(exc: SQLAlchemyError) -> str:
+    """Why a write failed, in words for /healthz and the log (never the SQL)."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    if "readonly" in text or "read-only" in text or "read only" in text:
+        return "the database is read-only"
+    if "disk is full" in text or "no space" in text or "disk full" in text:
+        return "the disk is full"
+    if "locked" in text or "timeout" in text:
+        return "the database is locked"
+    return "the database refuses writes"
 
 
 def _dumps(value: Mapping[str, Any]) -> str:
@@ -80,21 +99,58 @@ _SPEND_LAUNCH = (
     )
     .values(launches_used=t.vms.c.launches_used + 1)
 )
-# the claim reads the launch it takes (RETURNING): no second round trip
-_CLAIM_LAUNCH = (
-    update(t.launches)
-    .where(
-        and_(
-            t.launches.c.id == bindparam("b_id"),
-            t.launches.c.vm_id
-            == select(t.vms.c.id).where(t.vms.c.uuid == bindparam("b_uuid")).scalar_subquery(),
-            t.launches.c.state == LaunchStatus.PENDING.value,
-            t.launches.c.expires_at > bindparam("b_now"),
-        )
+
+
+def _claim_statement(*, owned: bool) -> ReturningUpdate[Any]:
+    """Claim a launch for a lease: pending and unexpired, or ``validating`` whose claim
+    lapsed; the VM is found by its UUID (and owner, for an owner-scoped host token).
+    It reads the launch it takes (RETURNING): no second round trip."""
+    vm_id = select(t.vms.c.id).where(t.vms.c.uuid == bindparam("b_uuid"))
+    if owned:
+        vm_id = vm_id.where(t.vms.c.owner_id == bindparam("b_owner"))
+    lapsed = and_(
+        t.launches.c.state == LaunchStatus.VALIDATING.value,
+        t.launches.c.claimed_until.is_not(None),
+        t.launches.c.claimed_until <= bindparam("b_now"),
     )
-    .values(state=LaunchStatus.VALIDATING.value)
-    .returning(*t.launches.c)
+    return (
+        update(t.launches)
+        .where(
+            and_(
+                t.launches.c.id == bindparam("b_id"),
+                t.launches.c.vm_id == vm_id.scalar_subquery(),
+                or_(t.launches.c.state == LaunchStatus.PENDING.value, lapsed),
+                t.launches.c.expires_at > bindparam("b_now"),
+                t.launches.c.keys_enc.is_not(None),
+            )
+        )
+        .values(state=LaunchStatus.VALIDATING.value, claimed_until=bindparam("b_until"))
+        .returning(*t.launches.c)
+    )
+
+
+_PENDING_OF_VM = and_(
+    t.launches.c.vm_id == t.vms.c.id,
+    t.launches.c.state == LaunchStatus.PENDING.value,
+    t.launches.c.expires_at > bindparam("b_now"),
 )
+# /launch reads the VM with its pending launches (the flood bound): one statement
+_VM_FOR_LAUNCH = select(
+    t.vms,
+    select(func.count())
+    .select_from(t.launches)
+    .where(_PENDING_OF_VM)
+    .correlate(t.vms)
+    .scalar_subquery()
+    .label("pending"),
+    select(func.min(t.launches.c.expires_at))
+    .where(_PENDING_OF_VM)
+    .correlate(t.vms)
+    .scalar_subquery()
+    .label("first_expiry"),
+).where(t.vms.c.uuid == bindparam("b_uuid"))
+_CLAIM_LAUNCH = _claim_statement(owned=False)
+_CLAIM_OWNED_LAUNCH = _claim_statement(owned=True)
 _FINISH_LAUNCH = (
     update(t.launches)
     .where(t.launches.c.id == bindparam("b_id"))
@@ -206,6 +262,40 @@ class Database(ChallengeTables):
         """Raise :class:`StorageUnavailable` unless the database answers."""
         self._run(lambda conn: conn.execute(select(1)).scalar_one())
 
+    def check_writable(self, now: float) -> None:
+        """Raise :class:`StorageUnavailable` naming why the database takes no write.
+
+        Commits one heartbeat row; for a SQLite file also demands
+        :data:`MIN_FREE_BYTES` free on its file system (a WAL that is reused after a
+        checkpoint takes a small write even on a full disk).
+        """
+        path = self._sqlite_path()
+        if path is not None:
+            try:
+                info = os.statvfs(path.parent)
+            except OSError:
+                info = None
+            if info is not None and info.f_bavail * info.f_frsize < MIN_FREE_BYTES:
+                logger.error("database not writable: the disk is full (%s)", path.parent)
+                raise StorageUnavailable("the database is not writable: the disk is full")
+        try:
+            with self.engine.begin() as conn:
+                changed = conn.execute(
+                    update(t.heartbeat).where(t.heartbeat.c.id == 1).values(checked_at=now)
+                )
+                if _rowcount(changed) == 0:
+                    conn.execute(insert(t.heartbeat).values(id=1, checked_at=now))
+        except SQLAlchemyError as exc:
+            why = _write_failure(exc)
+            logger.error("database not writable: %s (%s)", why, type(exc).__name__)
+            raise StorageUnavailable(f"the database is not writable: {why}") from None
+
+    def _sqlite_path(self) -> Path | None:
+        database = self.engine.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(database)
+
     # -- principals ---------------------------------------------------------------------
 
     def _create_principal(self, table: Any, name: str, token_hash: str, now: float) -> int:
@@ -241,8 +331,35 @@ class Database(ChallengeTables):
         return self._principal(t.owners, token_hash)
 
     def host_by_token_hash(self, token_hash: str) -> Principal | None:
-        """The host holding this token, if any."""
-        return self._principal(t.hosts, token_hash)
+        """The host holding this token, if any (with the owner it is scoped to)."""
+        row = self._run(
+            lambda conn: conn.execute(
+                select(t.hosts.c.id, t.hosts.c.name, t.hosts.c.owner_id).where(
+                    t.hosts.c.token_hash == token_hash
+                )
+            ).first()
+        )
+        return None if row is None else Principal(row.id, row.name, owner_id=row.owner_id)
+
+    def create_owner_host(self, name: str, token_hash: str, now: float, owner: str) -> int:
+        """Insert a host scoped to owner ``owner``; :class:`NotFound` without that owner."""
+        try:
+            with self._tx() as conn:
+                owner_id = conn.execute(
+                    select(t.owners.c.id).where(t.owners.c.name == owner)
+                ).scalar_one_or_none()
+                if owner_id is None:
+                    raise NotFound(f"no owner {owner!r}")
+                result = conn.execute(
+                    insert(t.hosts).values(
+                        name=name, token_hash=token_hash, created_at=now, owner_id=owner_id
+                    )
+                )
+                key = result.inserted_primary_key
+                assert key is not None
+                return int(key[0])
+        except IntegrityError:
+            raise Conflict(f"{name!r} already exists") from None
 
     def count_hosts(self) -> int:
         """How many host tokens exist."""
@@ -498,6 +615,7 @@ class Database(ChallengeTables):
             created_at=row.created_at,
             expires_at=row.expires_at,
             finished_at=row.finished_at,
+            claimed_until=row.claimed_until,
         )
 
     def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: Event) -> bool:
@@ -536,14 +654,31 @@ class Database(ChallengeTables):
         row = self._run(lambda conn: conn.execute(_LAUNCH_BY_ID, {"b_id": launch_id}).first())
         return None if row is None else self._launch(row)
 
-    def claim_launch(self, uuid: str, launch_id: str, now: float) -> Claim:
-        """Move launch ``launch_id`` of the VM ``uuid`` from pending (unexpired) to
-        ``validating``, and read the VM as it is after the claim, in one transaction."""
+    def claim_launch(
+        self,
+        uuid: str,
+        launch_id: str,
+        now: float,
+        lease: float = 60.0,
+        *,
+        owner_id: int | None = None,
+    ) -> Claim:
+        """Move launch ``launch_id`` of the VM ``uuid`` (of owner ``owner_id``, when
+        given) to ``validating`` for ``lease`` seconds, if it is pending and unexpired or
+        its previous claim lapsed (that worker died), and read the VM as it is after the
+        claim, in one transaction. The release is conditional on the claim
+        (``claimed_until``)."""
+        claim = _CLAIM_LAUNCH if owner_id is None else _CLAIM_OWNED_LAUNCH
+        params = {
+            "b_id": launch_id,
+            "b_uuid": uuid,
+            "b_now": now,
+            "b_until": now + lease,
+            "b_owner": owner_id,
+        }
 
         def txn(conn: Connection) -> Claim:
-            claimed = conn.execute(
-                _CLAIM_LAUNCH, {"b_id": launch_id, "b_uuid": uuid, "b_now": now}
-            ).first()
+            claimed = conn.execute(claim, params).first()
             vm_row = conn.execute(_VM_BY_UUID, {"b_uuid": uuid}).first()
             vm = None if vm_row is None else self._vm(vm_row)
             if claimed is not None:
@@ -563,6 +698,71 @@ class Database(ChallengeTables):
             _insert_event(conn, event)
 
         self._run(txn)
+
+    def release_launch(self, launch: LaunchRecord, now: float, *, event: Event) -> bool:
+        """Mark the claimed ``launch`` validated, only while its VM is still at the
+        launch's revision; False (nothing written) after a PUT or DELETE committed.
+
+        The VM row is locked first (``FOR UPDATE``; SQLite's write lock is taken by
+        ``BEGIN IMMEDIATE``), so a PUT or DELETE either committed before (and wins) or
+        waits until this release committed.
+        """
+
+        def txn(conn: Connection) -> bool:
+            revision = conn.execute(
+                select(t.vms.c.revision).where(t.vms.c.id == launch.vm_id).with_for_update()
+            ).scalar_one_or_none()
+            if revision != launch.vm_revision:
+                return False
+            done = conn.execute(
+                update(t.launches)
+                .where(
+                    and_(
+                        t.launches.c.id == launch.id,
+                        t.launches.c.vm_revision == launch.vm_revision,
+                        t.launches.c.state == LaunchStatus.VALIDATING.value,
+                        t.launches.c.claimed_until == launch.claimed_until,
+                    )
+                )
+                .values(state=LaunchStatus.VALIDATED.value, keys_enc=None, finished_at=now)
+            )
+            if _rowcount(done) != 1:
+                return False
+            _insert_event(conn, event)
+            return True
+
+        return self._run(txn)
+
+    def unclaim_launch(self, launch: LaunchRecord) -> bool:
+        """Give a claimed launch back (``pending``) after a retryable failure, if the
+        claim is still this one; True when it was given back."""
+
+        def txn(conn: Connection) -> bool:
+            result = conn.execute(
+                update(t.launches)
+                .where(
+                    and_(
+                        t.launches.c.id == launch.id,
+                        t.launches.c.state == LaunchStatus.VALIDATING.value,
+                        t.launches.c.claimed_until == launch.claimed_until,
+                    )
+                )
+                .values(state=LaunchStatus.PENDING.value, claimed_until=None)
+            )
+            return _rowcount(result) == 1
+
+        return self._run(txn)
+
+    def vm_for_launch(self, uuid: str, now: float) -> tuple[VmRecord, int, float | None] | None:
+        """The VM ``uuid`` with how many unexpired launches it has pending and when the
+        first of them expires, in one read (the launch-flood bound of ``/launch``)."""
+        row = self._run(
+            lambda conn: conn.execute(_VM_FOR_LAUNCH, {"b_uuid": uuid, "b_now": now}).first()
+        )
+        if row is None:
+            return None
+        first = None if row.first_expiry is None else float(row.first_expiry)
+        return self._vm(row), int(row.pending), first
 
     def purge_expired_keys(self, now: float) -> int:
         """Drop TEK/TIK of expired launches never finished (also those a crash left

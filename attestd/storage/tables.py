@@ -39,6 +39,13 @@ hosts = Table(
     Column("name", String(128), nullable=False, unique=True),
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
+    # the one owner whose VMs this host may launch (NULL: any owner's; migration 0003)
+    Column(
+        "owner_id",
+        Integer,
+        ForeignKey("owners.id", ondelete="CASCADE", name="fk_hosts_owner_id"),
+        nullable=True,
+    ),
 )
 
 firmware_blobs = Table(
@@ -89,6 +96,8 @@ launches = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    # the claim of a validating launch lasts until then (migration 0003)
+    Column("claimed_until", Float, nullable=True),
 )
 Index("ix_launches_vm_id", launches.c.vm_id)
 Index("ix_launches_state_expires", launches.c.state, launches.c.expires_at)
@@ -119,3 +128,11 @@ attest_challenges = Table(
     Column("used_at", Float, nullable=True),
 )
 Index("ix_attest_challenges_vm_id", attest_challenges.c.vm_id)
+
+#: One row /healthz rewrites: a database that cannot take a write is unhealthy (0003).
+heartbeat = Table(
+    "heartbeat",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("checked_at", Float, nullable=False),
+)

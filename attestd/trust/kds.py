@@ -15,11 +15,17 @@ import logging
 import os
 import re
 import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import requests
 
 from attestd.errors import CekRequired, CekUnavailable, ParseError
+from attestd.ratelimit import TokenBuckets
 from attestd.sev.certs import AMD_KDS_URL, CHIP_ID_SIZE, SEV_CERT_SIZE, SevCertificate, Usage
 
 logger = logging.getLogger(__name__)
@@ -173,3 +179,106 @@ class CekStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         logger.info("cached CEK for chip %s at %s", chip_id_hex(chip_id)[:16], path)
+
+
+class KdsGate:
+    """The one way a service process asks AMD KDS: never a stalled worker.
+
+    - single flight: one download per chip id at a time, later askers wait for it;
+    - the request waits at most ``wait`` seconds; the download goes on in a thread
+      (bounded by the HTTP ``timeout``) and fills the cache, and the request answers
+      :class:`CekUnavailable` with ``retry_after`` so the host retries;
+    - a negative cache: a chip id whose download failed is refused for
+      ``negative_ttl`` seconds without asking again;
+    - a global rate limit: at most ``burst`` downloads started, refilled at ``rate``
+      per second, and at most ``max_inflight`` at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        wait: float = 2.0,
+        timeout: tuple[float, float] = (3.0, 10.0),
+        negative_ttl: float = 60.0,
+        rate: float = 0.1,
+        burst: int = 4,
+        max_inflight: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.wait = wait
+        self.timeout = timeout
+        self.negative_ttl = negative_ttl
+        self.rate = rate
+        self.max_inflight = max_inflight
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._inflight: dict[bytes, Future[SevCertificate]] = {}
+        self._failed: dict[bytes, tuple[float, str]] = {}
+        self._downloads = TokenBuckets(rate, burst, clock=clock)
+
+    def _retry_after(self) -> int:
+        return max(1, int(self.timeout[0] + self.timeout[1]))
+
+    def get(self, store: CekStore, chip_id: bytes) -> SevCertificate:
+        """The signed CEK from the cache, or from KDS within ``wait`` seconds."""
+        cek = store.cached(chip_id)
+        if cek is not None:
+            return cek
+        if store.offline:
+            return store.get(chip_id)  # raises CekRequired
+        now = self.clock()
+        with self._lock:
+            failed = self._failed.get(chip_id)
+            if failed is not None and failed[0] > now:
+                raise CekUnavailable(failed[1], retry_after=int(failed[0] - now) + 1)
+            future = self._inflight.get(chip_id)
+            if future is None:
+                wait = 1.0 / self.rate
+                if len(self._inflight) < self.max_inflight:
+                    wait = self._downloads.take()
+                if wait > 0:
+                    raise CekUnavailable(
+                        f"too many AMD KDS lookups at once; retry later{_IMPORT_HINT}",
+                        retry_after=int(wait) + 1,
+                    )
+                future = Future()
+                self._inflight[chip_id] = future
+                fetcher = CekStore(
+                    store.cache_dir, base_url=store.base_url, offline=False, timeout=self.timeout
+                )
+                threading.Thread(
+                    target=self._fetch, args=(fetcher, chip_id, future), daemon=True
+                ).start()
+        try:
+            return future.result(timeout=self.wait)
+        except FutureTimeout:
+            raise CekUnavailable(
+                f"AMD KDS has not answered yet; retry later{_IMPORT_HINT}",
+                retry_after=self._retry_after(),
+            ) from None
+
+    def _fetch(self, store: CekStore, chip_id: bytes, future: Future[SevCertificate]) -> None:
+        try:
+            cek = store.fetch(chip_id)
+        except CekUnavailable as exc:
+            with self._lock:
+                self._failed[chip_id] = (self.clock() + self.negative_ttl, exc.message)
+                self._inflight.pop(chip_id, None)
+                self._prune()
+            future.set_exception(exc)
+            return
+        except BaseException as exc:  # a bug must not leave the chip id in flight
+            with self._lock:
+                self._inflight.pop(chip_id, None)
+            future.set_exception(exc)
+            return
+        with self._lock:
+            self._inflight.pop(chip_id, None)
+            self._failed.pop(chip_id, None)
+        future.set_result(cek)
+
+    def _prune(self) -> None:
+        """Forget expired failures (the negative cache never outgrows its TTL window)."""
+        now = self.clock()
+        for key in [k for k, (until, _m) in self._failed.items() if until <= now]:
+            del self._failed[key]

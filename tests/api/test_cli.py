@@ -91,6 +91,11 @@ def test_serve_builds_gunicorn_argv() -> None:
     assert argv[1:3] == ["-m", "gunicorn"]
     assert argv[argv.index("--bind") + 1] == "0.0.0.0:9000"
     assert argv[-1] == "attestd.wsgi:app"
+    # never gunicorn's per-user ~/.gunicorn/gunicorn.ctl that a second instance would share
+    assert "--no-control-socket" in argv and "--control-socket" not in argv
+    own = gunicorn_argv(Settings(control_socket="/run/attestd/a.ctl"), "127.0.0.1:1", 1, [])
+    assert own[own.index("--control-socket") + 1] == "/run/attestd/a.ctl"
+    assert "--no-control-socket" not in own
 
 
 def test_log_filter_redacts_tokens() -> None:

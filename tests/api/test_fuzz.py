@@ -39,7 +39,16 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, dict[str, str]]]:
     data: Path = tmp_path_factory.mktemp("fuzz")
-    app = create_app(Settings(data_dir=data, kds_offline=True))
+    # the development opt-outs: every generated request reaches the parsers
+    app = create_app(
+        Settings(
+            data_dir=data,
+            kds_offline=True,
+            require_host_token=False,
+            host_launch_rate=0,
+            max_pending_launches=0,
+        )
+    )
     owner = make_owner(app, "fuzzer")
     body = {"scheme": "amd-sev", "policy": 1, "firmware-hashes": ["ab" * 32]}
     assert app.test_client().post(f"/v1/vm/{VM}", json=body, headers=owner).status_code == 201

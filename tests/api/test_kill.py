@@ -58,6 +58,14 @@ def test_sigkill_mid_launches(
         check=True,
     )
     owner = {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
+    made = subprocess.run(
+        [sys.executable, "-m", "attestd.cli", "host", "create", "node-1", "--owner", "alice"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    host_auth = {"Authorization": "Bearer " + made.stdout.strip().splitlines()[-1]}
     server.start()
     resp = requests.post(f"{server.url}/v1/vm/{VM}", json=sev(ovmf), headers=owner, timeout=30)
     assert resp.status_code == 201
@@ -69,6 +77,7 @@ def test_sigkill_mid_launches(
 
     def host() -> None:
         session = requests.Session()
+        session.headers.update(host_auth)
         while not stop.is_set():
             try:
                 grant = session.post(
@@ -108,12 +117,16 @@ def test_sigkill_mid_launches(
     shown = requests.get(f"{server.url}/v1/vm/{VM}", headers=owner, timeout=30)
     assert shown.status_code == 200 and shown.json()["revision"] == 1
     for body in pending:
-        retry = requests.post(f"{server.url}/v1/vm/{VM}/validate", json=body, timeout=30)
+        retry = requests.post(
+            f"{server.url}/v1/vm/{VM}/validate", json=body, headers=host_auth, timeout=30
+        )
         assert retry.status_code in (200, 409), retry.text
         if retry.status_code == 200:
             assert base64.b64decode(retry.json()["secret-table"])
     # the service keeps working after the crash
-    again = requests.post(f"{server.url}/v1/vm/{VM}/launch", json=launch_body(platform), timeout=30)
+    again = requests.post(
+        f"{server.url}/v1/vm/{VM}/launch", json=launch_body(platform), headers=host_auth, timeout=30
+    )
     assert again.status_code == 200
     events = requests.get(
         f"{server.url}/v1/vm/{VM}/events?limit=1000", headers=owner, timeout=30

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 from typing import Any
@@ -13,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from attestd.service.registration import Volume
+from attestd.sev.certs import SevCertificate
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour
 from attestd.sev.secrets import ATTESTD_PAYLOAD_GUID, LUKS_KEY_GUID
@@ -98,7 +98,7 @@ def test_sev_end_to_end(
     ]
     launch_event = events[1]["detail"]
     assert launch_event["chip_id"] == platform.export().chip_id.hex()
-    assert launch_event["pdh_sha256"] == hashlib.sha256(platform.export().pdh).hexdigest()
+    assert launch_event["pdh_sha256"] == SevCertificate.unpack(platform.export().pdh).fingerprint
     text = json.dumps(events)
     for secret in (passphrase, "grub-root-pass", "s3cret", "production"):
         assert secret not in text

@@ -229,10 +229,12 @@ def test_put_committed_while_validate_runs_releases_no_old_secret(
     real_claim = db.claim_launch
     put_done: list[int] = []
 
-    def claim_after_a_put(uuid: str, launch_id: str, now: float) -> Any:
+    def claim_after_a_put(
+        uuid: str, launch_id: str, now: float, lease: float = 60.0, **kw: Any
+    ) -> Any:
         put = client.put(f"/v1/vm/{VM}", json=_sev(ovmf, "new-pw-AUDIT"), headers=owner)
         put_done.append(put.status_code)
-        return real_claim(uuid, launch_id, now)
+        return real_claim(uuid, launch_id, now, lease, **kw)
 
     monkeypatch.setattr(db, "claim_launch", claim_after_a_put)
     resp = client.post(

@@ -69,7 +69,7 @@ def test_error_table_is_exhaustive() -> None:
 
 
 def test_health_metrics_and_unknown_routes(client: FlaskClient) -> None:
-    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/healthz").json == {"status": "ok", "host_tokens": "not required"}
     client.get("/v1/vm")
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and metrics.mimetype == "text/plain"

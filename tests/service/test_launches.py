@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from attestd.errors import ChainInvalid, MeasurementMismatch, PolicyViolation
-from attestd.service.factory import Services
+from attestd.config import Settings
+from attestd.errors import (
+    ChainInvalid,
+    Conflict,
+    MeasurementMismatch,
+    PolicyViolation,
+    StorageKeyError,
+)
+from attestd.service.factory import Services, build_services
 from attestd.service.launches import LaunchSession, ValidateRequest
 from attestd.service.registration import LuksPassphrase, Registration
 from attestd.sim.platform import SimulatedPlatform
@@ -106,7 +115,7 @@ def test_retention_deletes_old_launches_and_events_only(
     assert left.launch_id == fresh.launch_id
 
 
-def test_a_pair_makes_four_transactions_and_eight_statements(
+def test_a_pair_makes_four_transactions_and_nine_statements(
     services: Services, platform: SimulatedPlatform, ovmf: bytes
 ) -> None:
     from sqlalchemy import event
@@ -127,7 +136,9 @@ def test_a_pair_makes_four_transactions_and_eight_statements(
         event.remove(engine, "before_cursor_execute", statement)
     work = [s for s in seen if s not in ("BEGIN", "COMMIT", "ROLLBACK")]
     assert seen.count("BEGIN") in (0, 4), seen  # SQLite's BEGIN IMMEDIATE is a statement
-    assert len(work) == 8, work
+    # /launch: the VM with its pending launches, then budget + launch + event; /validate:
+    # claim + VM, then the release (VM row locked, launch, event)
+    assert len(work) == 9, work
 
 
 def test_chain_cache_is_keyed_by_the_pinned_oca(
@@ -182,3 +193,80 @@ def test_a_claimed_version_is_not_judged_before_the_hmac(
     lie = _request(platform, session, measurement, build_id=platform.build_id - 1)
     with pytest.raises(MeasurementMismatch):
         services.launches.validate(VM, lie)
+
+
+@pytest.fixture(scope="module")
+def old_firmware() -> SimulatedPlatform:
+    """A platform on firmware API 0.16: its HMAC does not cover version and build."""
+    return SimulatedPlatform.create(name="sim-api-0-16", api_major=0, api_minor=16, rsa_bits=2048)
+
+
+@pytest.fixture
+def old_services(
+    host_settings: Settings, clock: Clock, old_firmware: SimulatedPlatform, tmp_path: Path
+) -> Iterator[Services]:
+    anchors = tmp_path / "old-anchors"
+    old_firmware.write_trust_anchor(anchors)
+    built = build_services(host_settings.replace(trust_anchors_dir=anchors), clock=clock)
+    yield built
+    built.store.dispose()
+
+
+@pytest.mark.parametrize(
+    "minimum", [{"min_build_id": 0}, {"min_api_major": 0, "min_api_minor": 1}, {}]
+)
+def test_minimum_versions_refuse_firmware_below_api_0_17(
+    old_services: Services, old_firmware: SimulatedPlatform, ovmf: bytes, minimum: dict[str, int]
+) -> None:
+    """Below API 0.17 the version is the host's claim: a registration with any minimum
+    refuses it (even one the claim meets); one without minimums accepts it."""
+    _register(old_services, "alice", VM, ovmf, **minimum)
+    session = _begin(old_services, old_firmware, VM)
+    _handle, measurement = measure(old_firmware, _grant(session), Boot(firmware=ovmf))
+    request = _request(old_firmware, session, measurement)
+    if not minimum:
+        assert old_services.launches.validate(VM, request).ciphertext
+        return
+    with pytest.raises(PolicyViolation) as refused:
+        old_services.launches.validate(VM, request)
+    assert any("does not authenticate its version" in r for r in refused.value.reasons)
+
+
+# -- crash-consistent launches -----------------------------------------------------------
+
+
+def test_a_claim_whose_worker_died_lapses_after_the_lease(
+    services: Services, clock: Clock, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    _register(services, "alice", VM, ovmf)
+    session = _begin(services, platform, VM)
+    _handle, measurement = measure(platform, _grant(session), Boot(firmware=ovmf))
+    # a worker claimed the launch, then was SIGKILLed before it answered
+    assert services.store.claim_launch(VM, session.launch_id, clock.now).claimed
+    request = _request(platform, session, measurement)
+    with pytest.raises(Conflict) as busy:
+        services.launches.validate(VM, request)
+    assert busy.value.retry_after is not None  # the host learns when to retry
+    clock.now += services.settings.validate_lease + 1
+    assert services.launches.validate(VM, request).ciphertext  # not stuck in validating
+    with pytest.raises(Conflict):
+        services.launches.validate(VM, request)  # and still released only once
+
+
+def test_a_retryable_failure_does_not_burn_the_launch(
+    services: Services, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    from attestd.storage.keys import add_primary_key, retire_old_keys
+
+    _register(services, "alice", VM, ovmf)
+    session = _begin(services, platform, VM)
+    _handle, measurement = measure(platform, _grant(session), Boot(firmware=ovmf))
+    key_file = services.settings.effective_storage_key_file
+    saved = key_file.read_bytes()
+    add_primary_key(key_file)
+    retire_old_keys(key_file)  # the stored launch keys cannot be opened: a 503
+    request = _request(platform, session, measurement)
+    with pytest.raises(StorageKeyError):
+        services.launches.validate(VM, request)
+    key_file.write_bytes(saved)  # the operator restores the key file
+    assert services.launches.validate(VM, request).ciphertext

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_launch_across_processes(sim_copy: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.bin"
     assert main(["secret-table", "--dir", d, "--handle", handle, "--out", str(out)]) == 0
     assert out.read_bytes() == table
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # the guest's secrets: owner-only
     assert main(["launch-finish", "--dir", d, "--handle", handle]) == 0
 
     again = _run(

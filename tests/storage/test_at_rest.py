@@ -109,6 +109,7 @@ def test_key_rotation(
 def test_migrations_down_and_up(settings: Settings) -> None:
     db = Database(settings.effective_database_url)
     db.upgrade()
+    db.downgrade("0002")  # 0003 (safe defaults) alone, then 0002 (indexes) and 0001
     db.downgrade("base")
     db.upgrade()
     db.create_owner("x", "0" * 64, 1.0)

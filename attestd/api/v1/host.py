@@ -29,7 +29,7 @@ _LAUNCH_SECRET = LaunchSecretSchema()
 def launch(uuid: str) -> Response:
     """Verify the host platform and start a launch session."""
     st = state()
-    st.services.principals.authenticate_host(bearer_token())
+    host = st.services.principals.authenticate_host(bearer_token())
     canonical = vm_uuid(uuid)
     body = load_json(_LAUNCH_REQUEST)
     try:
@@ -39,6 +39,7 @@ def launch(uuid: str) -> Response:
             cert_chain=body["cert_chain"],
             cpu_id=body.get("cpu_id"),
             cek=body.get("cek"),
+            host=host,
         )
     except AttestdError as exc:
         st.metrics.outcome("launch", exc.code)
@@ -61,11 +62,11 @@ def launch(uuid: str) -> Response:
 def validate(uuid: str) -> Response:
     """Verify the launch measurement and release the secret table."""
     st = state()
-    st.services.principals.authenticate_host(bearer_token())
+    host = st.services.principals.authenticate_host(bearer_token())
     canonical = vm_uuid(uuid)
     body = load_json(_VALIDATE_REQUEST)
     try:
-        secret = st.services.launches.validate(canonical, ValidateRequest(**body))
+        secret = st.services.launches.validate(canonical, ValidateRequest(**body), host=host)
     except AttestdError as exc:
         st.metrics.outcome("validate", exc.code)
         raise

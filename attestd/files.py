@@ -1,0 +1,48 @@
+"""Files that hold key material, secret tables or the database: owner-only modes.
+
+Every command that writes such a file uses :func:`write_private` (0600, atomic); the
+service's data directory is created 0700 (:func:`private_dir`) and the SQLite
+database with its ``-wal`` / ``-shm`` files is created 0600 (``umask`` 077 while it
+is opened, see :mod:`attestd.storage`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) mode 0700; an existing directory is left as is."""
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically to ``path`` with mode 0600 (never readable by others)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Files created inside the block are owner-only (umask 077)."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
