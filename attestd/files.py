@@ -9,6 +9,7 @@ is opened, see :mod:`attestd.storage`).
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,21 @@ def write_private(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_public(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically to ``path`` with mode 0644 (public material: cached AMD
+    certificates); the directory is created if missing, the temporary name is unique."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from pathlib import Path
 import requests
 
 from attestd.errors import CekRequired, CekUnavailable, ParseError
+from attestd.files import write_public
 from attestd.ratelimit import TokenBuckets
 from attestd.sev.certs import AMD_KDS_URL, CHIP_ID_SIZE, SEV_CERT_SIZE, SevCertificate, Usage
 
@@ -168,16 +167,7 @@ class CekStore:
 
     def _write(self, chip_id: bytes, data: bytes) -> None:
         path = self.path_for(chip_id)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".cek-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_public(path, data)
         logger.info("cached CEK for chip %s at %s", chip_id_hex(chip_id)[:16], path)
 
 

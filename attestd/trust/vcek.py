@@ -14,8 +14,6 @@ verifiers: they only come with the request.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from pathlib import Path
 import requests
 
 from attestd.errors import CekRequired, CekUnavailable, ParseError
+from attestd.files import write_public
 from attestd.sev.snp.certs import SnpCertificate
 from attestd.sev.snp.report import AttestationReport, Generation, TcbVersion
 
@@ -170,16 +169,7 @@ class VcekStore:
         return key
 
     def _write(self, key: VcekKey, data: bytes) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".vcek-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.cache_dir / key.filename)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_public(self.cache_dir / key.filename, data)
         with self._lock:
             self._failed.pop(key, None)
         logger.info("cached VCEK %s", key.filename)
