@@ -148,7 +148,9 @@ class Attestations:
         self.firmware = firmware
         self.clock = clock
         self._anchors: tuple[SnpAnchor, ...] | None = None
-        self._digests: Lru[tuple[str, LaunchInputs], bytes] = Lru(512)
+        # per (owner, firmware hash, inputs): an owner reaches an entry only through its
+        # own firmware link, so another owner's upload neither serves nor reveals it
+        self._digests: Lru[tuple[int, str, LaunchInputs], bytes] = Lru(512)
         self._vceks: VcekStore | None = None
 
     def vceks(self) -> VcekStore:
@@ -237,14 +239,14 @@ class Attestations:
     def _digests_of(
         self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
     ) -> list[bytes]:
-        missing = [i for i in inputs if self._digests.get((firmware, i)) is None]
+        missing = [i for i in inputs if self._digests.get((owner_id, firmware, i)) is None]
         if missing:
             data = self.firmware.firmware(owner_id, firmware)
             if data is None:
                 return []
             for key, value in launch_digests(data, missing).items():
-                self._digests.put((firmware, key), value)
-        found = (self._digests.get((firmware, i)) for i in inputs)
+                self._digests.put((owner_id, firmware, key), value)
+        found = (self._digests.get((owner_id, firmware, i)) for i in inputs)
         return [d for d in found if d is not None]
 
     def measurements(self, owner_id: int, reg: SnpRegistration) -> tuple[list[bytes], list[str]]:

@@ -19,7 +19,8 @@ class Principal:
     """An authenticated owner or host.
 
     ``owner_id`` is set on a host token scoped to one owner: it launches only that
-    owner's VMs (None: an owner itself, or an unscoped host of a single-owner deployment).
+    owner's VMs and names that owner's UUID namespace (None: an owner itself, or an
+    unscoped host, which names the owner by the base URL ``/owners/<name>/v1``).
     """
 
     id: int

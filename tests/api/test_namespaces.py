@@ -289,3 +289,33 @@ def test_snp_guests_attest_at_their_owners_base_url(
     unknown = client.post(f"/owners/alice/v1/vm/{UNREGISTERED}/attest/challenge")
     assert nobody.status_code == 404
     _same_but_uuid(nobody, unknown)
+
+
+def test_another_owners_firmware_upload_accepts_nothing_of_mine(
+    snp_app: Flask, snp_platform: SnpPlatform, ovmf: bytes
+) -> None:
+    """SNP digests computed from alice's uploaded firmware are remembered per owner:
+    bob, who names the same firmware hash without uploading it, is not served them."""
+    client = snp_app.test_client()
+    digest = measurement(ovmf)
+    owners = {who: make_owner(snp_app, who) for who in ("alice", "bob")}
+    up = client.post("/v1/firmware", data=ovmf, headers=owners["alice"])
+    assert up.status_code == 201
+    body = snp_registration(b"", **{"launch-digests": [], "firmware-hashes": [up.json["sha256"]]})
+    for headers in owners.values():
+        assert client.post(f"/v1/vm/{VM}", json=body, headers=headers).status_code == 201
+    answers = {}
+    for who in ("alice", "bob"):
+        base = f"/owners/{who}/v1"
+        nonce = challenge(client, VM, base=base)
+        answers[who] = client.post(
+            f"{base}/vm/{VM}/attest", json=attest_body(snp_platform, Guest(), nonce, digest)
+        )
+    assert answers["alice"].status_code == 200, answers["alice"].json
+    assert answers["bob"].status_code == 403 and "payload" not in answers["bob"].json
+    (refused,) = [
+        e
+        for e in client.get(f"/v1/vm/{VM}/events", headers=owners["bob"]).json["events"]
+        if e["kind"] == "attest"
+    ]
+    assert any("not uploaded" in t for t in refused["detail"]["tried"])
