@@ -267,7 +267,8 @@ def test_nonce_replayed_expired_or_of_another_vm(
     assert resp.status_code == 409 and resp.json["errors"]["reasons"] == ["nonce_other_vm"]
     # the other VM's nonce was not consumed by the attempt on this VM
     ok = client.post(
-        f"/v1/vm/{OTHER_VM}/attest", json=attest_body(snp_platform, guest, theirs, digest)
+        f"/v1/vm/{OTHER_VM}/attest",
+        json=attest_body(snp_platform, guest, theirs, digest, vm=OTHER_VM),
     )
     assert ok.status_code == 200
     late = challenge(client)
