@@ -84,6 +84,28 @@ def snp_app(snp_settings: Settings, clock: Clock) -> Iterator[Flask]:
     application.extensions["attestd"].store.dispose()
 
 
+@pytest.fixture(scope="module")
+def digest(ovmf: bytes) -> bytes:
+    """The SNP launch digest of a guest started with the test OVMF alone."""
+    return measurement(ovmf)
+
+
+@pytest.fixture
+def owner(snp_app: Flask) -> dict[str, str]:
+    """Authorization header of owner alice of ``snp_app``."""
+    from tests.servicefix import make_owner
+
+    return make_owner(snp_app, "alice")
+
+
+def register(
+    client: FlaskClient, owner: dict[str, str], body: dict[str, Any], uuid: str = SNP_VM
+) -> None:
+    """Register ``body`` as VM ``uuid`` (201 expected)."""
+    resp = client.post(f"/v1/vm/{uuid}", json=body, headers=owner)
+    assert resp.status_code == 201, resp.json
+
+
 def measurement(ovmf: bytes, **inputs: Any) -> bytes:
     """The SNP launch digest of a guest started with OVMF and ``inputs``."""
     return SnpPlatform.measure(ovmf, **inputs)
@@ -162,4 +184,4 @@ def other_chip(platform: SnpPlatform, **changes: Any) -> SnpPlatform:
     return replace(platform, **changes)
 
 
-__all__ = ["snp_anchors_dir", "snp_app", "snp_platform", "snp_settings"]
+__all__ = ["digest", "owner", "snp_anchors_dir", "snp_app", "snp_platform", "snp_settings"]

@@ -31,31 +31,14 @@ from tests.snpfix import (
     attest_body,
     challenge,
     expected_initdata,
-    measurement,
+    register,
     snp_registration,
 )
-
-
-@pytest.fixture(scope="module")
-def digest(ovmf: bytes) -> bytes:
-    return measurement(ovmf)
-
-
-@pytest.fixture
-def owner(snp_app: Flask) -> dict[str, str]:
-    return make_owner(snp_app, "alice")
 
 
 @pytest.fixture
 def client(snp_app: Flask) -> FlaskClient:
     return snp_app.test_client()
-
-
-def register(
-    client: FlaskClient, owner: dict[str, str], body: dict[str, Any], uuid: str = SNP_VM
-) -> None:
-    resp = client.post(f"/v1/vm/{uuid}", json=body, headers=owner)
-    assert resp.status_code == 201, resp.json
 
 
 def host_token(app: Flask, name: str, owner: str | None = None) -> dict[str, str]:
