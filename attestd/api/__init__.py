@@ -38,12 +38,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
     errors.init_app(app)
 
     from attestd.api import ops
-    from attestd.api.v1 import attest, host, owner
+    from attestd.api.v1 import attest, host, initdata, owner
 
     # the v1 API, and the same API at each owner's base URL: a request there is about
     # that owner's VM UUID namespace only (what a host or guest that has no owner
     # token uses to name the owner, e.g. as the domain's service URL)
-    for bp in (owner.bp, host.bp, attest.bp):
+    for bp in (owner.bp, host.bp, attest.bp, initdata.bp):
         app.register_blueprint(bp, url_prefix="/v1")
         app.register_blueprint(bp, url_prefix=OWNER_BASE + "/v1", name=f"{bp.name}_of_owner")
     app.register_blueprint(ops.bp)

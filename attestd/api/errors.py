@@ -42,6 +42,7 @@ STATUS: dict[type[e.AttestdError], int] = {
     e.OwnerRequired: 409,
     e.WrongOwner: 403,
     e.NonceRejected: 409,
+    e.InitdataUnavailable: 409,
     e.ChallengeLimit: 429,
     e.StorageUnavailable: 503,
     e.StorageKeyError: 503,

@@ -70,7 +70,7 @@ vms = Table(
     "vms",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    # unique per owner: each owner has its own VM UUID namespace (migration 0005)
+    # unique per owner: each owner has its own VM UUID namespace (migration 0006)
     Column("uuid", String(36), nullable=False),
     Column("owner_id", Integer, ForeignKey("owners.id", ondelete="CASCADE"), nullable=False),
     Column("revision", Integer, nullable=False),
@@ -80,6 +80,8 @@ vms = Table(
     Column("max_launches", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # the SEV-SNP initdata document the service made for the VM (migration 0005)
+    Column("initdata", LargeBinary, nullable=True),
     UniqueConstraint("owner_id", "uuid", name="uq_vms_owner_uuid"),
 )
 Index("ix_vms_owner_id", vms.c.owner_id)

@@ -272,7 +272,7 @@ def test_snp_guests_attest_at_their_owners_base_url(
         base = f"/owners/{who}/v1"
         nonce = challenge(client, VM, base=base)
         resp = client.post(
-            f"{base}/vm/{VM}/attest", json=attest_body(snp_platform, guest, nonce, digest)
+            f"{base}/vm/{VM}/attest", json=attest_body(snp_platform, guest, nonce, digest, vm=VM)
         )
         assert resp.status_code == 200, resp.json
         assert guest.decrypt(resp.json["payload"])["env"] == {"app": {"OWNER": who}}
@@ -281,7 +281,8 @@ def test_snp_guests_attest_at_their_owners_base_url(
     guest = Guest()
     nonce = challenge(client, VM, base="/owners/alice/v1")
     crossed = client.post(
-        f"/owners/bob/v1/vm/{VM}/attest", json=attest_body(snp_platform, guest, nonce, digest)
+        f"/owners/bob/v1/vm/{VM}/attest",
+        json=attest_body(snp_platform, guest, nonce, digest, vm=VM),
     )
     assert crossed.status_code == 409 and "payload" not in crossed.json
     # the base URL of nobody: as an unknown VM
@@ -309,7 +310,7 @@ def test_another_owners_firmware_upload_accepts_nothing_of_mine(
         base = f"/owners/{who}/v1"
         nonce = challenge(client, VM, base=base)
         answers[who] = client.post(
-            f"{base}/vm/{VM}/attest", json=attest_body(snp_platform, Guest(), nonce, digest)
+            f"{base}/vm/{VM}/attest", json=attest_body(snp_platform, Guest(), nonce, digest, vm=VM)
         )
     assert answers["alice"].status_code == 200, answers["alice"].json
     assert answers["bob"].status_code == 403 and "payload" not in answers["bob"].json
@@ -319,3 +320,19 @@ def test_another_owners_firmware_upload_accepts_nothing_of_mine(
         if e["kind"] == "attest"
     ]
     assert any("not uploaded" in t for t in refused["detail"]["tried"])
+
+
+def test_hosts_get_initdata_of_the_owner_they_name(snp_app: Flask, ovmf: bytes) -> None:
+    client = snp_app.test_client()
+    body = snp_registration(measurement(ovmf))
+    owners = {who: make_owner(snp_app, who) for who in ("alice", "bob")}
+    for headers in owners.values():
+        assert client.post(f"/v1/vm/{VM}", json=body, headers=headers).status_code == 201
+    unscoped = _host(snp_app, "any-node")
+    for_bob = _host(snp_app, "bob-node", owner="bob")
+    ambiguous = client.get(f"/v1/vm/{VM}/initdata", headers=unscoped)
+    assert ambiguous.status_code == 409 and ambiguous.json["errors"]["reason"] == "owner_required"
+    assert client.get(f"/owners/alice/v1/vm/{VM}/initdata", headers=unscoped).status_code == 200
+    assert client.get(f"/v1/vm/{VM}/initdata", headers=for_bob).status_code == 200
+    wrong = client.get(f"/owners/alice/v1/vm/{VM}/initdata", headers=for_bob)
+    assert wrong.status_code == 403 and wrong.json["errors"]["reason"] == "wrong_owner"

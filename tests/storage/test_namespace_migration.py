@@ -1,4 +1,4 @@
-"""Migration 0005 (each owner has its own VM UUID namespace) on SQLite and PostgreSQL:
+"""Migration 0006 (each owner has its own VM UUID namespace) on SQLite and PostgreSQL:
 the upgrade keeps every row (also those referencing the rebuilt table), the downgrade
 is refused while two owners share a UUID and keeps the rows once they do not."""
 
@@ -54,7 +54,7 @@ def _revision(db: Database) -> str:
 
 
 def test_upgrade_keeps_rows_and_makes_uuids_unique_per_owner(db: Database) -> None:
-    db.upgrade("0004")
+    db.upgrade("0005")
     alice = db.create_owner("alice", "a" * 64, 1.0)
     bob = db.create_owner("bob", "b" * 64, 1.0)
     vm_id = _register(db, alice)
@@ -65,13 +65,13 @@ def test_upgrade_keeps_rows_and_makes_uuids_unique_per_owner(db: Database) -> No
     )
     assert db.begin_launch(vm, launch, event=Event(alice, VM, EventKind.LAUNCH, 1.0))
     assert db.add_challenge(ChallengeRecord("c" * 64, vm_id, 1.0, 1e12, None), limit=4, now=1.0)
-    with pytest.raises(Conflict):  # 0004: one VM per UUID, whoever the owner
+    with pytest.raises(Conflict):  # 0005: one VM per UUID, whoever the owner
         _register(db, bob)
     before = _counts(db)
 
     db.upgrade()
 
-    assert _revision(db) == "0005"
+    assert _revision(db) == "0006"
     assert _counts(db) == before  # the rebuilt vms table cascaded into nothing
     kept = db.launch("launch-1")
     assert kept is not None and kept.vm_id == vm_id and kept.keys_enc == b"k"
@@ -102,16 +102,16 @@ def test_downgrade_refused_while_owners_share_a_uuid(db: Database) -> None:
     _register(db, alice)
     bob_vm = _register(db, bob)
     with pytest.raises(Conflict, match="registered by several owners"):
-        db.downgrade("0004")
-    assert _revision(db) == "0005"
+        db.downgrade("0005")
+    assert _revision(db) == "0006"
     record = db.vm(bob, VM)
     assert record is not None and record.id == bob_vm
     db.delete_vm(record, event=Event(bob, VM, EventKind.DELETED, 2.0))
     before = _counts(db)
 
-    db.downgrade("0004")
+    db.downgrade("0005")
 
-    assert _revision(db) == "0004"
+    assert _revision(db) == "0005"
     assert _counts(db) == before
     with pytest.raises(Conflict):  # globally unique again
         _register(db, bob)

@@ -6,8 +6,8 @@ owners have the same UUID.
 On SQLite the table is rebuilt (batch mode); ``Database.upgrade`` turns foreign keys
 off around the migration so that the rebuild does not cascade into launches.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from alembic import op
 
 from attestd.errors import Conflict
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -60,7 +60,7 @@ def downgrade() -> None:
     )
     if shared is not None:
         raise Conflict(
-            f"cannot downgrade below 0005: VM {shared} is registered by several owners "
+            f"cannot downgrade below 0006: VM {shared} is registered by several owners "
             "(delete all but one of them first)",
             reasons=["uuid_shared"],
         )
