@@ -170,9 +170,9 @@ def attest_body(
     return body
 
 
-def challenge(client: FlaskClient, uuid: str = SNP_VM) -> str:
-    """A fresh nonce for ``uuid``."""
-    resp = client.post(f"/v1/vm/{uuid}/attest/challenge")
+def challenge(client: FlaskClient, uuid: str = SNP_VM, base: str = "/v1") -> str:
+    """A fresh nonce for ``uuid`` (at base URL ``base``)."""
+    resp = client.post(f"{base}/vm/{uuid}/attest/challenge")
     assert resp.status_code == 200, resp.json
     nonce = resp.json["nonce"]
     assert isinstance(nonce, str)

@@ -152,7 +152,9 @@ class Attestations:
         self.firmware = firmware
         self.clock = clock
         self._anchors: tuple[SnpAnchor, ...] | None = None
-        self._digests: Lru[tuple[str, LaunchInputs], bytes] = Lru(512)
+        # per (owner, firmware hash, inputs): an owner reaches an entry only through its
+        # own firmware link, so another owner's upload neither serves nor reveals it
+        self._digests: Lru[tuple[int, str, LaunchInputs], bytes] = Lru(512)
         self._vceks: VcekStore | None = None
 
     def vceks(self) -> VcekStore:
@@ -183,8 +185,10 @@ class Attestations:
             self._anchors = load_snp_anchors(self.settings.trust_anchors_dir)
         return self._anchors
 
-    def _vm(self, uuid: str) -> VmRecord:
-        vm = self.vm_repo.vm(uuid)
+    def _vm(self, uuid: str, owner_id: int | None) -> VmRecord:
+        """The VM ``uuid`` of the base URL's owner (at ``/v1``: of the only owner that
+        has the UUID, else :class:`~attestd.errors.OwnerRequired`)."""
+        vm = self.vm_repo.sole_vm(uuid) if owner_id is None else self.vm_repo.vm(owner_id, uuid)
         if vm is None:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return vm
@@ -199,9 +203,9 @@ class Attestations:
 
     # -- /attest/challenge -------------------------------------------------------------
 
-    def challenge(self, uuid: str) -> Challenge:
-        """A fresh single-use nonce for SNP VM ``uuid``."""
-        vm = self._vm(uuid)
+    def challenge(self, uuid: str, owner_id: int | None = None) -> Challenge:
+        """A fresh single-use nonce for SNP VM ``uuid`` (of owner ``owner_id``)."""
+        vm = self._vm(uuid, owner_id)
         if not is_snp(vm.registration):
             raise self._wrong_scheme(vm)
         now = self.clock()
@@ -239,14 +243,14 @@ class Attestations:
     def _digests_of(
         self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
     ) -> list[bytes]:
-        missing = [i for i in inputs if self._digests.get((firmware, i)) is None]
+        missing = [i for i in inputs if self._digests.get((owner_id, firmware, i)) is None]
         if missing:
             data = self.firmware.firmware(owner_id, firmware)
             if data is None:
                 return []
             for key, value in launch_digests(data, missing).items():
-                self._digests.put((firmware, key), value)
-        found = (self._digests.get((firmware, i)) for i in inputs)
+                self._digests.put((owner_id, firmware, key), value)
+        found = (self._digests.get((owner_id, firmware, i)) for i in inputs)
         return [d for d in found if d is not None]
 
     def measurements(self, owner_id: int, reg: SnpRegistration) -> tuple[list[bytes], list[str]]:
@@ -268,9 +272,9 @@ class Attestations:
             out.extend(found)
         return out, tried
 
-    def attest(self, uuid: str, req: AttestRequest) -> str:
+    def attest(self, uuid: str, req: AttestRequest, owner_id: int | None = None) -> str:
         """Verify an SNP report; the JWE of the guest payload, or raise (nothing released)."""
-        vm = self._vm(uuid)
+        vm = self._vm(uuid, owner_id)
         now = self.clock()
         detail: dict[str, Any] = {}
         try:
@@ -278,7 +282,7 @@ class Attestations:
                 raise self._wrong_scheme(vm)
             self._claim(vm, req.nonce, now)
             # read again after the claim: a PUT that committed before it wins
-            current = self.vm_repo.vm(uuid)
+            current = self.vm_repo.vm(vm.owner_id, uuid)
             if current is None or current.id != vm.id:
                 raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
             vm = current
@@ -328,7 +332,7 @@ class Attestations:
             token = attestation.encrypt_payload(plaintext.encode("utf-8"), key)
             released = self._event(vm, now, Outcome.RELEASED, detail)
             if not self.repo.spend_attestation(vm, event=released):
-                latest = self.vm_repo.vm(uuid)
+                latest = self.vm_repo.vm(vm.owner_id, uuid)
                 if latest is None or latest.revision != vm.revision:
                     raise RegistrationChanged(
                         "the registration changed during the attestation",

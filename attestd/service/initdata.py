@@ -28,6 +28,7 @@ from attestd.config import Settings
 from attestd.errors import InitdataUnavailable, NotFound, ParseError, Unsupported
 from attestd.guest import initdata as doc
 from attestd.service.clock import Clock
+from attestd.service.owners import named_owner
 from attestd.service.snp_registration import SNP_SCHEME, SnpRegistration, is_snp
 from attestd.storage.ports import Event, EventKind, Principal, VmRecord, VmRepository
 
@@ -127,14 +128,23 @@ class VmInitdata:
         """The document a newly registered SNP VM gets (None: a setting is missing)."""
         return self.trust().build(uuid)
 
-    def _visible(self, uuid: str, *, owner: Principal | None, host: Principal | None) -> VmRecord:
-        """The VM as this owner, or this host token, may see it (404 otherwise)."""
-        vm = self.repo.vm(uuid)
+    def _visible(
+        self,
+        uuid: str,
+        *,
+        owner: Principal | None,
+        host: Principal | None,
+        owner_id: int | None = None,
+    ) -> VmRecord:
+        """The VM as this owner, or this host token, may see it (404 otherwise): the
+        owner's own; for a host, that of the owner its token or the base URL
+        ``owner_id`` names (see :func:`named_owner`), or of the only owner of the UUID."""
         if owner is not None:
-            allowed = vm is not None and vm.owner_id == owner.id
+            vm = self.repo.vm(owner.id, uuid)
         else:
-            allowed = vm is not None and (host is None or host.owner_id in (None, vm.owner_id))
-        if vm is None or not allowed:
+            named = named_owner(host, owner_id)
+            vm = self.repo.sole_vm(uuid) if named is None else self.repo.vm(named, uuid)
+        if vm is None:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return vm
 
@@ -160,10 +170,16 @@ class VmInitdata:
         return InitdataView(reg.scheme, reg.policy, vm.initdata, host_data)
 
     def show(
-        self, uuid: str, *, owner: Principal | None = None, host: Principal | None = None
+        self,
+        uuid: str,
+        *,
+        owner: Principal | None = None,
+        host: Principal | None = None,
+        owner_id: int | None = None,
     ) -> InitdataView:
-        """The VM's initdata, policy and expected HOST_DATA (owner, or host token)."""
-        return self._view(self._visible(uuid, owner=owner, host=host))
+        """The VM's initdata, policy and expected HOST_DATA (owner, or host token; at
+        the base URL of owner ``owner_id``)."""
+        return self._view(self._visible(uuid, owner=owner, host=host, owner_id=owner_id))
 
     def change(self, owner: Principal, uuid: str, change: InitdataChange) -> InitdataView:
         """Rebuild the VM's document from the settings and ``change``; record the event."""

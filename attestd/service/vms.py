@@ -56,8 +56,8 @@ class Vms:
 
     def owned(self, owner: Principal, uuid: str) -> VmRecord:
         """The owner's VM (:class:`NotFound` for any other)."""
-        vm = self.repo.vm(uuid)
-        if vm is None or vm.owner_id != owner.id:
+        vm = self.repo.vm(owner.id, uuid)
+        if vm is None:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return vm
 
