@@ -276,6 +276,13 @@ def check_guest_trust(settings: Settings) -> None:
             parse_pin(settings.guest_pin)
         except InitdataError as exc:
             raise ParseError(f"configuration guest_pin: {exc.message}") from None
+    for url in settings.public_urls:
+        if not url.endswith("/v1"):
+            raise ParseError(
+                f"configuration public_urls: {url} is not the service's v1 base URL (it "
+                "ends in /v1, e.g. https://attest.example/v1; each owner's guests get "
+                "https://attest.example/owners/<owner>/v1 in their initdata)"
+            )
     if settings.public_urls and settings.guest_ca_file is None and not settings.guest_pin:
         raise ParseError(
             "configuration public_urls: set guest_ca_file or guest_pin too (what an SNP "

@@ -41,17 +41,22 @@ PUBLIC_URLS = ("https://attestd.example/v1",)
 GUEST_PIN = initdata.format_pin(hashlib.sha256(b"the test service's key").digest())
 
 
-def expected_initdata(uuid: str = SNP_VM) -> bytes:
-    """The initdata the service makes for ``uuid`` with the settings of ``snp_settings``,
-    built here from the same inputs with the guest's own builder."""
+def owner_urls(owner: str = "alice") -> tuple[str, ...]:
+    """The service URLs in owner ``owner``'s initdata: its base URLs on ``PUBLIC_URLS``."""
+    return tuple(url.removesuffix("/v1") + f"/owners/{owner}/v1" for url in PUBLIC_URLS)
+
+
+def expected_initdata(uuid: str = SNP_VM, owner: str = "alice") -> bytes:
+    """The initdata the service makes for owner ``owner``'s ``uuid`` with the settings
+    of ``snp_settings``, built here from the same inputs with the guest's own builder."""
     from uuid import UUID
 
-    return initdata.build(PUBLIC_URLS, UUID(uuid), pin=GUEST_PIN)
+    return initdata.build(owner_urls(owner), UUID(uuid), pin=GUEST_PIN)
 
 
-def vm_host_data(uuid: str = SNP_VM) -> bytes:
+def vm_host_data(uuid: str = SNP_VM, owner: str = "alice") -> bytes:
     """SHA-256 of :func:`expected_initdata`: the HOST_DATA the service expects."""
-    return hashlib.sha256(expected_initdata(uuid)).digest()
+    return hashlib.sha256(expected_initdata(uuid, owner)).digest()
 
 
 @pytest.fixture(scope="session")
@@ -152,11 +157,13 @@ def attest_body(
     bind_key: dict[str, str] | None = None,
     with_vcek: bool = True,
     vm: str = SNP_VM,
+    owner: str = "alice",
     **request: Any,
 ) -> dict[str, Any]:
     """A guest's ``/attest`` body: a report signed by ``platform`` binding nonce and key,
-    with the HOST_DATA of ``vm``'s initdata unless ``host_data`` is given."""
-    request.setdefault("host_data", vm_host_data(vm))
+    with the HOST_DATA of owner ``owner``'s ``vm``'s initdata unless ``host_data`` is
+    given."""
+    request.setdefault("host_data", vm_host_data(vm, owner))
     report_data = report_data_binding(bind_nonce or nonce, bind_key or guest.public)
     signing_key = request.get("signing_key", SigningKey.VCEK)
     report = platform.report(ReportRequest(report_data=report_data, measurement=digest, **request))

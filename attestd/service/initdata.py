@@ -1,8 +1,10 @@
 """SEV-SNP initdata of a VM: made at registration, stored, served, changed by its owner.
 
 Every SNP VM gets an initdata document (:mod:`attestd.guest.initdata`, Trustee's
-format) when it is registered (``POST``, or a ``PUT`` from another scheme): the
-service's public base URL(s), the VM UUID and what the guest trusts the service by
+format) when it is registered (``POST``, or a ``PUT`` from another scheme): its
+owner's base URL(s) on the service (``public_urls`` with ``/owners/<owner>`` before
+the final ``/v1``, so the guest names its owner's UUID namespace and another owner
+registering the same UUID cannot make it ambiguous), the VM UUID and what the guest trusts the service by
 (``guest_ca_file`` and/or ``guest_pin``). The document is stored as bytes, never
 recomputed: a restart, another node or a later ``PUT`` serves the same bytes, so the
 HOST_DATA the host writes (its SHA-256) stays valid. Only the owner's explicit
@@ -53,6 +55,12 @@ def read_ca_file(settings: Settings) -> str | None:
     return text
 
 
+def owner_base_url(url: str, owner: str) -> str:
+    """Owner ``owner``'s base URL on the service whose v1 base URL is ``url``."""
+    root = url.removesuffix("/v1")
+    return f"{root}/owners/{owner}/v1"
+
+
 @dataclass(frozen=True, slots=True)
 class GuestTrust:
     """What the service writes into initdata: where it is and how guests trust it."""
@@ -74,11 +82,17 @@ class GuestTrust:
             return "guest_ca_file or guest_pin"
         return None
 
-    def build(self, uuid: str) -> bytes | None:
-        """The initdata document of VM ``uuid``, or None when a setting is missing."""
+    def owner_services(self, owner: str) -> tuple[str, ...]:
+        """The service URLs as owner ``owner``'s guests use them (its base URLs)."""
+        return tuple(owner_base_url(url, owner) for url in self.services)
+
+    def build(self, uuid: str, owner: str) -> bytes | None:
+        """The initdata document of owner ``owner``'s VM ``uuid`` (None: a setting is
+        missing)."""
         if self.missing() is not None:
             return None
-        return doc.build(self.services, UUID(uuid), ca_pem=self.ca_pem, pin=self.pin)
+        services = self.owner_services(owner)
+        return doc.build(services, UUID(uuid), ca_pem=self.ca_pem, pin=self.pin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +138,9 @@ class VmInitdata:
             self._trust = (self.settings, GuestTrust.from_settings(self.settings))
         return self._trust[1]
 
-    def for_registration(self, uuid: str) -> bytes | None:
+    def for_registration(self, uuid: str, owner: str) -> bytes | None:
         """The document a newly registered SNP VM gets (None: a setting is missing)."""
-        return self.trust().build(uuid)
+        return self.trust().build(uuid, owner)
 
     def _visible(
         self,
@@ -187,7 +201,7 @@ class VmInitdata:
         if not is_snp(vm.registration):
             self._view(vm)  # raises wrong_scheme
         trust = self.trust()
-        services = tuple(change.services) if change.services else trust.services
+        services = tuple(change.services) if change.services else trust.owner_services(owner.name)
         ca_pem = change.ca_pem if change.ca_pem is not None else trust.ca_pem
         pin = change.pin if change.pin is not None else trust.pin
         if not services:

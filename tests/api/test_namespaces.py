@@ -6,16 +6,25 @@ owners registered is 409 ``owner_required``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
 
+from attestd.guest import initdata
 from attestd.sim.platform import SimulatedPlatform
 from attestd.sim.snp import SnpPlatform
 from tests.api.simhost import Boot, Outcome, launch_body, measure, run_launch, sev, validate_body
 from tests.servicefix import make_owner
-from tests.snpfix import Guest, attest_body, challenge, measurement, snp_registration
+from tests.snpfix import (
+    SECRET_VALUES,
+    Guest,
+    attest_body,
+    challenge,
+    measurement,
+    snp_registration,
+)
 
 VM = "5e0c1b2a-4d3f-4a6b-8c7d-9e0f1a2b3c4d"
 UNREGISTERED = "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d"
@@ -272,7 +281,8 @@ def test_snp_guests_attest_at_their_owners_base_url(
         base = f"/owners/{who}/v1"
         nonce = challenge(client, VM, base=base)
         resp = client.post(
-            f"{base}/vm/{VM}/attest", json=attest_body(snp_platform, guest, nonce, digest, vm=VM)
+            f"{base}/vm/{VM}/attest",
+            json=attest_body(snp_platform, guest, nonce, digest, vm=VM, owner=who),
         )
         assert resp.status_code == 200, resp.json
         assert guest.decrypt(resp.json["payload"])["env"] == {"app": {"OWNER": who}}
@@ -336,3 +346,36 @@ def test_hosts_get_initdata_of_the_owner_they_name(snp_app: Flask, ovmf: bytes) 
     assert client.get(f"/v1/vm/{VM}/initdata", headers=for_bob).status_code == 200
     wrong = client.get(f"/owners/alice/v1/vm/{VM}/initdata", headers=for_bob)
     assert wrong.status_code == 403 and wrong.json["errors"]["reason"] == "wrong_owner"
+
+
+def test_another_owner_registering_my_uuid_does_not_strand_my_guest(
+    snp_app: Flask, snp_platform: SnpPlatform, ovmf: bytes
+) -> None:
+    """The initdata the service makes names the owner's base URL: bob registering
+    alice's UUID after her guest was provisioned leaves the URL her guest uses
+    unambiguous (with plain ``/v1`` there, her next boot would get 409 owner_required)."""
+    client = snp_app.test_client()
+    digest = measurement(ovmf)
+    alice = make_owner(snp_app, "alice")
+    assert (
+        client.post(f"/v1/vm/{VM}", json=snp_registration(digest), headers=alice).status_code == 201
+    )
+    document = client.get(f"/v1/vm/{VM}/initdata", headers=alice).json["initdata"].encode()
+    (service,) = initdata.parse(document).services
+    assert service == "https://attestd.example/owners/alice/v1"
+    bob = make_owner(snp_app, "bob")
+    assert (
+        client.post(f"/v1/vm/{VM}", json=snp_registration(digest), headers=bob).status_code == 201
+    )
+
+    base = service.removeprefix("https://attestd.example")
+    guest = Guest()
+    nonce = challenge(client, VM, base=base)
+    resp = client.post(
+        f"{base}/vm/{VM}/attest",
+        json=attest_body(
+            snp_platform, guest, nonce, digest, vm=VM, host_data=initdata.host_data(document)
+        ),
+    )
+    assert resp.status_code == 200, resp.json
+    assert SECRET_VALUES[1] in json.dumps(guest.decrypt(resp.json["payload"]))
