@@ -121,7 +121,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--min-firmware", metavar="MAJOR.MINOR.BUILD", help="minimum current firmware version"
     )
     policy.add_argument(
-        "--no-provisional", action="store_true", help="require COMMITTED = CURRENT (TCB, firmware)"
+        "--allow-provisional",
+        action="store_true",
+        help="accept CURRENT above COMMITTED (TCB, firmware); refused by default",
     )
     verify.set_defaults(func=run_verify)
     vcek = snp_sub.add_parser("vcek", help="the service's VCEK cache (AMD KDS, offline import)")
@@ -209,14 +211,14 @@ def _policy(args: argparse.Namespace) -> SnpReferencePolicy | None:
         args.signing_key,
         args.min_guest_svn,
         firmware,
-        args.no_provisional or None,
+        args.allow_provisional or None,
     ]
     if all(value is None for value in given):
         return None
     return SnpReferencePolicy(
         guest_policy=guest_policy,
         min_tcb=None if args.min_tcb is None else _min_tcb(args.min_tcb),
-        allow_provisional_firmware=not args.no_provisional,
+        allow_provisional_firmware=args.allow_provisional,
         max_vmpl=3 if args.max_vmpl is None else args.max_vmpl,
         measurements=None
         if args.measurement is None

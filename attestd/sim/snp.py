@@ -218,6 +218,9 @@ class SnpPlatform:
     report_version: int = 3
     #: The ARK's private key: the simulated KDS signs this platform's CRL with it.
     ark_key: rsa.RSAPrivateKey | None = field(default=None, repr=False)
+    #: COMMITTED_TCB when a provisional firmware update runs (CURRENT = ``tcb``); None:
+    #: the running firmware is the committed one.
+    committed_tcb: TcbVersion | None = None
 
     @classmethod
     def create(
@@ -440,7 +443,7 @@ class SnpPlatform:
             cpuid_mod_id=model,
             cpuid_step=stepping,
             chip_id=bytes(64) if mask else self.chip_id,
-            committed_tcb=tcb,
+            committed_tcb=tcb if self.committed_tcb is None else self.committed_tcb.raw,
             current_build=fw.build,
             current_minor=fw.minor,
             current_major=fw.major,
@@ -483,6 +486,7 @@ class SnpPlatform:
             "name": self.name,
             "generation": self.generation.value,
             "tcb": self.tcb.raw,
+            "committed_tcb": None if self.committed_tcb is None else self.committed_tcb.raw,
             "firmware": list(self.firmware.as_tuple()),
             "platform_info": self.platform_info,
             "report_version": self.report_version,
@@ -539,6 +543,9 @@ class SnpPlatform:
             platform_info=int(state["platform_info"]),
             report_version=int(state["report_version"]),
             ark_key=ark_key,
+            committed_tcb=None
+            if state.get("committed_tcb") is None
+            else TcbVersion.decode(int(state["committed_tcb"]), turin=generation.has_fmc),
         )
 
 

@@ -64,7 +64,10 @@ def test_policy_options() -> None:
     assert code == 1 and out["verified"] is False
     assert [r["code"] for r in out["reasons"]] == ["policy_debug_not_allowed"]
     vlek = BY_NAME["trustee-vlek-v3-vmpl1"]
-    args = ["--report", str(vlek.report_file), *leaf_option(vlek)]
+    strict = ["--report", str(vlek.report_file), *leaf_option(vlek)]
+    code, out = verify(*strict, "--max-vmpl", "1")
+    assert code == 1 and [r["code"] for r in out["reasons"]] == ["provisional_firmware"]
+    args = [*strict, "--allow-provisional"]  # CURRENT microcode 220 > COMMITTED 219
     code, out = verify(*args, "--max-vmpl", "0", "--signing-key", "vcek", "--min-tcb", "4,0,25,0")
     assert code == 1
     assert [r["code"] for r in out["reasons"]] == [

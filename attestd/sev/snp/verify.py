@@ -380,14 +380,15 @@ class SnpReferencePolicy:
     AES-256-XTS, RAPL disabled, ciphertext hiding, page swap disabled), and its ABI
     version must be at least the owner's. ``min_tcb`` is compared component by
     component with REPORTED_TCB (``min_launch_tcb`` with LAUNCH_TCB). COMMITTED_TCB
-    may never exceed CURRENT_TCB; they must be equal unless
-    ``allow_provisional_firmware``.
+    may never exceed CURRENT_TCB; they (and the firmware versions) must be equal unless
+    ``allow_provisional_firmware`` (off by default, as go-sev-guest's
+    ``PermitProvisionalFirmware``: a provisional update can still be rolled back).
     """
 
     guest_policy: int | None = 0x30000
     min_tcb: TcbVersion | None = None
     min_launch_tcb: TcbVersion | None = None
-    allow_provisional_firmware: bool = True
+    allow_provisional_firmware: bool = False
     max_vmpl: int = 0
     measurements: Collection[bytes] | None = None
     host_data: bytes | None = None

@@ -104,9 +104,13 @@ def test_every_real_report_verifies(vector: Vector) -> None:
 def test_vlek_report_at_vmpl1_through_the_asvk() -> None:
     v = verified(BY_NAME["trustee-vlek-v3-vmpl1"])
     assert v.signing_key is SigningKey.VLEK and v.report.vmpl == 1
-    assert [r.code for r in decide(v, SnpReferencePolicy(max_vmpl=0))] == ["vmpl_too_high"]
-    assert decide(v, SnpReferencePolicy(max_vmpl=1)) == []
-    only_vcek = SnpReferencePolicy(max_vmpl=1, signing_keys=(SigningKey.VCEK,))
+    cloud = SnpReferencePolicy(
+        allow_provisional_firmware=True
+    )  # CURRENT microcode 220 > COMMITTED 219
+    assert [r.code for r in decide(v, replace(cloud, max_vmpl=0))] == ["vmpl_too_high"]
+    assert decide(v, replace(cloud, max_vmpl=1)) == []
+    assert [r.code for r in decide(v, SnpReferencePolicy(max_vmpl=1))] == ["provisional_firmware"]
+    only_vcek = replace(cloud, max_vmpl=1, signing_keys=(SigningKey.VCEK,))
     assert [r.code for r in decide(v, only_vcek)] == ["signing_key_not_allowed"]
 
 
@@ -441,9 +445,13 @@ def test_chip_id_allow_list_and_provisional_firmware() -> None:
     assert codes(v, SnpReferencePolicy(chip_ids=[platform.chip_id])) == []
     assert codes(v, SnpReferencePolicy(chip_ids=[os.urandom(64)])) == ["chip_id_not_allowed"]
     real = verified(BY_NAME["trustee-milan-v2"])  # CURRENT microcode 206 > COMMITTED 115
-    strict = SnpReferencePolicy(guest_policy=None, allow_provisional_firmware=False)
+    strict = SnpReferencePolicy(guest_policy=None)  # the default: provisional refused
     assert codes(real, strict) == ["provisional_firmware"]
     assert codes(real, replace(strict, allow_provisional_firmware=True)) == []
+    assert codes(verified(BY_NAME["virtee-milan-hex"]), strict) == []  # CURRENT = COMMITTED
+    azure = verified(BY_NAME["azure-hcl"])  # a real cloud report: microcode 210 > 115
+    assert codes(azure, strict) == ["provisional_firmware"]
+    assert codes(azure, replace(strict, allow_provisional_firmware=True)) == []
 
 
 # ------------------------------------------------------------- binding and the JWE
