@@ -64,6 +64,12 @@ def snp_app(snp_settings: Settings, clock: Clock) -> Iterator[Flask]:
     application.extensions["attestd"].store.dispose()
 
 
+@pytest.fixture(scope="session")
+def snp_digest(testdata: Path) -> bytes:
+    """The SNP launch digest of a guest started with the real OVMF alone, one vCPU."""
+    return measurement((testdata / "ovmf" / "OVMF.amdsev.fd").read_bytes())
+
+
 def measurement(ovmf: bytes, **inputs: Any) -> bytes:
     """The SNP launch digest of a guest started with OVMF and ``inputs``."""
     return SnpPlatform.measure(ovmf, **inputs)
@@ -139,4 +145,4 @@ def other_chip(platform: SnpPlatform, **changes: Any) -> SnpPlatform:
     return replace(platform, **changes)
 
 
-__all__ = ["snp_anchors_dir", "snp_app", "snp_platform", "snp_settings"]
+__all__ = ["snp_anchors_dir", "snp_app", "snp_digest", "snp_platform", "snp_settings"]

@@ -19,7 +19,7 @@ import requests
 
 from attestd.sim.snp import SnpPlatform
 from tests.api.servers import Server
-from tests.snpfix import SECRET_VALUES, SNP_VM, Guest, attest_body, measurement, snp_registration
+from tests.snpfix import SECRET_VALUES, SNP_VM, Guest, attest_body, snp_registration
 
 pytestmark = pytest.mark.slow
 RACERS = 12
@@ -79,11 +79,11 @@ def _race(url: str, body: dict[str, Any]) -> list[tuple[int, Any]]:
 
 
 def test_racing_attests_with_one_nonce_release_once(
-    server: Server, snp_platform: SnpPlatform, ovmf: bytes
+    server: Server, snp_platform: SnpPlatform, snp_digest: bytes
 ) -> None:
     owner = _owner(server)
     server.start()
-    digest = measurement(ovmf)
+    digest = snp_digest
     url = f"{server.url}/v1/vm/{SNP_VM}"
     assert requests.post(url, json=snp_registration(digest), headers=owner, timeout=30).ok
     for _round in range(2):

@@ -23,18 +23,13 @@ from tests.snpfix import (
     Guest,
     attest_body,
     challenge,
-    measurement,
     snp_registration,
 )
 
 
-@pytest.fixture(scope="module")
-def digest(ovmf: bytes) -> bytes:
-    return measurement(ovmf)
-
-
-def _app(settings: Settings, clock: Clock) -> Flask:
-    return create_app(settings, clock=clock)
+@pytest.fixture
+def digest(snp_digest: bytes) -> bytes:
+    return snp_digest
 
 
 @pytest.fixture
@@ -42,7 +37,7 @@ def make_app(snp_settings: Settings, clock: Clock) -> Iterator[Any]:
     apps: list[Flask] = []
 
     def build(**changes: Any) -> Flask:
-        application = _app(snp_settings.replace(**changes), clock)
+        application = create_app(snp_settings.replace(**changes), clock=clock)
         apps.append(application)
         return application
 

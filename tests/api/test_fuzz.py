@@ -36,7 +36,6 @@ from tests.snpfix import (
     Guest,
     attest_body,
     challenge,
-    measurement,
     snp_registration,
 )
 
@@ -97,7 +96,7 @@ def fuzz_snp_app(
     tmp_path_factory: pytest.TempPathFactory,
     snp_platform: SnpPlatform,
     snp_anchors_dir: Path,
-    testdata: Path,
+    snp_digest: bytes,
 ) -> Iterator[tuple[Flask, dict[str, str], bytes]]:
     app = create_app(
         Settings(
@@ -108,10 +107,11 @@ def fuzz_snp_app(
         )
     )
     owner = make_owner(app, "fuzzer")
-    digest = measurement((testdata / "ovmf" / "OVMF.amdsev.fd").read_bytes())
-    resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=snp_registration(digest), headers=owner)
+    resp = app.test_client().post(
+        f"/v1/vm/{SNP_VM}", json=snp_registration(snp_digest), headers=owner
+    )
     assert resp.status_code == 201, resp.json
-    yield app, owner, digest
+    yield app, owner, snp_digest
     app.extensions["attestd"].store.dispose()
 
 

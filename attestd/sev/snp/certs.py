@@ -285,15 +285,21 @@ def _from_cryptography(der: bytes) -> SnpCertificate:
         )
 
 
-def _tbs_fields(der: bytes) -> tuple[_der.Tlv, _der.Tlv, _der.Tlv, list[_der.Tlv], int]:
-    """Certificate ::= SEQUENCE {tbs, sigAlg, BIT STRING}; the TBS fields after the version."""
-    outer = _der.read_one(der, _der.SEQUENCE, "certificate")
+def _signed(der: bytes, what: str, kind: str) -> tuple[_der.Tlv, _der.Tlv, _der.Tlv]:
+    """``SEQUENCE {tbs, signatureAlgorithm, BIT STRING}`` (a Certificate or a CRL)."""
+    outer = _der.read_one(der, _der.SEQUENCE, what)
     parts = _der.children(outer.value)
     if len(parts) != 3 or parts[0].tag != _der.SEQUENCE or parts[2].tag != _der.BIT_STRING:
-        raise ParseError("certificate: not an X.509 Certificate")
+        raise ParseError(f"{what}: not an X.509 {kind}")
     tbs, sig_alg, sig_bits = parts
     if not sig_bits.value or sig_bits.value[0] != 0:
-        raise ParseError("certificate: signature BIT STRING has unused bits")
+        raise ParseError(f"{what}: signature BIT STRING has unused bits")
+    return tbs, sig_alg, sig_bits
+
+
+def _tbs_fields(der: bytes) -> tuple[_der.Tlv, _der.Tlv, _der.Tlv, list[_der.Tlv], int]:
+    """Certificate ::= SEQUENCE {tbs, sigAlg, BIT STRING}; the TBS fields after the version."""
+    tbs, sig_alg, sig_bits = _signed(der, "certificate", "Certificate")
     fields_ = _der.children(tbs.value)
     index = 1 if fields_ and fields_[0].tag == _der.EXPLICIT_0 else 0
     # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
@@ -526,13 +532,7 @@ class SnpCrl:
                 der = x509.load_pem_x509_crl(der).public_bytes(serialization.Encoding.DER)
             except ValueError:
                 raise ParseError("CRL: unreadable PEM") from None
-        outer = _der.read_one(der, _der.SEQUENCE, "CRL")
-        parts = _der.children(outer.value)
-        if len(parts) != 3 or parts[0].tag != _der.SEQUENCE or parts[2].tag != _der.BIT_STRING:
-            raise ParseError("CRL: not an X.509 CertificateList")
-        tbs, sig_alg, sig_bits = parts
-        if not sig_bits.value or sig_bits.value[0] != 0:
-            raise ParseError("CRL: signature BIT STRING has unused bits")
+        tbs, sig_alg, sig_bits = _signed(der, "CRL", "CertificateList")
         algs = _der.children(sig_alg.value)
         if sig_alg.tag != _der.SEQUENCE or not algs:
             raise ParseError("CRL: malformed signatureAlgorithm")
