@@ -115,7 +115,8 @@ def test_snp_walkthrough_runs_literally(server: Server, testdata: Path, tmp_path
     script = _snp_walkthrough(
         server.url, token, testdata / "ovmf" / "OVMF.amdsev.fd", tmp_path / "sim", anchors
     )
-    assert script.count("attestd-sim snp ") >= 4 and script.count("curl ") >= 6
+    assert script.count("attestd-sim snp ") >= 5 and script.count("curl ") >= 6
+    assert "attestd snp crl import" in script
     env = dict(server.env)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
     done = subprocess.run(
@@ -133,6 +134,7 @@ def test_snp_walkthrough_runs_literally(server: Server, testdata: Path, tmp_path
     kinds = [(e["kind"], e.get("outcome")) for e in events["events"]]
     assert kinds[0][0] == "registered"
     assert kinds[1:] == [("attest", "released"), ("attest", "refused")]
+    assert events["events"][1]["detail"]["revocation"] == "checked"  # the imported CRL
     assert "production" not in json.dumps(events)
     assert token not in (Path(server.env["ATTESTD_DATA_DIR"]) / "serve.log").read_text()
 
