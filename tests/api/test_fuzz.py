@@ -10,6 +10,7 @@ operations reach their successful path too; no response but the JWE carries a se
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,11 +123,14 @@ def test_openapi_fuzz_snp(
     outside the JWE (which only the guest's key opens)."""
     app, owner, digest = fuzz_snp_app
     statuses: dict[str, set[int]] = {}
+    turns = itertools.count()
     for operation in _operations(app):
 
-        @given(case=operation.as_strategy(), valid=st.booleans())
+        @given(case=operation.as_strategy())
         @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
-        def run(case: Any, valid: bool) -> None:
+        def run(case: Any) -> None:
+            # the first case of each operation and every other one after it
+            valid = next(turns) % 2 == 0 or case.path not in statuses
             params = case.path_parameters or {}
             keeps_vm = case.method not in ("PUT", "DELETE")  # the VM stays registered
             if "uuid" in params and keeps_vm and (valid or case.path.endswith("/attest")):
