@@ -97,6 +97,15 @@ class Settings:
     #: gunicorn's own default is one per user (``~/.gunicorn/gunicorn.ctl``), which a
     #: second instance of the same user would take over.
     control_socket: str = ""
+    #: SEV-SNP initdata: the service's base URL(s) as guests reach them
+    #: (``https://attest.example/v1``; comma-separated in ``ATTESTD_PUBLIC_URLS``). Empty:
+    #: SNP VMs get no initdata and refuse to attest unless their owner pins ``host-data``.
+    public_urls: tuple[str, ...] = ()
+    #: What an SNP guest trusts the service by (written into each VM's initdata): the CA
+    #: certificate(s) of the service's TLS certificate (PEM file) and/or a key pin
+    #: ``sha256//<base64 SHA-256 of the SubjectPublicKeyInfo>``.
+    guest_ca_file: Path | None = None
+    guest_pin: str = ""
 
     @property
     def effective_database_url(self) -> str:
@@ -128,6 +137,8 @@ class Settings:
 def _convert(name: str, raw: object, default: object) -> object:
     """Coerce a file or environment value to the type of the field's default."""
     kind = _FIELD_KINDS[name]
+    if kind is tuple:
+        return _urls(name, raw)
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -153,6 +164,27 @@ def _convert(name: str, raw: object, default: object) -> object:
     if kind is Path:
         return Path(raw) if raw else (None if default is None else Path(raw))
     return raw
+
+
+def _urls(name: str, raw: object) -> tuple[str, ...]:
+    """A list of base URLs: a TOML array of strings or one comma-separated string."""
+    if isinstance(raw, str):
+        items: list[object] = list(raw.split(","))
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise ParseError(f"configuration {name}: expected URLs (a list or comma-separated)")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ParseError(f"configuration {name}: expected URLs (strings)")
+        url = item.strip()
+        if not url:
+            continue
+        if not url.startswith(("https://", "http://")) or any(c.isspace() for c in url):
+            raise ParseError(f"configuration {name}: {url!r} is not an http(s) URL")
+        out.append(url.rstrip("/"))
+    return tuple(out)
 
 
 _FIELD_KINDS: dict[str, type] = {
@@ -186,6 +218,9 @@ _FIELD_KINDS: dict[str, type] = {
     "workers": int,
     "threads": int,
     "control_socket": str,
+    "public_urls": tuple,
+    "guest_ca_file": Path,
+    "guest_pin": str,
 }
 
 
@@ -234,4 +269,21 @@ def load(
         raise ParseError("configuration attest_nonce_ttl: must be at least one second")
     if settings.attest_max_challenges < 1:
         raise ParseError("configuration attest_max_challenges: must be at least 1")
+    check_guest_trust(settings)
     return settings
+
+
+def check_guest_trust(settings: Settings) -> None:
+    """Refuse a malformed ``guest_pin``, and ``public_urls`` without anything to trust."""
+    from attestd.guest.initdata import InitdataError, parse_pin
+
+    if settings.guest_pin:
+        try:
+            parse_pin(settings.guest_pin)
+        except InitdataError as exc:
+            raise ParseError(f"configuration guest_pin: {exc.message}") from None
+    if settings.public_urls and settings.guest_ca_file is None and not settings.guest_pin:
+        raise ParseError(
+            "configuration public_urls: set guest_ca_file or guest_pin too (what an SNP "
+            "guest trusts the service by)"
+        )

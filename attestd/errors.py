@@ -158,6 +158,12 @@ class NonceRejected(Conflict):
     code = "nonce_rejected"
 
 
+class InitdataUnavailable(Conflict):
+    """An SEV-SNP VM has no initdata: the service lacks a setting to make it."""
+
+    code = "initdata_unavailable"
+
+
 class ChallengeLimit(AttestdError):
     """Too many live attestation challenges for one VM."""
 

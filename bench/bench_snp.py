@@ -64,25 +64,37 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         anchor_dir = Path(tmp) / "anchors"
         platform.write_anchor(anchor_dir)
-        settings = Settings(data_dir=Path(tmp), kds_offline=True, trust_anchors_dir=anchor_dir)
+        settings = Settings(
+            data_dir=Path(tmp),
+            kds_offline=True,
+            trust_anchors_dir=anchor_dir,
+            public_urls=("https://attest.example/v1",),
+            guest_pin="sha256//" + base64.b64encode(bytes(32)).decode(),
+        )
         crl_store = CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
         crl_store.import_crl(platform.crl(), anchors)  # the service checks the ASK's revocation
         app = create_app(settings)
         client = app.test_client()
         owner = app.extensions["attestd"].services.principals.create_owner("bench")
+        auth = {"Authorization": f"Bearer {owner}"}
         body = {
             "scheme": "amd-sev-snp",
             "policy": 0x30000,
             "launch-digests": [digest.hex()],
             "secrets": [{"type": "secret-file", "name": "s", "values": {"K": "v" * 512}}],
         }
-        resp = client.post(f"/v1/vm/{VM}", json=body, headers={"Authorization": f"Bearer {owner}"})
+        resp = client.post(f"/v1/vm/{VM}", json=body, headers=auth)
         assert resp.status_code == 201, resp.json
+        # the HOST_DATA a guest launched with the VM's initdata reports
+        host_data = bytes.fromhex(
+            client.get(f"/v1/vm/{VM}/initdata", headers=auth).json["host-data"]
+        )
         vcek = base64.b64encode(platform.vcek).decode()
 
         def pair() -> object:
             got = client.post(f"/v1/vm/{VM}/attest/challenge").json["nonce"]
-            report = platform.report(ReportRequest(report_data_binding(got, public), digest))
+            binding = report_data_binding(got, public)
+            report = platform.report(ReportRequest(binding, digest, host_data=host_data))
             attest = {
                 "nonce": got,
                 "tee-pubkey": public,

@@ -7,6 +7,7 @@ anchors directory, a guest key (jwcrypto), and the requests a guest makes.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ from jwcrypto import jwe, jwk
 
 from attestd.api import create_app
 from attestd.config import Settings
+from attestd.guest import initdata
 from attestd.service.clock import Clock
 from attestd.sev.snp.report import SigningKey
 from attestd.sev.snp.verify import report_data_binding
@@ -34,6 +36,22 @@ SECRETS: list[dict[str, Any]] = [
     {"type": "secret-file", "name": "api", "values": {"TOKEN": "s3cr3t-token"}},
 ]
 SECRET_VALUES = ("pass-of-data", "s3cr3t-token")
+#: The service as SNP guests reach it, and the key pin they trust it by (initdata).
+PUBLIC_URLS = ("https://attestd.example/v1",)
+GUEST_PIN = initdata.format_pin(hashlib.sha256(b"the test service's key").digest())
+
+
+def expected_initdata(uuid: str = SNP_VM) -> bytes:
+    """The initdata the service makes for ``uuid`` with the settings of ``snp_settings``,
+    built here from the same inputs with the guest's own builder."""
+    from uuid import UUID
+
+    return initdata.build(PUBLIC_URLS, UUID(uuid), pin=GUEST_PIN)
+
+
+def vm_host_data(uuid: str = SNP_VM) -> bytes:
+    """SHA-256 of :func:`expected_initdata`: the HOST_DATA the service expects."""
+    return hashlib.sha256(expected_initdata(uuid)).digest()
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +70,10 @@ def snp_anchors_dir(tmp_path_factory: pytest.TempPathFactory, snp_platform: SnpP
 
 @pytest.fixture
 def snp_settings(settings: Settings, snp_anchors_dir: Path) -> Settings:
-    """Settings that trust the simulated SNP platform."""
-    return settings.replace(trust_anchors_dir=snp_anchors_dir)
+    """Settings that trust the simulated SNP platform and make initdata for SNP VMs."""
+    return settings.replace(
+        trust_anchors_dir=snp_anchors_dir, public_urls=PUBLIC_URLS, guest_pin=GUEST_PIN
+    )
 
 
 @pytest.fixture
@@ -64,10 +84,26 @@ def snp_app(snp_settings: Settings, clock: Clock) -> Iterator[Flask]:
     application.extensions["attestd"].store.dispose()
 
 
-@pytest.fixture(scope="session")
-def snp_digest(testdata: Path) -> bytes:
-    """The SNP launch digest of a guest started with the real OVMF alone, one vCPU."""
-    return measurement((testdata / "ovmf" / "OVMF.amdsev.fd").read_bytes())
+@pytest.fixture(scope="module")
+def digest(ovmf: bytes) -> bytes:
+    """The SNP launch digest of a guest started with the test OVMF alone."""
+    return measurement(ovmf)
+
+
+@pytest.fixture
+def owner(snp_app: Flask) -> dict[str, str]:
+    """Authorization header of owner alice of ``snp_app``."""
+    from tests.servicefix import make_owner
+
+    return make_owner(snp_app, "alice")
+
+
+def register(
+    client: FlaskClient, owner: dict[str, str], body: dict[str, Any], uuid: str = SNP_VM
+) -> None:
+    """Register ``body`` as VM ``uuid`` (201 expected)."""
+    resp = client.post(f"/v1/vm/{uuid}", json=body, headers=owner)
+    assert resp.status_code == 201, resp.json
 
 
 def measurement(ovmf: bytes, **inputs: Any) -> bytes:
@@ -115,9 +151,12 @@ def attest_body(
     bind_nonce: str | None = None,
     bind_key: dict[str, str] | None = None,
     with_vcek: bool = True,
+    vm: str = SNP_VM,
     **request: Any,
 ) -> dict[str, Any]:
-    """A guest's ``/attest`` body: a report signed by ``platform`` binding nonce and key."""
+    """A guest's ``/attest`` body: a report signed by ``platform`` binding nonce and key,
+    with the HOST_DATA of ``vm``'s initdata unless ``host_data`` is given."""
+    request.setdefault("host_data", vm_host_data(vm))
     report_data = report_data_binding(bind_nonce or nonce, bind_key or guest.public)
     signing_key = request.get("signing_key", SigningKey.VCEK)
     report = platform.report(ReportRequest(report_data=report_data, measurement=digest, **request))
@@ -145,4 +184,4 @@ def other_chip(platform: SnpPlatform, **changes: Any) -> SnpPlatform:
     return replace(platform, **changes)
 
 
-__all__ = ["snp_anchors_dir", "snp_app", "snp_digest", "snp_platform", "snp_settings"]
+__all__ = ["digest", "owner", "snp_anchors_dir", "snp_app", "snp_platform", "snp_settings"]

@@ -37,11 +37,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
     errors.init_app(app)
 
     from attestd.api import ops
-    from attestd.api.v1 import attest, host, owner
+    from attestd.api.v1 import attest, host, initdata, owner
 
     app.register_blueprint(owner.bp, url_prefix="/v1")
     app.register_blueprint(host.bp, url_prefix="/v1")
     app.register_blueprint(attest.bp, url_prefix="/v1")
+    app.register_blueprint(initdata.bp, url_prefix="/v1")
     app.register_blueprint(ops.bp)
 
     @app.before_request

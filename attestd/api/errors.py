@@ -40,6 +40,7 @@ STATUS: dict[type[e.AttestdError], int] = {
     e.Conflict: 409,
     e.RegistrationChanged: 409,
     e.NonceRejected: 409,
+    e.InitdataUnavailable: 409,
     e.ChallengeLimit: 429,
     e.StorageUnavailable: 503,
     e.StorageKeyError: 503,

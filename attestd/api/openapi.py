@@ -31,10 +31,12 @@ class Operation:
     status: int
     response: type[Schema] | None
     request: type[Schema] | None = None
-    security: str | None = None
+    #: the bearer token(s) accepted: one scheme, or alternatives (any one of them)
+    security: str | tuple[str, ...] | None = None
     binary_body: bool = False
     query: type[Schema] | None = None
     produces: str = "application/json"
+    optional_body: bool = False
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -118,6 +120,24 @@ OPERATIONS: tuple[Operation, ...] = (
         snp.AttestRequestSchema,
     ),
     Operation(
+        "/v1/vm/{uuid}/initdata",
+        "get",
+        "SEV-SNP: the VM's initdata, policy and HOST_DATA (what the host writes)",
+        200,
+        snp.InitdataSchema,
+        security=("owner", "host"),
+    ),
+    Operation(
+        "/v1/vm/{uuid}/initdata",
+        "post",
+        "SEV-SNP: rebuild the VM's initdata from the settings (an owner action, an event)",
+        200,
+        snp.InitdataSchema,
+        snp.InitdataChangeSchema,
+        "owner",
+        optional_body=True,
+    ),
+    Operation(
         "/v1/firmware",
         "post",
         "Upload a firmware image (content-addressed)",
@@ -153,7 +173,7 @@ ERROR_STATUSES = {
     "403": "attestation failed: chain, measurement or policy (nothing released)",
     "404": "unknown VM or launch (or another owner's)",
     "409": "conflict: launch or nonce used or expired, budget exhausted, VM exists, firmware"
-    " quota used up or firmware still named by a registration",
+    " quota used up or firmware still named by a registration, SNP VM without initdata",
     "413": "body too large, or the secret table would not fit the secret area",
     "422": "the request does not match the schema, or is unsupported",
     "429": "too many pending launches for the VM or launches by the host, or too many live"
@@ -289,7 +309,7 @@ def _operation(op: Operation) -> dict[str, Any]:
         }
     if op.request is not None:
         out["requestBody"] = {
-            "required": True,
+            "required": not op.optional_body,
             "content": {"application/json": {"schema": op.request}},
         }
     if op.request is s.RegistrationSchema:
@@ -307,7 +327,8 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.query is not None:
         out["parameters"] = [{"in": "query", "schema": op.query}]
     if op.security is not None:
-        out["security"] = [{op.security: []}]
+        names = (op.security,) if isinstance(op.security, str) else op.security
+        out["security"] = [{name: []} for name in names]
     return out
 
 

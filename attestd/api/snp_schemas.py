@@ -10,7 +10,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import Schema, fields, post_load, validate, validates_schema
+from cryptography import x509
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from attestd.api.schemas import (
     HEX64,
@@ -26,6 +27,7 @@ from attestd.api.schemas import (
     check_cmdline,
     cmdline_to_hash,
 )
+from attestd.guest.initdata import InitdataError, parse_pin
 from attestd.service.snp_registration import SIGNING_KEYS, SNP_SCHEME, SnpRegistration
 from attestd.sev.measure.vmsa import VCPU_TYPES
 from attestd.sev.snp.report import REPORT_SIZE
@@ -177,4 +179,66 @@ class AttestResultSchema(Schema):
     payload = fields.String(
         required=True,
         metadata={"description": "JWE compact (ECDH-ES+A256KW, A256GCM) to tee-pubkey"},
+    )
+
+
+def _check_pem(text: str) -> None:
+    try:
+        x509.load_pem_x509_certificates(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise ValidationError("must be PEM X.509 certificates") from None
+
+
+def _check_pin(text: str) -> None:
+    try:
+        parse_pin(text)
+    except InitdataError as exc:
+        raise ValidationError(exc.message) from None
+
+
+class InitdataSchema(Schema):
+    """``GET``/``POST /v1/vm/<uuid>/initdata`` success: what the host puts in the domain."""
+
+    scheme = fields.String(required=True, metadata={"description": "amd-sev-snp"})
+    policy = fields.String(
+        required=True,
+        validate=validate.Regexp(r"^0x[0-9a-f]{16}$"),
+        metadata={"description": "the registered 64-bit SNP guest policy, 0x + 16 hex"},
+    )
+    initdata = fields.String(
+        required=True,
+        metadata={"description": "the initdata document (Trustee TOML), the exact bytes"},
+    )
+    host_data = fields.String(
+        data_key="host-data",
+        required=True,
+        validate=validate.Regexp(r"^[0-9a-f]{64}$"),
+        metadata={
+            "description": "HOST_DATA for <hostData>: the pinned host-data, else the "
+            "SHA-256 of initdata"
+        },
+    )
+
+
+class InitdataChangeSchema(_Strict):
+    """``POST /v1/vm/<uuid>/initdata`` body (optional): overrides of the service settings."""
+
+    services = fields.List(
+        fields.String(
+            validate=[
+                validate.Length(max=512),
+                validate.Regexp(r"^https?://\S+$", error="must be an http(s) URL"),
+            ]
+        ),
+        validate=validate.Length(min=1, max=8),
+        metadata={"description": "service base URLs (default: the service's public_urls)"},
+    )
+    ca_pem = fields.String(
+        data_key="ca-pem",
+        validate=[validate.Length(max=MAX_CERT_TABLE), _check_pem],
+        metadata={"description": "CA certificate(s) the guest trusts (default: guest_ca_file)"},
+    )
+    pin = fields.String(
+        validate=[validate.Length(max=64), _check_pin],
+        metadata={"description": "service key pin sha256//BASE64 (default: guest_pin)"},
     )

@@ -31,6 +31,7 @@ from attestd.guest import initdata as initdata_mod
 from attestd.host import hook as hookmod
 from attestd.host import platform as plat
 from attestd.host import sim as simhost
+from attestd.host.client import ServiceClient, SnpInitdata
 from attestd.host.config import HostSettings, load_settings
 from attestd.host.domain import (
     SNP_DEFAULT_POLICY,
@@ -107,8 +108,9 @@ def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
     else:
         xml = ensure_uuid(read_text(Path(args.xml), "domain XML"))
     info = parse_domain(xml)
-    if args.scheme == SCHEME_SNP:
-        out = _prepare_snp(args, xml, info)
+    scheme, fetched = _scheme(args, settings, info)
+    if scheme == SCHEME_SNP:
+        out = _prepare_snp(args, xml, info, fetched)
     else:
         out = _prepare_sev(args, settings, xml, info)
     if conn is not None and args.define:
@@ -121,12 +123,45 @@ def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
     return 0
 
 
-def _prepare_snp(args: argparse.Namespace, xml: str, info: DomainInfo) -> str:
+#: Flags that build the SNP initdata locally (offline use, without the service).
+LOCAL_SNP_FLAGS = ("ca_file", "pin", "extra_service", "initdata", "policy")
+#: Flags only the SEV / SEV-ES path has.
+SEV_FLAGS = ("simulate", "firmware", "sim_state", "vcpu_type", "autostart", "no_wrapper")
+
+
+def _scheme(
+    args: argparse.Namespace, settings: HostSettings, info: DomainInfo
+) -> tuple[str, SnpInitdata | None]:
+    """The VM's scheme: ``--scheme``, implied by the local flags, else the service's
+    registration (``GET /vm/<uuid>/initdata``: an SNP VM's policy, initdata, HOST_DATA)."""
+    if args.scheme is not None:
+        return args.scheme, None
+    if any(getattr(args, flag) not in (None, [], False) for flag in LOCAL_SNP_FLAGS):
+        return SCHEME_SNP, None
+    if any(getattr(args, flag) not in (None, False) for flag in SEV_FLAGS):
+        return SCHEME_SEV, None
+    vm_id = cast("UUID", args.vm_id) or info.uuid
+    try:
+        fetched = ServiceClient(args.service, settings).initdata(vm_id)
+    except LaunchError as exc:
+        raise LaunchError(
+            f"{exc.message} (offline: give --scheme, and for {SCHEME_SNP} the local flags)"
+        ) from None
+    return (SCHEME_SEV, None) if fetched is None else (SCHEME_SNP, fetched)
+
+
+def _prepare_snp(
+    args: argparse.Namespace, xml: str, info: DomainInfo, fetched: SnpInitdata | None
+) -> str:
     """SEV-SNP: launchSecurity, HOST_DATA and the initdata; no hook, no wrapper."""
-    for flag in ("simulate", "firmware", "sim_state", "vcpu_type", "autostart", "no_wrapper"):
+    for flag in SEV_FLAGS:
         if getattr(args, flag):
             raise ParseError(f"--{flag.replace('_', '-')} has no meaning for {SCHEME_SNP}")
-    if args.initdata:
+    host_data: bytes | None = None
+    policy = args.policy
+    if fetched is not None:
+        document, policy, host_data = fetched.initdata, fetched.policy, fetched.host_data
+    elif args.initdata:
         if args.ca_file or args.pin or args.extra_service or args.vm_id:
             raise ParseError(
                 "--initdata is used as it is: no --ca-file, --pin, --extra-service, --vm-id"
@@ -149,16 +184,26 @@ def _prepare_snp(args: argparse.Namespace, xml: str, info: DomainInfo) -> str:
         raise ParseError(f"the domain's emulator is {WRAPPER_NAME}: pass --emulator QEMU")
     out = prepare_snp_domain(
         xml,
-        policy=SNP_DEFAULT_POLICY if args.policy is None else args.policy,
+        policy=SNP_DEFAULT_POLICY if policy is None else policy,
         initdata=document,
         service=args.service,
+        host_data=host_data,
     )
     if args.emulator is not None:
         out = set_emulator(out, args.emulator)
     if args.initdata_out:
         Path(args.initdata_out).write_bytes(document)
-    host_data = initdata_mod.host_data(document).hex()
-    print(f"host-data {host_data} (register it, or let the service expect it)", file=sys.stderr)
+    if fetched is None:
+        digest = initdata_mod.host_data(document).hex()
+        print(f"host-data {digest} (register it, or let the service expect it)", file=sys.stderr)
+    elif fetched.host_data != initdata_mod.host_data(document):
+        print(
+            f"host-data {fetched.host_data.hex()} (pinned by the owner; it is not the "
+            "initdata's digest, so the guest agent refuses this initdata)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"host-data {fetched.host_data.hex()} (from the service)", file=sys.stderr)
     return out
 
 
@@ -299,25 +344,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheme",
         choices=[SCHEME_SEV, SCHEME_SNP],
-        default=SCHEME_SEV,
-        help=f"the VM's registration scheme (default {SCHEME_SEV}: SEV and SEV-ES)",
+        help=f"the VM's registration scheme ({SCHEME_SEV}: SEV and SEV-ES). Default: "
+        f"{SCHEME_SNP} with the local initdata flags, {SCHEME_SEV} with SEV-only flags, "
+        f"else asked from the service (an {SCHEME_SNP} VM's policy, initdata and HOST_DATA "
+        "come from GET /vm/<uuid>/initdata)",
     )
     p.add_argument(
         "--policy",
         type=_snp_policy,
-        help=f"{SCHEME_SNP}: guest policy, hex or decimal (default 0x{SNP_DEFAULT_POLICY:x})",
+        help=f"{SCHEME_SNP}, offline: guest policy, hex or decimal "
+        f"(default 0x{SNP_DEFAULT_POLICY:x})",
     )
     p.add_argument(
         "--extra-service",
         type=url_arg,
         action="append",
         default=[],
-        help=f"{SCHEME_SNP}: another service base URL the guest may use (repeatable)",
+        help=f"{SCHEME_SNP}, offline: another service base URL the guest may use (repeatable)",
     )
-    p.add_argument("--ca-file", help=f"{SCHEME_SNP}: the service's CA certificate (PEM)")
-    p.add_argument("--pin", help=f"{SCHEME_SNP}: the service key pin, sha256//BASE64")
+    p.add_argument("--ca-file", help=f"{SCHEME_SNP}, offline: the service's CA certificate (PEM)")
+    p.add_argument("--pin", help=f"{SCHEME_SNP}, offline: the service key pin, sha256//BASE64")
     p.add_argument(
-        "--initdata", help=f"{SCHEME_SNP}: use this initdata document as it is (no other options)"
+        "--initdata",
+        help=f"{SCHEME_SNP}, offline: use this initdata document as it is (no other options)",
     )
     p.add_argument("--initdata-out", help=f"{SCHEME_SNP}: also write the initdata document here")
     p.add_argument("--define", action="store_true", help="with --domain: redefine it")

@@ -1,4 +1,4 @@
-"""HTTP client for the host-side endpoints ``/launch`` and ``/validate``.
+"""HTTP client for the host-side endpoints ``/launch``, ``/validate`` and SNP ``/initdata``.
 
 Timeouts on every request, retries only on transient failures (connection
 errors and 502/503/504), TLS verification always on (optionally against a CA
@@ -55,6 +55,15 @@ class LaunchReport:
 
 
 @dataclass(frozen=True, slots=True)
+class SnpInitdata:
+    """``GET /vm/<uuid>/initdata``: what an SNP domain carries (policy, document, HOST_DATA)."""
+
+    policy: int
+    initdata: bytes
+    host_data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class LaunchSecret:
     """The service's answer to a successful ``POST /validate``."""
 
@@ -85,6 +94,20 @@ def _int_field(doc: dict[str, Any], key: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise ParseError(f"service response field {key!r} is not an integer")
+
+
+class WrongScheme(LaunchError):
+    """The service answered 422 ``wrong_scheme``: the VM is registered for another scheme."""
+
+
+def _reasons(response: requests.Response) -> list[Any] | None:
+    try:
+        doc = response.json()
+    except ValueError:
+        return None
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    reasons = errors.get("reasons") if isinstance(errors, dict) else None
+    return reasons if isinstance(reasons, list) else None
 
 
 def describe_error(response: requests.Response) -> str:
@@ -135,7 +158,7 @@ class ServiceClient:
             read=0,
             status=settings.retries,
             status_forcelist=TRANSIENT_STATUS,
-            allowed_methods=frozenset({"POST"}),
+            allowed_methods=frozenset({"GET", "POST"}),
             backoff_factor=0.2,
             raise_on_status=False,
         )
@@ -149,13 +172,22 @@ class ServiceClient:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", path, body)
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
         try:
             # verify per request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE in the
             # environment override a session's verify, which would ignore ca_bundle
-            response = self.session.post(url, json=body, timeout=self.timeout, verify=self.verify)
+            response = self.session.request(
+                method, url, json=body, timeout=self.timeout, verify=self.verify
+            )
         except requests.RequestException as exc:
-            raise LaunchError(self._unreachable(url, exc)) from exc
+            raise LaunchError(self._unreachable(method, url, exc)) from exc
+        if response.status_code == 422 and _reasons(response) == ["wrong_scheme"]:
+            raise WrongScheme(f"service refused {path}: {describe_error(response)}")
         if response.status_code >= 400:
             raise LaunchError(f"service refused {path}: {describe_error(response)}")
         try:
@@ -166,7 +198,7 @@ class ServiceClient:
             raise LaunchError(f"service answered {path} with a non-object")
         return doc
 
-    def _unreachable(self, url: str, exc: requests.RequestException) -> str:
+    def _unreachable(self, method: str, url: str, exc: requests.RequestException) -> str:
         """Which URL failed, how, and what to check."""
         root = self.base_url.removesuffix("/v1")
         if isinstance(exc, requests.exceptions.SSLError):
@@ -183,7 +215,7 @@ class ServiceClient:
                 f"that the attestd service runs (curl {root}/healthz) and that this host "
                 "reaches it (service URL in the domain's metadata, DNS, firewall)"
             )
-        return f"service {self.base_url} unreachable: POST {url}: {how}; check {check}"
+        return f"service {self.base_url} unreachable: {method} {url}: {how}; check {check}"
 
     def launch(self, vm_id: UUID, platform: PlatformData) -> LaunchSession:
         """``POST /vm/<uuid>/launch``: fresh GODH cert + session for this launch."""
@@ -226,3 +258,22 @@ class ServiceClient:
             return LaunchSecret(header=_b64(doc, "secret-header"), secret=_b64(doc, "secret-table"))
         except ParseError as exc:
             raise LaunchError(f"service /validate response malformed: {exc}") from exc
+
+    def initdata(self, vm_id: UUID) -> SnpInitdata | None:
+        """``GET /vm/<uuid>/initdata``: the SNP VM's policy, initdata and HOST_DATA; None
+        when the service says the VM is registered for another scheme (SEV, SEV-ES)."""
+        try:
+            doc = self._request("GET", f"/vm/{vm_id}/initdata")
+        except WrongScheme:
+            return None
+        text, host_data, policy = doc.get("initdata"), doc.get("host-data"), doc.get("policy")
+        if (
+            doc.get("scheme") != "amd-sev-snp"
+            or not isinstance(text, str)
+            or not isinstance(host_data, str)
+            or not re.fullmatch(r"[0-9a-f]{64}", host_data)
+            or not isinstance(policy, str)
+            or not re.fullmatch(r"0x[0-9a-f]{16}", policy)
+        ):
+            raise LaunchError("service /initdata response malformed")
+        return SnpInitdata(int(policy, 16), text.encode("utf-8"), bytes.fromhex(host_data))

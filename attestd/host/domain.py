@@ -341,7 +341,9 @@ def _set_fwcfg(root: ET.Element, name: str, value: str) -> None:
     ET.SubElement(sysinfo, "entry", {"name": name}).text = value
 
 
-def prepare_snp_domain(xml: str, *, policy: int, initdata: bytes, service: str) -> str:
+def prepare_snp_domain(
+    xml: str, *, policy: int, initdata: bytes, service: str, host_data: bytes | None = None
+) -> str:
     """Return ``xml`` made into an attestd SEV-SNP domain.
 
     Writes ``<launchSecurity type='sev-snp'>`` with ``policy`` and ``<hostData>`` (the
@@ -351,14 +353,19 @@ def prepare_snp_domain(xml: str, *, policy: int, initdata: bytes, service: str) 
     policy and hostData (idBlock, idAuth, ...) are kept. The ``<attestd:launch>``
     metadata and the wrapper marker are removed: an SNP domain needs neither the
     hook nor the wrapper (the guest attests itself); ``<attestd:snp>`` records the
-    service and VM id for people reading the XML.
+    service and VM id for people reading the XML. ``host_data`` (the service's answer,
+    an owner's pinned value) replaces the digest of ``initdata``.
     """
     root = _parse_root(xml)
     try:
         doc = initdata_mod.parse(initdata)
-        host_data = initdata_mod.host_data(initdata)
+        digest = initdata_mod.host_data(initdata)
     except initdata_mod.InitdataError as exc:
         raise ParseError(exc.message) from None
+    if host_data is None:
+        host_data = digest
+    elif len(host_data) != initdata_mod.HOST_DATA_SIZE:
+        raise ParseError("HOST_DATA must be 32 bytes")
     if not 0 <= policy < 1 << 64 or not policy & (1 << 17):
         raise ParseError("SNP policy must be a 64-bit value with bit 17 set")
     old = root.find("launchSecurity")

@@ -15,8 +15,10 @@
    ``"revocation": "no-crl"``), REPORTED_TCB, chip id) with the VCEK or VLEK from the
    request or the VCEK store;
 4. asks the SNP core for every reason to refuse (:func:`attestd.sev.snp.verify.accept`:
-   the owner's policy, minimum TCBs, VMPL, accepted measurements, HOST_DATA, allow-lists,
-   and REPORT_DATA binding the nonce and the guest's key);
+   the owner's policy, minimum TCBs, VMPL, accepted measurements, HOST_DATA (the owner's
+   pinned ``host-data``, else the SHA-256 of the VM's stored initdata; a VM with neither
+   is refused, ``host_data_unbound``), allow-lists, and REPORT_DATA binding the nonce and
+   the guest's key);
 5. only from the resulting :class:`~attestd.sev.snp.verify.VerifiedAttestation`
    encrypts the guest payload (version 1, :mod:`attestd.service.payload`) to the
    guest's key, and spends one release of ``max-launches`` on the revision decided on,
@@ -35,7 +37,7 @@ import logging
 import math
 import secrets as _secrets
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attestd.config import Settings
@@ -47,11 +49,13 @@ from attestd.errors import (
     NonceRejected,
     NotFound,
     ParseError,
+    PolicyViolation,
     RegistrationChanged,
     Unsupported,
 )
 from attestd.service.cache import Lru
 from attestd.service.clock import Clock
+from attestd.service.initdata import expected_host_data
 from attestd.service.payload import payload_document
 from attestd.service.snp_registration import SnpRegistration, is_snp
 from attestd.service.vms import Vms
@@ -326,6 +330,16 @@ class Attestations:
                     "the VM's attestation budget is exhausted",
                     reasons=[f"max-launches={vm.max_launches}"],
                 )
+            host_data = expected_host_data(vm, reg)
+            if host_data is None:
+                raise PolicyViolation(
+                    "nothing binds this VM's HOST_DATA: it has no initdata and its "
+                    "registration pins no host-data",
+                    reasons=[
+                        "host_data_unbound: no initdata (the service needs public_urls; then "
+                        f"POST /v1/vm/{vm.uuid}/initdata) and no host-data in the registration"
+                    ],
+                )
             key = tee_pubkey(req.tee_pubkey)
             at = datetime.datetime.fromtimestamp(now, datetime.UTC)
             anchors = self.anchors()
@@ -362,9 +376,8 @@ class Attestations:
             )
             measurements, tried = self.measurements(vm.owner_id, reg)
             detail["tried"] = tried
-            attestation = accept(
-                verified, reg.reference_policy(measurements), nonce=req.nonce, tee_key=key
-            )
+            reference = replace(reg.reference_policy(measurements), host_data=host_data)
+            attestation = accept(verified, reference, nonce=req.nonce, tee_key=key)
             stored = self.vms.stored_secrets(vm)
             document = payload_document(reg.user_id or vm.uuid, stored)
             plaintext = json.dumps(document, separators=(",", ":"), ensure_ascii=False)

@@ -13,6 +13,7 @@ from attestd.service.attestations import Attestations
 from attestd.service.clock import Clock
 from attestd.service.events import Events
 from attestd.service.firmware import Firmware
+from attestd.service.initdata import VmInitdata
 from attestd.service.launches import Launches
 from attestd.service.maintenance import Upkeep
 from attestd.service.owners import Principals
@@ -45,6 +46,7 @@ class Services:
     launches: Launches
     upkeep: Upkeep
     attestations: Attestations
+    initdata: VmInitdata
 
     def configure(self, settings: Settings) -> None:
         """Use changed settings from now on (tests and reloads)."""
@@ -54,6 +56,7 @@ class Services:
         self.upkeep.settings = settings
         self.firmware.settings = settings
         self.attestations.settings = settings
+        self.initdata.settings = settings
         self.principals.require_host_token = settings.require_host_token
 
 
@@ -68,7 +71,9 @@ def build_services(
     if settings.auto_migrate if migrate is None else migrate:
         store.upgrade()
     keyring = open_keyring(settings)
-    vms = Vms(settings, store, store, keyring, clock=clock)
+    initdata = VmInitdata(settings, store, clock=clock)
+    initdata.trust()  # a guest_ca_file that cannot be read stops the start, not a request
+    vms = Vms(settings, store, store, keyring, clock=clock, initdata=initdata)
     return Services(
         settings=settings,
         store=store,
@@ -98,4 +103,5 @@ def build_services(
             firmware=store,
             clock=clock,
         ),
+        initdata=initdata,
     )

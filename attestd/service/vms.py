@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from attestd.config import Settings
 from attestd.errors import AttestdError, InvalidRegistration, NotFound, SecretTooLarge
 from attestd.service.clock import Clock
+from attestd.service.initdata import VmInitdata
 from attestd.service.payload import resolve_secrets, secret_table
 from attestd.service.registration import Registration, Secret, from_stored
 from attestd.service.snp_registration import SnpRegistration
@@ -43,12 +44,15 @@ class Vms:
         keyring: KeyRing,
         *,
         clock: Clock,
+        initdata: VmInitdata | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
         self.firmware = firmware
         self.keyring = keyring
         self.clock = clock
+        #: makes an SNP VM's initdata when it is registered (None: never)
+        self.initdata = initdata
 
     def owned(self, owner: Principal, uuid: str) -> VmRecord:
         """The owner's VM (:class:`NotFound` for any other)."""
@@ -107,10 +111,17 @@ class Vms:
         document = [entry.to_stored() for entry in stored]
         return self.keyring.encrypt(json.dumps(document, sort_keys=True).encode("utf-8"))
 
+    def _initdata(self, uuid: str, registration: Registration | SnpRegistration) -> bytes | None:
+        """The initdata an SNP VM gets when it first becomes one (None: not SNP, or the
+        service lacks a setting to make it)."""
+        if not isinstance(registration, SnpRegistration) or self.initdata is None:
+            return None
+        return self.initdata.for_registration(uuid)
+
     def register(
         self, owner: Principal, uuid: str, registration: Registration | SnpRegistration
     ) -> VmRecord:
-        """Register a new VM (``POST``)."""
+        """Register a new VM (``POST``); an SNP VM gets its initdata."""
         sealed = self._seal(owner, uuid, registration, ())
         now = self.clock()
         vm = self.repo.insert_vm(
@@ -121,6 +132,7 @@ class Vms:
             max_launches=registration.max_launches,
             now=now,
             event=Event(owner.id, uuid, EventKind.REGISTERED, now, detail={"revision": 1}),
+            initdata=self._initdata(uuid, registration),
         )
         logger.info("registered VM %s (owner_id=%d)", uuid, owner.id)
         return vm
@@ -128,7 +140,8 @@ class Vms:
     def replace(
         self, owner: Principal, uuid: str, registration: Registration | SnpRegistration
     ) -> VmRecord:
-        """Replace a registration (``PUT``); generated passphrases are kept."""
+        """Replace a registration (``PUT``); generated passphrases and the stored
+        initdata are kept (a VM that becomes SNP without initdata gets it)."""
         vm = self.owned(owner, uuid)
         sealed = self._seal(owner, uuid, registration, self.stored_secrets(vm))
         now = self.clock()
@@ -141,6 +154,7 @@ class Vms:
             event=Event(
                 owner.id, uuid, EventKind.REPLACED, now, detail={"revision": vm.revision + 1}
             ),
+            initdata=None if vm.initdata is not None else self._initdata(uuid, registration),
         )
         logger.info("replaced VM %s (owner_id=%d)", uuid, owner.id)
         return updated

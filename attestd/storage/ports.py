@@ -41,6 +41,8 @@ class VmRecord:
     max_launches: int | None
     created_at: float
     updated_at: float
+    #: the SEV-SNP initdata document (exact bytes; its SHA-256 is the expected HOST_DATA)
+    initdata: bytes | None = None
 
 
 class LaunchStatus(StrEnum):
@@ -98,6 +100,7 @@ class EventKind(StrEnum):
     LAUNCH = "launch"
     VALIDATE = "validate"
     ATTEST = "attest"
+    INITDATA_CHANGED = "initdata-changed"
 
 
 class Outcome(StrEnum):
@@ -178,6 +181,7 @@ class VmRepository(Protocol):
         max_launches: int | None,
         now: float,
         event: Event,
+        initdata: bytes | None = None,
     ) -> VmRecord: ...
     def replace_vm(
         self,
@@ -188,6 +192,10 @@ class VmRepository(Protocol):
         max_launches: int | None,
         now: float,
         event: Event,
+        initdata: bytes | None = None,
+    ) -> VmRecord: ...
+    def change_initdata(
+        self, vm: VmRecord, initdata: bytes, *, now: float, event: Event
     ) -> VmRecord: ...
     def delete_vm(self, vm: VmRecord, *, event: Event) -> None: ...
 

@@ -496,6 +496,7 @@ class Database(ChallengeTables):
             max_launches=row.max_launches,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            initdata=None if row.initdata is None else bytes(row.initdata),
         )
 
     def vm(self, uuid: str) -> VmRecord | None:
@@ -526,8 +527,10 @@ class Database(ChallengeTables):
         max_launches: int | None,
         now: float,
         event: Event,
+        initdata: bytes | None = None,
     ) -> VmRecord:
-        """Register a new VM; :class:`Conflict` when the UUID is taken."""
+        """Register a new VM (with its SEV-SNP ``initdata``); :class:`Conflict` when the
+        UUID is taken."""
 
         def txn(conn: Connection) -> None:
             conn.execute(
@@ -541,6 +544,7 @@ class Database(ChallengeTables):
                     max_launches=max_launches,
                     created_at=now,
                     updated_at=now,
+                    initdata=initdata,
                 )
             )
             _insert_event(conn, event)
@@ -562,20 +566,37 @@ class Database(ChallengeTables):
         max_launches: int | None,
         now: float,
         event: Event,
+        initdata: bytes | None = None,
     ) -> VmRecord:
-        """Replace a registration if nobody changed it since ``vm`` was read."""
+        """Replace a registration if nobody changed it since ``vm`` was read; the stored
+        initdata is kept unless ``vm`` has none and ``initdata`` is given."""
+        values: dict[str, Any] = {
+            "revision": vm.revision + 1,
+            "registration": _dumps(registration),
+            "secrets_enc": secrets_enc,
+            "max_launches": max_launches,
+            "updated_at": now,
+        }
+        if vm.initdata is None and initdata is not None:
+            values["initdata"] = initdata
+        return self._update_vm(vm, values, event)
+
+    def change_initdata(
+        self, vm: VmRecord, initdata: bytes, *, now: float, event: Event
+    ) -> VmRecord:
+        """Store a new initdata document (a new revision) if nobody changed ``vm`` since
+        it was read: an attestation decided on the old document releases nothing."""
+        values = {"revision": vm.revision + 1, "initdata": initdata, "updated_at": now}
+        return self._update_vm(vm, values, event)
+
+    def _update_vm(self, vm: VmRecord, values: Mapping[str, Any], event: Event) -> VmRecord:
+        """One conditional UPDATE of ``vm`` at its revision, with its event."""
 
         def txn(conn: Connection) -> int:
             result = conn.execute(
                 update(t.vms)
                 .where(and_(t.vms.c.id == vm.id, t.vms.c.revision == vm.revision))
-                .values(
-                    revision=vm.revision + 1,
-                    registration=_dumps(registration),
-                    secrets_enc=secrets_enc,
-                    max_launches=max_launches,
-                    updated_at=now,
-                )
+                .values(**values)
             )
             if _rowcount(result) == 1:
                 _insert_event(conn, event)

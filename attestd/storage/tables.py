@@ -78,6 +78,8 @@ vms = Table(
     Column("max_launches", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # the SEV-SNP initdata document the service made for the VM (migration 0005)
+    Column("initdata", LargeBinary, nullable=True),
 )
 Index("ix_vms_owner_id", vms.c.owner_id)
 

@@ -33,30 +33,14 @@ from tests.snpfix import (
     challenge,
     measurement,
     other_chip,
+    register,
     snp_registration,
 )
-
-
-@pytest.fixture(scope="module")
-def digest(ovmf: bytes) -> bytes:
-    return measurement(ovmf)
-
-
-@pytest.fixture
-def owner(snp_app: Flask) -> dict[str, str]:
-    return make_owner(snp_app, "alice")
 
 
 @pytest.fixture
 def client(snp_app: Flask) -> FlaskClient:
     return snp_app.test_client()
-
-
-def register(
-    client: FlaskClient, owner: dict[str, str], body: dict[str, Any], uuid: str = SNP_VM
-) -> None:
-    resp = client.post(f"/v1/vm/{uuid}", json=body, headers=owner)
-    assert resp.status_code == 201, resp.json
 
 
 def no_secret(resp: Any) -> None:
@@ -303,7 +287,8 @@ def test_nonce_replayed_expired_or_of_another_vm(
     assert resp.status_code == 409 and resp.json["errors"]["reasons"] == ["nonce_other_vm"]
     # the other VM's nonce was not consumed by the attempt on this VM
     ok = client.post(
-        f"/v1/vm/{OTHER_VM}/attest", json=attest_body(snp_platform, guest, theirs, digest)
+        f"/v1/vm/{OTHER_VM}/attest",
+        json=attest_body(snp_platform, guest, theirs, digest, vm=OTHER_VM),
     )
     assert ok.status_code == 200
     late = challenge(client)

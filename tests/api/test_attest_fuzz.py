@@ -21,7 +21,16 @@ from attestd.api import create_app
 from attestd.config import Settings
 from attestd.sim.snp import SnpPlatform
 from tests.servicefix import make_owner
-from tests.snpfix import SECRET_VALUES, SNP_VM, Guest, attest_body, challenge, snp_registration
+from tests.snpfix import (
+    GUEST_PIN,
+    PUBLIC_URLS,
+    SECRET_VALUES,
+    SNP_VM,
+    Guest,
+    attest_body,
+    challenge,
+    snp_registration,
+)
 
 MEMBERS = ("nonce", "tee-pubkey", "report", "vcek", "cert-table", "extra")
 JSON = st.recursive(
@@ -44,6 +53,8 @@ def fuzz_snp(
             kds_offline=True,
             trust_anchors_dir=snp_anchors_dir,
             attest_max_challenges=1000,
+            public_urls=PUBLIC_URLS,
+            guest_pin=GUEST_PIN,
         )
     )
     owner = make_owner(app, "fuzzer")

@@ -19,7 +19,15 @@ import requests
 
 from attestd.sim.snp import SnpPlatform
 from tests.api.servers import Server
-from tests.snpfix import SECRET_VALUES, SNP_VM, Guest, attest_body, snp_registration
+from tests.snpfix import (
+    GUEST_PIN,
+    PUBLIC_URLS,
+    SECRET_VALUES,
+    SNP_VM,
+    Guest,
+    attest_body,
+    snp_registration,
+)
 
 pytestmark = pytest.mark.slow
 RACERS = 12
@@ -35,6 +43,8 @@ def server(tmp_path: Path, snp_anchors_dir: Path, database_url: str) -> Iterator
             "ATTESTD_TRUST_ANCHORS_DIR": str(snp_anchors_dir),
             "ATTESTD_KDS_OFFLINE": "1",
             "ATTESTD_CONFIG": "",
+            "ATTESTD_PUBLIC_URLS": ",".join(PUBLIC_URLS),
+            "ATTESTD_GUEST_PIN": GUEST_PIN,
         }
     )
     (tmp_path / "data").mkdir(exist_ok=True)
@@ -79,11 +89,10 @@ def _race(url: str, body: dict[str, Any]) -> list[tuple[int, Any]]:
 
 
 def test_racing_attests_with_one_nonce_release_once(
-    server: Server, snp_platform: SnpPlatform, snp_digest: bytes
+    server: Server, snp_platform: SnpPlatform, digest: bytes
 ) -> None:
     owner = _owner(server)
     server.start()
-    digest = snp_digest
     url = f"{server.url}/v1/vm/{SNP_VM}"
     assert requests.post(url, json=snp_registration(digest), headers=owner, timeout=30).ok
     for _round in range(2):

@@ -28,11 +28,6 @@ from tests.snpfix import (
 
 
 @pytest.fixture
-def digest(snp_digest: bytes) -> bytes:
-    return snp_digest
-
-
-@pytest.fixture
 def make_app(snp_settings: Settings, clock: Clock) -> Iterator[Any]:
     apps: list[Flask] = []
 

@@ -32,6 +32,8 @@ from attestd.config import Settings
 from attestd.sim.snp import SnpPlatform
 from tests.servicefix import make_owner
 from tests.snpfix import (
+    GUEST_PIN,
+    PUBLIC_URLS,
     SECRET_VALUES,
     SNP_VM,
     Guest,
@@ -97,7 +99,7 @@ def fuzz_snp_app(
     tmp_path_factory: pytest.TempPathFactory,
     snp_platform: SnpPlatform,
     snp_anchors_dir: Path,
-    snp_digest: bytes,
+    digest: bytes,
 ) -> Iterator[tuple[Flask, dict[str, str], bytes]]:
     app = create_app(
         Settings(
@@ -105,14 +107,14 @@ def fuzz_snp_app(
             kds_offline=True,
             trust_anchors_dir=snp_anchors_dir,
             attest_max_challenges=10_000,
+            public_urls=PUBLIC_URLS,
+            guest_pin=GUEST_PIN,
         )
     )
     owner = make_owner(app, "fuzzer")
-    resp = app.test_client().post(
-        f"/v1/vm/{SNP_VM}", json=snp_registration(snp_digest), headers=owner
-    )
+    resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=snp_registration(digest), headers=owner)
     assert resp.status_code == 201, resp.json
-    yield app, owner, snp_digest
+    yield app, owner, digest
     app.extensions["attestd"].store.dispose()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.api.servers import Server
+from tests.snpfix import GUEST_PIN, PUBLIC_URLS
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
             "ATTESTD_KDS_OFFLINE": "1",
             "ATTESTD_MAX_FIRMWARE_SIZE": str(FIRMWARE_LIMIT),
             "ATTESTD_TRUST_ANCHORS_DIR": str(tmp_path / "anchors"),
+            # the service makes each SNP VM's initdata (its SHA-256 is the expected HOST_DATA)
+            "ATTESTD_PUBLIC_URLS": ",".join(PUBLIC_URLS),
+            "ATTESTD_GUEST_PIN": GUEST_PIN,
         }
     )
     env.pop("ATTESTD_DATABASE_URL", None)

@@ -184,3 +184,34 @@ def test_example_host_config_is_the_defaults_but_token_and_ca() -> None:
     assert example == dataclasses.replace(
         HostSettings(), token_file=example.token_file, ca_bundle=example.ca_bundle
     )
+
+
+@responses.activate
+def test_initdata_of_an_snp_vm_of_another_scheme_and_malformed_answers() -> None:
+    vm = VM
+    url = f"{BASE}/vm/{vm}/initdata"
+    good = {
+        "scheme": "amd-sev-snp",
+        "policy": "0x0000000000030000",
+        "initdata": 'version = "0.1.0"\n',
+        "host-data": "ab" * 32,
+    }
+    responses.get(url, json=good)
+    got = client().initdata(vm)
+    assert got is not None and got.policy == 0x30000 and got.host_data == bytes([0xAB] * 32)
+    assert got.initdata == b'version = "0.1.0"\n'
+    wrong = {"code": 422, "errors": {"reason": "unsupported", "reasons": ["wrong_scheme"]}}
+    responses.replace(responses.GET, url, json=wrong, status=422)
+    assert client().initdata(vm) is None
+    for broken in ({**good, "policy": 196608}, {**good, "host-data": "AB" * 32}, {"x": 1}):
+        responses.replace(responses.GET, url, json=broken)
+        with pytest.raises(LaunchError, match="malformed"):
+            client().initdata(vm)
+    responses.replace(
+        responses.GET,
+        url,
+        json={"code": 409, "errors": {"reason": "initdata_unavailable"}, "message": "no"},
+        status=409,
+    )
+    with pytest.raises(LaunchError, match="initdata_unavailable"):
+        client().initdata(vm)

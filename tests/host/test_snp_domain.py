@@ -154,7 +154,7 @@ def test_cli_prepare_domain_snp(tmp_path: Path) -> None:
         (["--scheme", "amd-sev-snp", "--pin", "sha256//AA=="], "32-byte"),
         (["--scheme", "amd-sev-snp", "--pin", PIN, "--simulate"], "--simulate has no meaning"),
         (["--scheme", "amd-sev-snp", "--policy", "0x10000"], "bit 17"),
-        (["--pin", PIN], "--pin is for --scheme amd-sev-snp"),
+        (["--scheme", "amd-sev", "--pin", PIN], "--pin is for --scheme amd-sev-snp"),
     ],
 )
 def test_cli_prepare_domain_snp_errors(tmp_path: Path, args: list[str], message: str) -> None:
