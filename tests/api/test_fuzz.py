@@ -32,14 +32,12 @@ from attestd.config import Settings
 from attestd.sim.snp import SnpPlatform
 from tests.servicefix import make_owner
 from tests.snpfix import (
-    GUEST_PIN,
-    PUBLIC_URLS,
     SECRET_VALUES,
     SNP_VM,
     Guest,
     attest_body,
     challenge,
-    snp_registration,
+    snp_fuzz_app,
 )
 
 VM = "3a3b3c3d-4e4f-4a5b-8c6d-7e7f8a8b8c8d"
@@ -101,19 +99,7 @@ def fuzz_snp_app(
     snp_anchors_dir: Path,
     digest: bytes,
 ) -> Iterator[tuple[Flask, dict[str, str], bytes]]:
-    app = create_app(
-        Settings(
-            data_dir=tmp_path_factory.mktemp("fuzz-snp"),
-            kds_offline=True,
-            trust_anchors_dir=snp_anchors_dir,
-            attest_max_challenges=10_000,
-            public_urls=PUBLIC_URLS,
-            guest_pin=GUEST_PIN,
-        )
-    )
-    owner = make_owner(app, "fuzzer")
-    resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=snp_registration(digest), headers=owner)
-    assert resp.status_code == 201, resp.json
+    app, owner = snp_fuzz_app(tmp_path_factory.mktemp("fuzz-snp"), snp_anchors_dir, digest)
     yield app, owner, digest
     app.extensions["attestd"].store.dispose()
 
