@@ -49,9 +49,9 @@ def test_racing_challenges_on_two_nodes_never_exceed_the_cap(snp_settings: Setti
             == 201
         )
         store = nodes[0].extensions["attestd"].store
-        vm = store.vm(SNP_VM)
-        assert vm is not None
-        mine = t.attest_challenges.c.vm_id == vm.id
+        with store.engine.connect() as conn:
+            vm_id = conn.execute(select(t.vms.c.id).where(t.vms.c.uuid == SNP_VM)).scalar_one()
+        mine = t.attest_challenges.c.vm_id == vm_id
         for _round in range(3):
             with store.engine.begin() as conn:
                 conn.execute(delete(t.attest_challenges).where(mine))
