@@ -46,6 +46,11 @@ class Settings:
     #: Never contact AMD's key server; only cached / imported CEKs are used.
     kds_offline: bool = False
     kds_url: str = AMD_KDS_URL
+    #: Refuse an SEV-SNP attestation when no current CRL of the ARK is available (KDS
+    #: down, offline without a fresh import). Off by default: the attestation goes on,
+    #: and its event and log say the ASK/ASVK revocation was not checked. A revoked
+    #: ASK/ASVK or a CRL the ARK did not sign always refuses.
+    snp_require_crl: bool = False
     #: Size of the firmware's secret area the table must fit (bytes).
     secret_area_size: int = 3072
     #: Seconds a launch session stays valid.
@@ -190,6 +195,7 @@ _FIELD_KINDS: dict[str, type] = {
     "cek_cache_dir": Path,
     "kds_offline": bool,
     "kds_url": str,
+    "snp_require_crl": bool,
     "secret_area_size": int,
     "launch_ttl": int,
     "attest_nonce_ttl": int,

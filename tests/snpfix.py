@@ -111,6 +111,27 @@ def register(
     assert resp.status_code == 201, resp.json
 
 
+def snp_fuzz_app(data_dir: Path, anchors_dir: Path, digest: bytes) -> tuple[Flask, dict[str, str]]:
+    """An app for the fuzz suites (no challenge cap in practice) with SNP VM ``SNP_VM``
+    registered by owner ``fuzzer`` accepting ``digest``; the owner's header."""
+    from tests.servicefix import make_owner
+
+    app = create_app(
+        Settings(
+            data_dir=data_dir,
+            kds_offline=True,
+            trust_anchors_dir=anchors_dir,
+            attest_max_challenges=10_000,
+            public_urls=PUBLIC_URLS,
+            guest_pin=GUEST_PIN,
+        )
+    )
+    owner = make_owner(app, "fuzzer")
+    resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=snp_registration(digest), headers=owner)
+    assert resp.status_code == 201, resp.json
+    return app, owner
+
+
 def measurement(ovmf: bytes, **inputs: Any) -> bytes:
     """The SNP launch digest of a guest started with OVMF and ``inputs``."""
     return SnpPlatform.measure(ovmf, **inputs)

@@ -211,15 +211,8 @@ def _custom_fields(plugin: MarshmallowPlugin) -> None:
         if isinstance(field, s.Policy):
             return {
                 "oneOf": [
-                    {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF},
-                    {"type": "string", "pattern": "^(0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10})$"},
-                ]
-            }
-        if isinstance(field, snp.SnpPolicyField):
-            return {
-                "oneOf": [
-                    {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-                    {"type": "string", "pattern": "^(0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20})$"},
+                    {"type": "integer", "minimum": 0, "maximum": 2**field.bits - 1},
+                    {"type": "string", "pattern": f"^({field.pattern})$"},
                 ]
             }
         if isinstance(field, s.SecretField):
