@@ -4,12 +4,12 @@ Every SNP VM gets an initdata document (:mod:`attestd.guest.initdata`, Trustee's
 format) when it is registered (``POST``, or a ``PUT`` from another scheme): its
 owner's base URL(s) on the service (``public_urls`` with ``/owners/<owner>`` before
 the final ``/v1``, so the guest names its owner's UUID namespace and another owner
-registering the same UUID cannot make it ambiguous), the VM UUID and what the guest trusts the service by
-(``guest_ca_file`` and/or ``guest_pin``). The document is stored as bytes, never
-recomputed: a restart, another node or a later ``PUT`` serves the same bytes, so the
-HOST_DATA the host writes (its SHA-256) stays valid. Only the owner's explicit
-``POST /v1/vm/<uuid>/initdata`` changes it (an ``initdata-changed`` event with the old
-and new digests, a new revision).
+registering the same UUID cannot make it ambiguous), the VM UUID and what the guest
+trusts the service by (``guest_ca_file`` and/or ``guest_pin``). The document is stored
+as bytes, never recomputed: a restart, another node or a later ``PUT`` serves the same
+bytes, so the HOST_DATA the host writes (its SHA-256) stays valid. Only the owner's
+explicit ``POST /v1/vm/<uuid>/initdata`` changes it (an ``initdata-changed`` event
+with the old and new digests, a new revision).
 
 The HOST_DATA an attestation must report (:meth:`VmInitdata.expected_host_data`) is the
 owner's pinned ``host-data`` if the registration has one, else the SHA-256 of the stored
