@@ -22,8 +22,9 @@ def _free_port() -> int:
 class Server:
     """``attestd serve`` in its own process group."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, workers: int = 2) -> None:
         self.env = env
+        self.workers = workers
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -39,7 +40,7 @@ class Server:
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--workers",
-                "2",
+                str(self.workers),
             ],
             env=self.env,
             start_new_session=True,
@@ -59,3 +60,9 @@ class Server:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
+
+    def stop(self) -> None:
+        """SIGKILL the whole process group if it still runs; close the log."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        self.log.close()
