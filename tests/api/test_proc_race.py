@@ -5,14 +5,17 @@ secrets are never released after the change committed), on SQLite and PostgreSQL
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from attestd.sim.platform import SimulatedPlatform
 from tests.api.procrace import Racer, cli_token
 from tests.api.servers import Server
+from tests.api.simhost import VM, launch_body, sev
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +58,39 @@ def test_put_or_delete_racing_validate_wins_on_gunicorn(
     tally = racer.tally
     assert tally.wrong == [], (tally.wrong, tally.statuses)
     assert tally.rounds == ROUNDS
+
+
+def test_host_launch_rate_is_per_worker_process(
+    env: dict[str, str], platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    """What docs/operator.md says: ``host_launch_rate`` is a token bucket in each
+    gunicorn worker, so one host gets at most ``workers`` x (burst + rate x elapsed)
+    launches, never fewer than one worker's burst before its first 429."""
+    env = {**env, "ATTESTD_HOST_LAUNCH_RATE": "1", "ATTESTD_MAX_PENDING_LAUNCHES": "0"}
+    owner = cli_token(env, "owner", "create", "alice")
+    host = cli_token(env, "host", "create", "node-1", "--owner", "alice")
+    srv = Server(env, workers=2)
+    try:
+        srv.start()
+        made = requests.post(f"{srv.url}/v1/vm/{VM}", json=sev(ovmf), headers=owner, timeout=30)
+        assert made.status_code == 201, made.text
+        body = launch_body(platform)
+        started = time.monotonic()
+        statuses = []
+        for _ in range(30):  # a new connection each time: gunicorn spreads them
+            resp = requests.post(
+                f"{srv.url}/v1/vm/{VM}/launch",
+                json=body,
+                headers={**host, "Connection": "close"},
+                timeout=30,
+            )
+            statuses.append(resp.status_code)
+        elapsed = time.monotonic() - started
+    finally:
+        srv.stop()
+    assert set(statuses) <= {200, 429}, statuses
+    granted = statuses.count(200)
+    burst, rate, workers = 2, 1.0, 2
+    assert statuses[:burst] == [200] * burst  # one worker's burst at least
+    assert 429 in statuses
+    assert granted <= workers * (burst + rate * elapsed), (granted, elapsed)

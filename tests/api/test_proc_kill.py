@@ -1,0 +1,199 @@
+"""Issue 10, crash-consistent launches: a gunicorn worker SIGKILLed while its
+``/validate`` waits inside the database (blocked by a lock another connection holds,
+no mocks) leaves no launch stuck ``validating``: the host's retry gets the secret
+exactly once, and the VM's audit log says so."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+
+from attestd.sim.platform import SimulatedPlatform
+from tests.api.procrace import cli_token
+from tests.api.servers import Server
+from tests.api.simhost import VM, Boot, launch_body, measure, sev, validate_body
+
+pytestmark = pytest.mark.slow
+
+LEASE = 8
+
+
+@pytest.fixture
+def env(tmp_path: Path, anchors_dir: Path, database_url: str) -> dict[str, str]:
+    values = dict(os.environ)
+    values.update(
+        {
+            "ATTESTD_DATA_DIR": str(tmp_path / "data"),
+            "ATTESTD_DATABASE_URL": database_url,
+            "ATTESTD_TRUST_ANCHORS_DIR": str(anchors_dir),
+            "ATTESTD_KDS_OFFLINE": "1",
+            "ATTESTD_CONFIG": "",
+            "ATTESTD_HOST_LAUNCH_RATE": "0",
+            "ATTESTD_VALIDATE_LEASE": str(LEASE),
+        }
+    )
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return values
+
+
+def _workers(master: int) -> list[int]:
+    """The gunicorn workers: the children of the master process."""
+    path = Path(f"/proc/{master}/task/{master}/children")
+    return [int(pid) for pid in path.read_text().split()]
+
+
+@contextmanager
+def _blocking(database_url: str) -> Iterator[Callable[[], bool]]:
+    """Hold a lock the validate waits for; yields "is a validate waiting in the
+    database?" (PostgreSQL: the VM row, which the release locks after the claim
+    committed; SQLite: the write lock, which the claim itself waits for)."""
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[1].split("?", 1)[0]
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield lambda: True
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as holder, engine.connect() as watcher:
+            holder.execute(text("SELECT id FROM vms FOR UPDATE")).all()
+
+            def waiting() -> bool:
+                found = watcher.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                ).scalar_one()
+                watcher.rollback()
+                return bool(found)
+
+            yield waiting
+            holder.rollback()
+    finally:
+        engine.dispose()
+
+
+def _until(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_sigkill_mid_validate_leaves_no_stuck_launch(
+    env: dict[str, str], database_url: str, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    owner = cli_token(env, "owner", "create", "alice")
+    host = cli_token(env, "host", "create", "node-1", "--owner", "alice")
+    server = Server(env, workers=2)
+    try:
+        server.start()
+        assert server.proc is not None
+        made = requests.post(f"{server.url}/v1/vm/{VM}", json=sev(ovmf), headers=owner, timeout=30)
+        assert made.status_code == 201, made.text
+        grant = requests.post(
+            f"{server.url}/v1/vm/{VM}/launch",
+            json=launch_body(platform),
+            headers=host,
+            timeout=30,
+        ).json()
+        handle, measurement = measure(platform, grant, Boot(firmware=ovmf))
+        body = validate_body(platform, grant, measurement, Boot(firmware=ovmf))
+        first: list[Any] = []
+
+        def validate() -> None:
+            try:
+                first.append(
+                    requests.post(
+                        f"{server.url}/v1/vm/{VM}/validate", json=body, headers=host, timeout=60
+                    )
+                )
+            except requests.RequestException as exc:
+                first.append(exc)
+
+        killed = []
+        with _blocking(database_url) as waiting:
+            caller = threading.Thread(target=validate)
+            caller.start()
+            assert _until(waiting, 20), "the validate never waited for the lock"
+            time.sleep(0.5)  # SQLite has no view of who waits: give it time to get there
+            assert caller.is_alive() and not first  # blocked inside the database
+            killed = _workers(server.proc.pid)
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        caller.join(60)
+        assert len(first) == 1 and isinstance(first[0], requests.RequestException), first
+        # gunicorn's master starts new workers
+        assert _until(lambda: _healthy(server.url) and bool(_workers(server.proc.pid)), 60)
+        assert not set(killed) & set(_workers(server.proc.pid))
+
+        answers = []
+        deadline = time.monotonic() + LEASE + 30
+        while time.monotonic() < deadline:
+            retry = requests.post(
+                f"{server.url}/v1/vm/{VM}/validate", json=body, headers=host, timeout=30
+            )
+            answers.append(retry.status_code)
+            if retry.status_code == 200:
+                released = retry.json()
+                break
+            # the dead worker's claim: busy until its lease lapses
+            assert retry.status_code == 409, retry.text
+            assert retry.json()["errors"]["reason"] == "launch_used"
+            assert 1 <= int(retry.headers["Retry-After"]) <= LEASE + 1
+            time.sleep(0.5)
+        assert answers[-1] == 200, answers
+        if not database_url.startswith("sqlite"):
+            # the claim had committed before the kill: the retry waited for its lease
+            assert answers[0] == 409, answers
+        platform.launch_secret(
+            handle,
+            base64.b64decode(released["secret-header"]),
+            base64.b64decode(released["secret-table"]),
+        )
+        assert platform.secret_table(handle)
+        # released once: the next retry is refused for good
+        again = requests.post(
+            f"{server.url}/v1/vm/{VM}/validate", json=body, headers=host, timeout=30
+        )
+        assert again.status_code == 409 and again.headers.get("Retry-After") is None
+        shown = requests.get(f"{server.url}/v1/vm/{VM}", headers=owner, timeout=30).json()
+        assert shown["launches-used"] == 1
+        events = requests.get(
+            f"{server.url}/v1/vm/{VM}/events?limit=1000", headers=owner, timeout=30
+        ).json()["events"]
+        mine = [e for e in events if e["launch-id"] == grant["launch-id"]]
+        outcomes = [(e["kind"], e["outcome"]) for e in mine]
+        assert outcomes.count(("validate", "released")) == 1, outcomes
+        refused = [e for e in mine if e["outcome"] == "refused"]
+        # every 409 the host got is in the log (retries during the lease, the last one)
+        assert len(refused) == len(answers), (refused, answers)
+        assert all(e["detail"]["tried"] == ["launch_used"] for e in refused), refused
+    finally:
+        server.stop()
