@@ -165,7 +165,7 @@ def test_sigkill_mid_validate_leaves_no_stuck_launch(
                 break
             # the dead worker's claim: busy until its lease lapses
             assert retry.status_code == 409, retry.text
-            assert retry.json()["errors"]["reason"] == "launch_used"
+            assert retry.json()["errors"]["reasons"] == ["launch_used"]
             assert 1 <= int(retry.headers["Retry-After"]) <= LEASE + 1
             time.sleep(0.5)
         assert answers[-1] == 200, answers
