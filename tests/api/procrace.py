@@ -14,14 +14,19 @@ DELETE committed, or when the released secrets belong to no single revision.
 from __future__ import annotations
 
 import base64
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid as _uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from sqlalchemy import create_engine, text
 
 from attestd.sev.secrets import parse_secret_table
 from attestd.sim.platform import SimulatedPlatform
@@ -180,3 +185,48 @@ class Racer:
             )
         else:
             tally.released_old += 1
+
+
+@contextmanager
+def holding_lock(database_url: str) -> Iterator[Callable[[], bool]]:
+    """Hold a lock the validate waits for; yields "is a validate waiting in the
+    database?" (PostgreSQL: the VM row, which the release locks after the claim
+    committed; SQLite: the write lock, which the claim itself waits for)."""
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[1].split("?", 1)[0]
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield lambda: True
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as holder, engine.connect() as watcher:
+            holder.execute(text("SELECT id FROM vms FOR UPDATE")).all()
+
+            def waiting() -> bool:
+                found = watcher.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                ).scalar_one()
+                watcher.rollback()
+                return bool(found)
+
+            yield waiting
+            holder.rollback()
+    finally:
+        engine.dispose()
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -8,20 +8,16 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
 
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.procrace import cli_token
+from tests.api.procrace import cli_token, holding_lock, wait_until
 from tests.api.servers import Server
 from tests.api.simhost import VM, Boot, launch_body, measure, sev, validate_body
 
@@ -52,51 +48,6 @@ def _workers(master: int) -> list[int]:
     """The gunicorn workers: the children of the master process."""
     path = Path(f"/proc/{master}/task/{master}/children")
     return [int(pid) for pid in path.read_text().split()]
-
-
-@contextmanager
-def _blocking(database_url: str) -> Iterator[Callable[[], bool]]:
-    """Hold a lock the validate waits for; yields "is a validate waiting in the
-    database?" (PostgreSQL: the VM row, which the release locks after the claim
-    committed; SQLite: the write lock, which the claim itself waits for)."""
-    if database_url.startswith("sqlite"):
-        path = database_url.split("///", 1)[1].split("?", 1)[0]
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield lambda: True
-        finally:
-            conn.execute("ROLLBACK")
-            conn.close()
-        return
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as holder, engine.connect() as watcher:
-            holder.execute(text("SELECT id FROM vms FOR UPDATE")).all()
-
-            def waiting() -> bool:
-                found = watcher.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                    )
-                ).scalar_one()
-                watcher.rollback()
-                return bool(found)
-
-            yield waiting
-            holder.rollback()
-    finally:
-        engine.dispose()
-
-
-def _until(predicate: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _healthy(url: str) -> bool:
@@ -138,10 +89,10 @@ def test_sigkill_mid_validate_leaves_no_stuck_launch(
                 first.append(exc)
 
         killed = []
-        with _blocking(database_url) as waiting:
+        with holding_lock(database_url) as waiting:
             caller = threading.Thread(target=validate)
             caller.start()
-            assert _until(waiting, 20), "the validate never waited for the lock"
+            assert wait_until(waiting, 20), "the validate never waited for the lock"
             time.sleep(0.5)  # SQLite has no view of who waits: give it time to get there
             assert caller.is_alive() and not first  # blocked inside the database
             killed = _workers(server.proc.pid)
@@ -150,7 +101,7 @@ def test_sigkill_mid_validate_leaves_no_stuck_launch(
         caller.join(60)
         assert len(first) == 1 and isinstance(first[0], requests.RequestException), first
         # gunicorn's master starts new workers
-        assert _until(lambda: _healthy(server.url) and bool(_workers(server.proc.pid)), 60)
+        assert wait_until(lambda: _healthy(server.url) and bool(_workers(server.proc.pid)), 60)
         assert not set(killed) & set(_workers(server.proc.pid))
 
         answers = []
