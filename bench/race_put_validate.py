@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.procrace import Racer, cli_token
-from tests.api.servers import Server
+from tests.api.procrace import Racer
+from tests.api.servers import Server, cli_token
 from tests.pgserver import PgServer
 
 OVMF = Path(__file__).resolve().parent.parent / "tests" / "data" / "ovmf" / "OVMF.amdsev.fd"

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid as _uuid
@@ -31,18 +29,6 @@ from sqlalchemy import create_engine, text
 from attestd.sev.secrets import parse_secret_table
 from attestd.sim.platform import SimulatedPlatform
 from tests.api.simhost import RAW_GUID, Boot, b64, launch_body, measure, sev, validate_body
-
-
-def cli_token(env: dict[str, str], *args: str) -> dict[str, str]:
-    """An Authorization header from ``attestd owner create`` / ``host create``."""
-    made = subprocess.run(
-        [sys.executable, "-m", "attestd.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return {"Authorization": "Bearer " + made.stdout.strip().splitlines()[-1]}
 
 
 def _registration(ovmf: bytes, raw: bytes) -> dict[str, Any]:

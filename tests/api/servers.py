@@ -13,6 +13,36 @@ from pathlib import Path
 import requests
 
 
+def serve_env(data_dir: Path, anchors_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an ``attestd serve`` on ``database_url`` trusting the simulator
+    (``extra``: more ``ATTESTD_*`` values); makes ``data_dir``."""
+    values = dict(os.environ)
+    values.update(
+        {
+            "ATTESTD_DATA_DIR": str(data_dir),
+            "ATTESTD_DATABASE_URL": database_url,
+            "ATTESTD_TRUST_ANCHORS_DIR": str(anchors_dir),
+            "ATTESTD_KDS_OFFLINE": "1",
+            "ATTESTD_CONFIG": "",
+            **extra,
+        }
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return values
+
+
+def cli_token(env: dict[str, str], *args: str) -> dict[str, str]:
+    """An Authorization header from ``attestd owner create`` / ``host create``."""
+    made = subprocess.run(
+        [sys.executable, "-m", "attestd.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {"Authorization": "Bearer " + made.stdout.strip().splitlines()[-1]}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

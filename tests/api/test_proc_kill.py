@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.procrace import cli_token, holding_lock, wait_until
-from tests.api.servers import Server
+from tests.api.procrace import holding_lock, wait_until
+from tests.api.servers import Server, cli_token, serve_env
 from tests.api.simhost import VM, Boot, launch_body, measure, sev, validate_body
 
 pytestmark = pytest.mark.slow
@@ -28,20 +28,13 @@ LEASE = 8
 
 @pytest.fixture
 def env(tmp_path: Path, anchors_dir: Path, database_url: str) -> dict[str, str]:
-    values = dict(os.environ)
-    values.update(
-        {
-            "ATTESTD_DATA_DIR": str(tmp_path / "data"),
-            "ATTESTD_DATABASE_URL": database_url,
-            "ATTESTD_TRUST_ANCHORS_DIR": str(anchors_dir),
-            "ATTESTD_KDS_OFFLINE": "1",
-            "ATTESTD_CONFIG": "",
-            "ATTESTD_HOST_LAUNCH_RATE": "0",
-            "ATTESTD_VALIDATE_LEASE": str(LEASE),
-        }
+    return serve_env(
+        tmp_path / "data",
+        anchors_dir,
+        database_url,
+        ATTESTD_HOST_LAUNCH_RATE="0",
+        ATTESTD_VALIDATE_LEASE=str(LEASE),
     )
-    (tmp_path / "data").mkdir(exist_ok=True)
-    return values
 
 
 def _workers(master: int) -> list[int]:

@@ -4,7 +4,6 @@ secrets are never released after the change committed), on SQLite and PostgreSQL
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,8 @@ import pytest
 import requests
 
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.procrace import Racer, cli_token
-from tests.api.servers import Server
+from tests.api.procrace import Racer
+from tests.api.servers import Server, cli_token, serve_env
 from tests.api.simhost import VM, launch_body, sev
 
 pytestmark = pytest.mark.slow
@@ -24,19 +23,7 @@ ROUNDS = 24  # bench/race_put_validate.py runs the issue's 250
 
 @pytest.fixture
 def env(tmp_path: Path, anchors_dir: Path, database_url: str) -> dict[str, str]:
-    values = dict(os.environ)
-    values.update(
-        {
-            "ATTESTD_DATA_DIR": str(tmp_path / "data"),
-            "ATTESTD_DATABASE_URL": database_url,
-            "ATTESTD_TRUST_ANCHORS_DIR": str(anchors_dir),
-            "ATTESTD_KDS_OFFLINE": "1",
-            "ATTESTD_CONFIG": "",
-            "ATTESTD_HOST_LAUNCH_RATE": "0",
-        }
-    )
-    (tmp_path / "data").mkdir(exist_ok=True)
-    return values
+    return serve_env(tmp_path / "data", anchors_dir, database_url, ATTESTD_HOST_LAUNCH_RATE="0")
 
 
 @pytest.fixture

@@ -24,6 +24,17 @@ from tests.api.simhost import VM, Boot, launch_body, measure, sev, validate_body
 from tests.servicefix import make_owner
 
 
+def _settings(data_dir: Path, anchors_dir: Path, **changes: Any) -> Settings:
+    """A service trusting the simulator, without host tokens or a host rate."""
+    return Settings(
+        data_dir=data_dir,
+        kds_offline=True,
+        trust_anchors_dir=anchors_dir,
+        require_host_token=False,
+        host_launch_rate=0,
+    ).replace(**changes)
+
+
 def _ready(client: FlaskClient, app: Flask, platform: SimulatedPlatform, ovmf: bytes) -> Any:
     owner = make_owner(app, "alice")
     assert client.post(f"/v1/vm/{VM}", json=sev(ovmf), headers=owner).status_code == 201
@@ -52,14 +63,7 @@ def _outage_then_retry(
 def test_disk_full_during_validate_is_retryable(
     small_fs: Path, anchors_dir: Path, platform: SimulatedPlatform, ovmf: bytes
 ) -> None:
-    settings = Settings(
-        data_dir=small_fs / "data",
-        kds_offline=True,
-        trust_anchors_dir=anchors_dir,
-        require_host_token=False,
-        host_launch_rate=0,
-    )
-    app = create_app(settings)
+    app = create_app(_settings(small_fs / "data", anchors_dir))
     filler = small_fs / "filler"
 
     def fill() -> None:
@@ -93,15 +97,8 @@ def test_postgresql_down_during_validate_is_retryable(
     platform: SimulatedPlatform,
     ovmf: bytes,
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=own_pg.create_database(),
-        kds_offline=True,
-        trust_anchors_dir=anchors_dir,
-        require_host_token=False,
-        host_launch_rate=0,
-    )
-    app = create_app(settings)
+    url = own_pg.create_database()
+    app = create_app(_settings(tmp_path / "data", anchors_dir, database_url=url))
     try:
         client = app.test_client()
         body = _ready(client, app, platform, ovmf)
@@ -121,15 +118,7 @@ def test_connection_lost_after_the_claim_gives_the_launch_back(
     database connection is then terminated (what a PostgreSQL restart or failover
     does): 503, and the launch is given back at once, not after the claim's lease."""
     url = own_pg.create_database()
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=url,
-        kds_offline=True,
-        trust_anchors_dir=anchors_dir,
-        require_host_token=False,
-        host_launch_rate=0,
-        validate_lease=3600,
-    )
+    settings = _settings(tmp_path / "data", anchors_dir, database_url=url, validate_lease=3600)
     app = create_app(settings)
     try:
         client = app.test_client()
