@@ -96,12 +96,19 @@ class PgServer:
         if result.returncode != 0:
             raise RuntimeError("initdb failed: " + result.stderr[-2000:])
         port = 20000 + (os.getpid() % 20000)
+        server = cls(root=root, socket_dir=root, port=port, bindir=bindir)
+        server.resume()
+        return server
+
+    def resume(self) -> None:
+        """``pg_ctl start`` of this cluster (after :meth:`start` made it, or :meth:`pause`)."""
+        root, port = self.root, self.port
         options = f"-k {root} -c listen_addresses='' -p {port} -c fsync=off -c max_connections=200"
         result = _as_postgres(
             [
-                str(bindir / "pg_ctl"),
+                str(self.bindir / "pg_ctl"),
                 "-D",
-                str(data),
+                str(root / "data"),
                 "-o",
                 options,
                 "-w",
@@ -113,7 +120,11 @@ class PgServer:
         if result.returncode != 0:
             log = (root / "log").read_text() if (root / "log").exists() else ""
             raise RuntimeError("pg_ctl start failed: " + result.stderr[-2000:] + log[-2000:])
-        return cls(root=root, socket_dir=root, port=port, bindir=bindir)
+
+    def pause(self) -> None:
+        """Stop the server (the database is unavailable) and keep its files."""
+        assert not self.external, "an external server is not ours to stop"
+        _as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-w", "stop"])
 
     def url(self, database: str = "postgres") -> str:
         """SQLAlchemy URL of ``database``."""

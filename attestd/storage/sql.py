@@ -670,9 +670,14 @@ class Database(ChallengeTables):
         return record
 
     def delete_vm(self, vm: VmRecord, *, event: Event) -> None:
-        """Remove a VM, its secrets and its launches."""
+        """Remove a VM, its secrets and its launches.
+
+        The VM row is locked first, as :meth:`release_launch` does: taking the launch
+        rows first deadlocked a release on PostgreSQL (a 503 for the validate).
+        """
 
         def txn(conn: Connection) -> None:
+            conn.execute(select(t.vms.c.id).where(t.vms.c.id == vm.id).with_for_update())
             conn.execute(delete(t.launches).where(t.launches.c.vm_id == vm.id))
             conn.execute(delete(t.attest_challenges).where(t.attest_challenges.c.vm_id == vm.id))
             conn.execute(delete(t.vms).where(t.vms.c.id == vm.id))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +13,7 @@ import pytest
 import requests
 
 from attestd.sim.platform import SimulatedPlatform
-from tests.api.servers import Server
+from tests.api.servers import Server, cli_token, serve_env
 from tests.api.simhost import VM, Boot, launch_body, measure, sev, validate_body
 
 pytestmark = pytest.mark.slow
@@ -24,18 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def env(tmp_path: Path, anchors_dir: Path, database_url: str) -> dict[str, str]:
-    values = dict(os.environ)
-    values.update(
-        {
-            "ATTESTD_DATA_DIR": str(tmp_path / "data"),
-            "ATTESTD_DATABASE_URL": database_url,
-            "ATTESTD_TRUST_ANCHORS_DIR": str(anchors_dir),
-            "ATTESTD_KDS_OFFLINE": "1",
-            "ATTESTD_CONFIG": "",
-        }
-    )
-    (tmp_path / "data").mkdir(exist_ok=True)
-    return values
+    return serve_env(tmp_path / "data", anchors_dir, database_url)
 
 
 @pytest.fixture
@@ -50,22 +36,8 @@ def server(env: dict[str, str]) -> Iterator[Server]:
 def test_sigkill_mid_launches(
     server: Server, env: dict[str, str], platform: SimulatedPlatform, ovmf: bytes
 ) -> None:
-    created = subprocess.run(
-        [sys.executable, "-m", "attestd.cli", "owner", "create", "alice"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    owner = {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
-    made = subprocess.run(
-        [sys.executable, "-m", "attestd.cli", "host", "create", "node-1", "--owner", "alice"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    host_auth = {"Authorization": "Bearer " + made.stdout.strip().splitlines()[-1]}
+    owner = cli_token(env, "owner", "create", "alice")
+    host_auth = cli_token(env, "host", "create", "node-1", "--owner", "alice")
     server.start()
     resp = requests.post(f"{server.url}/v1/vm/{VM}", json=sev(ovmf), headers=owner, timeout=30)
     assert resp.status_code == 201

@@ -193,23 +193,6 @@ def test_healthz_unhealthy_on_read_only_database(
         ro.extensions["attestd"].store.dispose()
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs (the test runs as root in the CI container, which may mount)."""
-    import subprocess
-
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 def test_healthz_unhealthy_on_full_disk(small_fs: Path, caplog: pytest.LogCaptureFixture) -> None:
     data = small_fs / "data"
     app = create_app(Settings(data_dir=data, kds_offline=True))
