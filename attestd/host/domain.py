@@ -56,6 +56,14 @@ def _flag(value: str | None, name: str) -> bool:
     raise ParseError(f"attestd metadata: {name}={value!r} is not yes/no")
 
 
+def _sim_attributes(
+    firmware: Path | None, sim_state: Path | None, vcpu_type: str | None
+) -> dict[str, str]:
+    """The simulator's optional metadata attributes (SEV and SNP alike)."""
+    attrs = {"firmware": firmware, "sim-state": sim_state, "vcpu-type": vcpu_type}
+    return {name: str(value) for name, value in attrs.items() if value is not None}
+
+
 @dataclass(frozen=True, slots=True)
 class AttestdMetadata:
     """The content of ``<attestd:launch>``."""
@@ -72,12 +80,7 @@ class AttestdMetadata:
         """The metadata element (namespace-qualified)."""
         attrs = {"service": self.service, "vm-id": str(self.vm_id)}
         attrs["simulate"] = "yes" if self.simulate else "no"
-        if self.firmware is not None:
-            attrs["firmware"] = str(self.firmware)
-        if self.sim_state is not None:
-            attrs["sim-state"] = str(self.sim_state)
-        if self.vcpu_type is not None:
-            attrs["vcpu-type"] = self.vcpu_type
+        attrs.update(_sim_attributes(self.firmware, self.sim_state, self.vcpu_type))
         if self.autostart:
             attrs["autostart"] = "yes"
         return ET.Element(f"{{{NAMESPACE}}}{ELEMENT}", attrs)
@@ -128,12 +131,7 @@ class SimSnp:
             "policy": f"0x{self.policy:x}",
             "host-data": self.host_data.hex(),
         }
-        if self.firmware is not None:
-            attrs["firmware"] = str(self.firmware)
-        if self.sim_state is not None:
-            attrs["sim-state"] = str(self.sim_state)
-        if self.vcpu_type is not None:
-            attrs["vcpu-type"] = self.vcpu_type
+        attrs.update(_sim_attributes(self.firmware, self.sim_state, self.vcpu_type))
         return attrs
 
     @classmethod
