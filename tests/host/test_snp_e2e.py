@@ -296,10 +296,10 @@ def test_snp_virsh_start_attests_and_unlocks_then_refusals_say_why(
             "text", guestimage.CMDLINE + " quiet"))  # fmt: skip
         other = boot(libvirtd, guest, 3)
         assert other.get("bootstrap-exit") == "7", other
-        assert "measurement" in other["err"], other["err"]
+        assert "measurement_not_accepted" in other["err"], other["err"]
         refused = _last_attest(snp_service, vm)
         assert refused["outcome"] != "released"
-        assert "measurement" in json.dumps(refused["detail"])
+        assert "measurement_not_accepted" in json.dumps(refused["detail"]["failed"])
 
         # tampered initdata: the guest refuses before it talks to anyone
         events_before = len(snp_service.events(vm))
@@ -313,10 +313,12 @@ def test_snp_virsh_start_attests_and_unlocks_then_refusals_say_why(
         redefine(libvirtd, prepared, _rewrite_initdata_and_host_data)
         rewritten = boot(libvirtd, guest, 5)
         assert rewritten.get("bootstrap-exit") == "7", rewritten
-        assert "host" in rewritten["err"].lower(), rewritten["err"]
+        assert "host_data_mismatch" in rewritten["err"], rewritten["err"]
         refused = _last_attest(snp_service, vm)
         assert refused["outcome"] != "released"
-        assert "host-data" in json.dumps(refused["detail"]).lower().replace("_", "-")
+        assert refused["detail"]["failed"] == [
+            "host_data_mismatch: HOST_DATA is not the expected value"
+        ]
         # nothing was unlocked by a refused boot: the marker is still boot 2's
         assert rewritten["marker-before"] == ""
     finally:
