@@ -46,6 +46,11 @@ class Settings:
     #: Never contact AMD's key server; only cached / imported CEKs are used.
     kds_offline: bool = False
     kds_url: str = AMD_KDS_URL
+    #: Refuse an SEV-SNP attestation when no current CRL of the ARK is available (KDS
+    #: down, offline without a fresh import). Off by default: the attestation goes on,
+    #: and its event and log say the ASK/ASVK revocation was not checked. A revoked
+    #: ASK/ASVK or a CRL the ARK did not sign always refuses.
+    snp_require_crl: bool = False
     #: Size of the firmware's secret area the table must fit (bytes).
     secret_area_size: int = 3072
     #: Seconds a launch session stays valid.
@@ -190,6 +195,7 @@ _FIELD_KINDS: dict[str, type] = {
     "cek_cache_dir": Path,
     "kds_offline": bool,
     "kds_url": str,
+    "snp_require_crl": bool,
     "secret_area_size": int,
     "launch_ttl": int,
     "attest_nonce_ttl": int,
@@ -276,6 +282,13 @@ def check_guest_trust(settings: Settings) -> None:
             parse_pin(settings.guest_pin)
         except InitdataError as exc:
             raise ParseError(f"configuration guest_pin: {exc.message}") from None
+    for url in settings.public_urls:
+        if not url.endswith("/v1"):
+            raise ParseError(
+                f"configuration public_urls: {url} is not the service's v1 base URL (it "
+                "ends in /v1, e.g. https://attest.example/v1; each owner's guests get "
+                "https://attest.example/owners/<owner>/v1 in their initdata)"
+            )
     if settings.public_urls and settings.guest_ca_file is None and not settings.guest_pin:
         raise ParseError(
             "configuration public_urls: set guest_ca_file or guest_pin too (what an SNP "

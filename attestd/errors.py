@@ -112,6 +112,34 @@ class Conflict(AttestdError):
     code = "conflict"
 
 
+class OwnerRequired(Conflict):
+    """Several owners registered the VM UUID and the request names none of them.
+
+    Each owner has its own VM UUID namespace; a caller that is not an owner names one
+    by an owner-scoped host token or by the owner's base URL ``/owners/<name>/v1``.
+    """
+
+    code = "owner_required"
+
+    @classmethod
+    def for_vm(cls, uuid: str) -> OwnerRequired:
+        """The refusal for VM ``uuid``."""
+        return cls(
+            f"VM {uuid} is registered by several owners: name the owner (an owner-scoped "
+            "host token, or the owner's base URL /owners/<name>/v1)",
+            reasons=["owner_required"],
+        )
+
+
+class WrongOwner(AttestdError):
+    """A token used at the base URL ``/owners/<name>/v1`` of an owner it is not for.
+
+    Refused alike whether or not an owner of that name exists (no existence oracle).
+    """
+
+    code = "wrong_owner"
+
+
 class RegistrationChanged(Conflict):
     """The VM's registration changed (or was deleted) after the launch started."""
 

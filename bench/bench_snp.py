@@ -2,8 +2,9 @@
 
 Usage: ``.venv/bin/python -m bench.bench_snp [RUNS]`` (default 200 runs per case).
 
-* crypto floor: ``check_report`` (parse, VCEK chain to the ASK, ECDSA P-384 signature,
-  TCB and chip id) and ``accept`` + the JWE (ECDH-ES+A256KW, A256GCM) of a payload;
+* crypto floor: ``check_report`` (parse, VCEK chain to the ASK with names and dates,
+  the ASK against the ARK's CRL, ECDSA P-384 signature, TCB and chip id) and ``accept``
+  + the JWE (ECDH-ES+A256KW, A256GCM) of a payload;
 * the pair a guest makes: ``POST /attest/challenge`` + ``POST /attest`` through the
   Flask app on SQLite (a software SNP platform, its anchor trusted).
 """
@@ -19,6 +20,7 @@ from jwcrypto import jwk
 
 from attestd.api import create_app
 from attestd.config import Settings
+from attestd.sev.snp.certs import SnpCrl
 from attestd.sev.snp.verify import (
     SnpReferencePolicy,
     accept,
@@ -26,6 +28,7 @@ from attestd.sev.snp.verify import (
     report_data_binding,
 )
 from attestd.sim.snp import ReportRequest, SnpPlatform
+from attestd.trust.crl import CrlStore
 from bench.bench_chain import _report
 
 VM = "6f1c2b7e-3c1a-4d8e-9a51-0c2b9d1f7e11"
@@ -40,12 +43,13 @@ def main(argv: list[str]) -> int:
     digest = bytes(48)
     nonce = base64.b64encode(bytes(32)).decode()
     raw = platform.report(ReportRequest(report_data_binding(nonce, public), digest))
+    crls = {platform.name: SnpCrl.from_der(platform.crl())}
     _report(
-        "check_report (chain, signature, TCB, chip)",
-        lambda: check_report(raw, anchors, leaf=platform.vcek),
+        "check_report (chain, CRL, signature, TCB, chip)",
+        lambda: check_report(raw, anchors, leaf=platform.vcek, crls=crls),
         runs,
     )
-    verified = check_report(raw, anchors, leaf=platform.vcek).verified
+    verified = check_report(raw, anchors, leaf=platform.vcek, crls=crls).verified
     assert verified is not None
     policy = SnpReferencePolicy(measurements=[digest])
     payload = b"x" * 1024
@@ -60,15 +64,16 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         anchor_dir = Path(tmp) / "anchors"
         platform.write_anchor(anchor_dir)
-        app = create_app(
-            Settings(
-                data_dir=Path(tmp),
-                kds_offline=True,
-                trust_anchors_dir=anchor_dir,
-                public_urls=("https://attest.example/v1",),
-                guest_pin="sha256//" + base64.b64encode(bytes(32)).decode(),
-            )
+        settings = Settings(
+            data_dir=Path(tmp),
+            kds_offline=True,
+            trust_anchors_dir=anchor_dir,
+            public_urls=("https://attest.example/v1",),
+            guest_pin="sha256//" + base64.b64encode(bytes(32)).decode(),
         )
+        crl_store = CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
+        crl_store.import_crl(platform.crl(), anchors)  # the service checks the ASK's revocation
+        app = create_app(settings)
         client = app.test_client()
         owner = app.extensions["attestd"].services.principals.create_owner("bench")
         auth = {"Authorization": f"Bearer {owner}"}

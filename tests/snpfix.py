@@ -41,17 +41,22 @@ PUBLIC_URLS = ("https://attestd.example/v1",)
 GUEST_PIN = initdata.format_pin(hashlib.sha256(b"the test service's key").digest())
 
 
-def expected_initdata(uuid: str = SNP_VM) -> bytes:
-    """The initdata the service makes for ``uuid`` with the settings of ``snp_settings``,
-    built here from the same inputs with the guest's own builder."""
+def owner_urls(owner: str = "alice") -> tuple[str, ...]:
+    """The service URLs in owner ``owner``'s initdata: its base URLs on ``PUBLIC_URLS``."""
+    return tuple(url.removesuffix("/v1") + f"/owners/{owner}/v1" for url in PUBLIC_URLS)
+
+
+def expected_initdata(uuid: str = SNP_VM, owner: str = "alice") -> bytes:
+    """The initdata the service makes for owner ``owner``'s ``uuid`` with the settings
+    of ``snp_settings``, built here from the same inputs with the guest's own builder."""
     from uuid import UUID
 
-    return initdata.build(PUBLIC_URLS, UUID(uuid), pin=GUEST_PIN)
+    return initdata.build(owner_urls(owner), UUID(uuid), pin=GUEST_PIN)
 
 
-def vm_host_data(uuid: str = SNP_VM) -> bytes:
+def vm_host_data(uuid: str = SNP_VM, owner: str = "alice") -> bytes:
     """SHA-256 of :func:`expected_initdata`: the HOST_DATA the service expects."""
-    return hashlib.sha256(expected_initdata(uuid)).digest()
+    return hashlib.sha256(expected_initdata(uuid, owner)).digest()
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +111,27 @@ def register(
     assert resp.status_code == 201, resp.json
 
 
+def snp_fuzz_app(data_dir: Path, anchors_dir: Path, digest: bytes) -> tuple[Flask, dict[str, str]]:
+    """An app for the fuzz suites (no challenge cap in practice) with SNP VM ``SNP_VM``
+    registered by owner ``fuzzer`` accepting ``digest``; the owner's header."""
+    from tests.servicefix import make_owner
+
+    app = create_app(
+        Settings(
+            data_dir=data_dir,
+            kds_offline=True,
+            trust_anchors_dir=anchors_dir,
+            attest_max_challenges=10_000,
+            public_urls=PUBLIC_URLS,
+            guest_pin=GUEST_PIN,
+        )
+    )
+    owner = make_owner(app, "fuzzer")
+    resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=snp_registration(digest), headers=owner)
+    assert resp.status_code == 201, resp.json
+    return app, owner
+
+
 def measurement(ovmf: bytes, **inputs: Any) -> bytes:
     """The SNP launch digest of a guest started with OVMF and ``inputs``."""
     return SnpPlatform.measure(ovmf, **inputs)
@@ -152,11 +178,13 @@ def attest_body(
     bind_key: dict[str, str] | None = None,
     with_vcek: bool = True,
     vm: str = SNP_VM,
+    owner: str = "alice",
     **request: Any,
 ) -> dict[str, Any]:
     """A guest's ``/attest`` body: a report signed by ``platform`` binding nonce and key,
-    with the HOST_DATA of ``vm``'s initdata unless ``host_data`` is given."""
-    request.setdefault("host_data", vm_host_data(vm))
+    with the HOST_DATA of owner ``owner``'s ``vm``'s initdata unless ``host_data`` is
+    given."""
+    request.setdefault("host_data", vm_host_data(vm, owner))
     report_data = report_data_binding(bind_nonce or nonce, bind_key or guest.public)
     signing_key = request.get("signing_key", SigningKey.VCEK)
     report = platform.report(ReportRequest(report_data=report_data, measurement=digest, **request))
@@ -170,9 +198,9 @@ def attest_body(
     return body
 
 
-def challenge(client: FlaskClient, uuid: str = SNP_VM) -> str:
-    """A fresh nonce for ``uuid``."""
-    resp = client.post(f"/v1/vm/{uuid}/attest/challenge")
+def challenge(client: FlaskClient, uuid: str = SNP_VM, base: str = "/v1") -> str:
+    """A fresh nonce for ``uuid`` (at base URL ``base``)."""
+    resp = client.post(f"{base}/vm/{uuid}/attest/challenge")
     assert resp.status_code == 200, resp.json
     nonce = resp.json["nonce"]
     assert isinstance(nonce, str)

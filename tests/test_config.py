@@ -30,6 +30,7 @@ def test_public_urls_from_environment_and_file(tmp_path: Path) -> None:
         ('public_urls = "https://a.example/v1"\n', "guest_ca_file or guest_pin"),
         ('public_urls = "ftp://a.example"\nguest_pin = "' + PIN + '"\n', "not an http(s) URL"),
         ("public_urls = 5\n", "expected URLs"),
+        ('public_urls = "https://a.example/api"\nguest_pin = "' + PIN + '"\n', "v1 base URL"),
         ('guest_pin = "sha256//short"\n', "guest_pin"),
         ('guest_pin = "md5//AAAA"\n', "guest_pin"),
     ],

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 
 from attestd import config
 from attestd.api import errors
-from attestd.api.state import AppState, Metrics
+from attestd.api.state import OWNER_BASE, AppState, Metrics
 from attestd.config import Settings
 from attestd.service.clock import Clock
 from attestd.service.factory import build_services
@@ -39,11 +40,19 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
     from attestd.api import ops
     from attestd.api.v1 import attest, host, initdata, owner
 
-    app.register_blueprint(owner.bp, url_prefix="/v1")
-    app.register_blueprint(host.bp, url_prefix="/v1")
-    app.register_blueprint(attest.bp, url_prefix="/v1")
-    app.register_blueprint(initdata.bp, url_prefix="/v1")
+    # the v1 API, and the same API at each owner's base URL: a request there is about
+    # that owner's VM UUID namespace only (what a host or guest that has no owner
+    # token uses to name the owner, e.g. as the domain's service URL)
+    for bp in (owner.bp, host.bp, attest.bp, initdata.bp):
+        app.register_blueprint(bp, url_prefix="/v1")
+        app.register_blueprint(bp, url_prefix=OWNER_BASE + "/v1", name=f"{bp.name}_of_owner")
     app.register_blueprint(ops.bp)
+
+    @app.url_value_preprocessor
+    def _base_owner(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+        # no view takes the owner of the base URL as an argument: it is the request's
+        if values is not None and "owner_name" in values:
+            g.attestd_base_owner = values.pop("owner_name")
 
     @app.before_request
     def _start_timer() -> None:

@@ -39,6 +39,8 @@ STATUS: dict[type[e.AttestdError], int] = {
     e.NotFound: 404,
     e.Conflict: 409,
     e.RegistrationChanged: 409,
+    e.OwnerRequired: 409,
+    e.WrongOwner: 403,
     e.NonceRejected: 409,
     e.InitdataUnavailable: 409,
     e.ChallengeLimit: 429,

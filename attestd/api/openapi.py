@@ -170,10 +170,14 @@ PATH_PARAMETERS: dict[str, dict[str, str]] = {
 ERROR_STATUSES = {
     "400": "malformed input (bad JSON, base64, certificate layout)",
     "401": "missing or invalid bearer token",
-    "403": "attestation failed: chain, measurement or policy (nothing released)",
-    "404": "unknown VM or launch (or another owner's)",
+    "403": "attestation failed: chain, measurement or policy (nothing released); or a token"
+    " used at the base URL of another owner (wrong_owner, whether or not that owner exists)",
+    "404": "unknown VM or launch (another owner's VM or launch is unknown alike: each owner"
+    " has its own VM UUID namespace)",
     "409": "conflict: launch or nonce used or expired, budget exhausted, VM exists, firmware"
-    " quota used up or firmware still named by a registration, SNP VM without initdata",
+    " quota used up or firmware still named by a registration, SNP VM without initdata;"
+    " owner_required: several owners registered the UUID and the request names none (use an"
+    " owner-scoped host token or the owner's base URL /owners/{owner}/v1)",
     "413": "body too large, or the secret table would not fit the secret area",
     "422": "the request does not match the schema, or is unsupported",
     "429": "too many pending launches for the VM or launches by the host, or too many live"
@@ -207,15 +211,8 @@ def _custom_fields(plugin: MarshmallowPlugin) -> None:
         if isinstance(field, s.Policy):
             return {
                 "oneOf": [
-                    {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF},
-                    {"type": "string", "pattern": "^(0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10})$"},
-                ]
-            }
-        if isinstance(field, snp.SnpPolicyField):
-            return {
-                "oneOf": [
-                    {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-                    {"type": "string", "pattern": "^(0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20})$"},
+                    {"type": "integer", "minimum": 0, "maximum": 2**field.bits - 1},
+                    {"type": "string", "pattern": f"^({field.pattern})$"},
                 ]
             }
         if isinstance(field, s.SecretField):
@@ -230,6 +227,24 @@ def _custom_fields(plugin: MarshmallowPlugin) -> None:
         return {}
 
     plugin.converter.add_attribute_function(extra)  # type: ignore[union-attr]
+
+
+#: The v1 API is served at ``/v1`` and, the same, at each owner's base URL.
+SERVERS: list[dict[str, Any]] = [
+    {"url": "/", "description": "the service"},
+    {
+        "url": "/owners/{owner}",
+        "description": (
+            "an owner's base URL: the same /v1 API about that owner's VM UUID namespace only."
+            " Hosts and guests without an owner token name the owner by it (e.g. the"
+            " domain's service URL https://attest.example/owners/{owner}/v1); an owner or"
+            " owner-scoped host token for another owner gets 403 wrong_owner there"
+        ),
+        "variables": {"owner": {"default": "owner", "description": "the owner's name"}},
+    },
+]
+#: The paths also served at an owner's base URL.
+OWNER_SCOPED = ("/v1/vm", "/v1/firmware")
 
 
 def build_spec() -> dict[str, Any]:
@@ -270,6 +285,10 @@ def build_spec() -> dict[str, Any]:
         ]
         spec.path(path=path, operations=operations, parameters=parameters)
     document = spec.to_dict()
+    document["servers"] = SERVERS
+    for path, item in document["paths"].items():
+        if not path.startswith(OWNER_SCOPED):
+            item["servers"] = [SERVERS[0]]  # not served at an owner's base URL
     return json.loads(json.dumps(document, sort_keys=True))  # type: ignore[no-any-return]
 
 

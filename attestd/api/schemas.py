@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -78,7 +78,21 @@ class Base64Bytes(fields.Field[bytes]):
 
 
 class Policy(fields.Field[int]):
-    """SEV guest policy: an integer or a hex string (``"0x3"``)."""
+    """A guest policy: an integer or a hex string (``"0x3"``) of ``bits`` bits (SEV 32,
+    SNP 64), optionally checked by ``check`` (e.g. SEV's reserved bits 6-15 are zero)."""
+
+    def __init__(
+        self,
+        *,
+        bits: int = 32,
+        check: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.bits = bits
+        self.check = check
+        hex_digits, dec_digits = bits // 4, len(str(2**bits - 1))
+        self.pattern = f"0[xX][0-9a-fA-F]{{1,{hex_digits}}}|[0-9]{{1,{dec_digits}}}"
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> int | None:
         return None if value is None else int(value)
@@ -90,17 +104,33 @@ class Policy(fields.Field[int]):
             raise ValidationError("must be an integer or a hex string")
         if isinstance(value, int):
             number = value
-        elif isinstance(value, str) and re.fullmatch(r"(0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10})", value):
+        elif isinstance(value, str) and re.fullmatch(self.pattern, value):
             number = int(value, 0) if value[:2].lower() == "0x" else int(value, 10)
         else:
             raise ValidationError("must be an integer or a hex string")
-        if not 0 <= number <= 0xFFFFFFFF:
-            raise ValidationError("must fit in 32 bits")
-        try:
-            GuestPolicy.from_u32(number)
-        except AttestdError:
-            raise ValidationError("reserved policy bits 6-15 must be zero") from None
+        if not 0 <= number < 1 << self.bits:
+            raise ValidationError(f"must fit in {self.bits} bits")
+        if self.check is not None:
+            self.check(number)
         return number
+
+
+def _sev_policy_bits(number: int) -> None:
+    try:
+        GuestPolicy.from_u32(number)
+    except AttestdError:
+        raise ValidationError("reserved policy bits 6-15 must be zero") from None
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only (not 1, 0 or strings)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
 
 
 def _hex_list(regex: re.Pattern[str], what: str, **kwargs: Any) -> fields.List[str]:
@@ -224,7 +254,11 @@ class RegistrationSchema(_Strict):
     """``POST``/``PUT /v1/vm/<uuid>`` body."""
 
     scheme = fields.String(required=True, validate=validate.OneOf(SCHEMES))
-    policy = Policy(required=True, metadata={"description": "integer or hex string"})
+    policy = Policy(
+        check=_sev_policy_bits,
+        required=True,
+        metadata={"description": "integer or hex string"},
+    )
     cloud_cert = Base64Bytes(
         data_key="cloud-cert",
         length=SEV_CERT_SIZE,
@@ -317,7 +351,7 @@ class ValidateRequestSchema(_Strict):
     build_id = fields.Integer(
         strict=True, data_key="build-id", required=True, validate=validate.Range(0, 255)
     )
-    policy = Policy(required=True)
+    policy = Policy(check=_sev_policy_bits, required=True)
     measurement = Base64Bytes(required=True, length=48)
     firmware_hash = _hex(HEX64, "a SHA-256", data_key="firmware-hash")
     cpu_count = fields.Integer(strict=True, data_key="cpu-count", validate=validate.Range(1, 512))

@@ -18,7 +18,9 @@ from attestd.api.schemas import (
     HEX96,
     NO_CONTROL,
     Base64Bytes,
+    Policy,
     SecretField,
+    StrictBoolean,
     _hex,
     _hex_list,
     _Strict,
@@ -34,28 +36,6 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX128 = re.compile(r"^[0-9a-f]{128}$")
 #: The largest certificate table / VCEK accepted in an attest request.
 MAX_CERT_TABLE = 16 * 1024
-
-
-class SnpPolicyField(fields.Field[int]):
-    """SNP guest policy: an integer or a hex string (``"0x30000"``), 64 bits."""
-
-    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> int | None:
-        return None if value is None else int(value)
-
-    def _deserialize(
-        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> int:
-        if isinstance(value, bool):
-            raise ValidationError("must be an integer or a hex string")
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, str) and re.fullmatch(r"0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20}", value):
-            number = int(value, 0) if value[:2].lower() == "0x" else int(value, 10)
-        else:
-            raise ValidationError("must be an integer or a hex string")
-        if not 0 <= number < 1 << 64:
-            raise ValidationError("must fit in 64 bits")
-        return number
 
 
 def _component() -> fields.Integer:
@@ -84,8 +64,8 @@ class SnpRegistrationSchema(_Strict):
     """``POST``/``PUT /v1/vm/<uuid>`` body for ``"scheme": "amd-sev-snp"``."""
 
     scheme = fields.String(required=True, validate=validate.Equal(SNP_SCHEME))
-    policy = SnpPolicyField(
-        required=True, metadata={"description": "64-bit SNP guest policy; bit 17 set"}
+    policy = Policy(
+        bits=64, required=True, metadata={"description": "64-bit SNP guest policy; bit 17 set"}
     )
     launch_digests = _hex_list(
         HEX96, "a 48-byte digest", data_key="launch-digests", load_default=list
@@ -129,6 +109,14 @@ class SnpRegistrationSchema(_Strict):
         strict=True, data_key="min-guest-svn", validate=validate.Range(0, 2**32 - 1)
     )
     min_firmware = fields.Nested(FirmwareMinimumSchema, data_key="min-firmware")
+    allow_provisional_firmware = StrictBoolean(
+        data_key="allow-provisional-firmware",
+        load_default=False,
+        metadata={
+            "description": "accept a report whose running firmware (CURRENT_TCB, version) is "
+            "not yet the committed one; default false"
+        },
+    )
     max_launches = fields.Integer(
         strict=True, data_key="max-launches", validate=validate.Range(1, 2**31 - 1)
     )

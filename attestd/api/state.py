@@ -8,16 +8,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app, g, request
 from marshmallow import Schema
 
 from attestd.config import Settings
-from attestd.errors import ParseError
+from attestd.errors import ParseError, WrongOwner
 from attestd.service.factory import Services
 from attestd.storage.ports import Principal, Store
 
 #: Methods counted by name in /metrics; any other method is counted as ``other``.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+#: The prefix of an owner's base URL: ``/owners/<name>/v1`` serves the v1 API about
+#: that owner's VM UUID namespace only.
+OWNER_BASE = "/owners/<owner_name>"
 
 
 @dataclass
@@ -85,9 +89,29 @@ def bearer_token() -> str | None:
     return token.strip()
 
 
+def base_owner() -> str | None:
+    """The owner name of the base URL ``/owners/<name>/v1`` (None at ``/v1``)."""
+    name = g.get("attestd_base_owner")
+    return None if name is None else str(name)
+
+
+def base_owner_id() -> int | None:
+    """The owner id of the request's base URL (None at ``/v1``; a name that names
+    nobody gives an id no owner has: every VM there is unknown)."""
+    name = base_owner()
+    return None if name is None else state().services.principals.namespace(name)
+
+
 def current_owner() -> Principal:
-    """The authenticated owner (401 otherwise)."""
-    return state().services.principals.authenticate_owner(bearer_token())
+    """The authenticated owner (401 otherwise); at an owner base URL only that owner
+    (403 for any other name, whether or not such an owner exists)."""
+    owner = state().services.principals.authenticate_owner(bearer_token())
+    name = base_owner()
+    if name is not None and name != owner.name:
+        raise WrongOwner(
+            "this owner token is not for the owner of this base URL", reasons=["wrong_owner"]
+        )
+    return owner
 
 
 def load_json(schema: Schema) -> Any:

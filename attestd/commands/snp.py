@@ -6,6 +6,12 @@ first certificate of ``--cert-chain`` (PEM bundle), or ``--cert-table`` (the
 extended-report certificate table). Only the pinned AMD roots and the extra anchors
 of ``--trust-anchors`` / ``$ATTESTD_TRUST_ANCHORS_DIR`` are trusted.
 
+Every certificate must be valid at ``--at`` (default: now) and name its issuer.
+``--crl`` gives the ARK's CRL (AMD KDS ``/vcek/v1/<product>/crl``; default: the one
+cached by ``attestd snp crl import``/the service, if any): a revoked ASK/ASVK or a CRL
+the ARK did not sign fails; without a current CRL revocation is not checked (the
+links say so) unless ``--require-crl``.
+
 Prints one JSON object. Exit status 0 only when the signature, the chain,
 REPORTED_TCB = the certificate's SPLs and the chip id verify (and every given
 policy option holds); 1 otherwise (``"verified": false`` with the failing link and
@@ -15,6 +21,7 @@ reasons); 2 for usage errors.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import re
 import sys
@@ -23,7 +30,7 @@ from typing import Any
 
 from attestd import config
 from attestd.console import int_range, plain, read_bytes
-from attestd.sev.snp.certs import load_pem_or_der
+from attestd.sev.snp.certs import SnpCrl, load_pem_or_der
 from attestd.sev.snp.report import (
     AttestationReport,
     FirmwareVersion,
@@ -36,6 +43,7 @@ from attestd.sev.snp.report import (
 )
 from attestd.sev.snp.verify import SnpReferencePolicy, check_report, decide
 from attestd.trust import load_snp_anchors
+from attestd.trust.crl import CrlStore
 from attestd.trust.vcek import VcekKey, VcekStore
 
 _HEX = re.compile(r"[0-9A-Fa-f]+")
@@ -78,6 +86,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     verify.add_argument(
         "--generation", choices=[g.value for g in Generation], help="require this generation"
     )
+    verify.add_argument(
+        "--at",
+        metavar="TIME",
+        help="verification time, ISO 8601 or now (the default); every certificate must be valid",
+    )
+    verify.add_argument(
+        "--crl", type=Path, metavar="FILE", help="the ARK's CRL (DER or PEM; default: the cache)"
+    )
+    verify.add_argument(
+        "--require-crl", action="store_true", help="fail without a current CRL of the ARK"
+    )
     policy = verify.add_argument_group("policy (each option adds a check)")
     policy.add_argument("--measurement", action="append", metavar="HEX", help="accepted (repeat)")
     policy.add_argument("--host-data", metavar="HEX", help="expected HOST_DATA (64 hex)")
@@ -102,7 +121,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--min-firmware", metavar="MAJOR.MINOR.BUILD", help="minimum current firmware version"
     )
     policy.add_argument(
-        "--no-provisional", action="store_true", help="require COMMITTED = CURRENT (TCB, firmware)"
+        "--allow-provisional",
+        action="store_true",
+        help="accept CURRENT above COMMITTED (TCB, firmware); refused by default",
     )
     verify.set_defaults(func=run_verify)
     vcek = snp_sub.add_parser("vcek", help="the service's VCEK cache (AMD KDS, offline import)")
@@ -117,6 +138,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     imp = vcek_sub.add_parser("import", help="add a VCEK obtained elsewhere to the cache")
     imp.add_argument("vcek", type=Path, metavar="FILE", help="the VCEK (DER or PEM)")
     imp.set_defaults(func=run_vcek_import)
+    crl = snp_sub.add_parser("crl", help="the service's CRL cache (AMD KDS, offline import)")
+    crl_sub = crl.add_subparsers(dest="crl_command", metavar="COMMAND", required=True)
+    crl_imp = crl_sub.add_parser(
+        "import", help="add a CRL obtained elsewhere (checked against the trusted ARKs)"
+    )
+    crl_imp.add_argument("crl", type=Path, metavar="FILE", help="the CRL (DER or PEM)")
+    crl_imp.set_defaults(func=run_crl_import)
+    crl_fetch = crl_sub.add_parser(
+        "fetch", help="fetch a product's CRL from AMD KDS, into the cache"
+    )
+    crl_fetch.add_argument(
+        "--generation", choices=[g.value for g in Generation], required=True, help="product line"
+    )
+    crl_fetch.set_defaults(func=run_crl_fetch)
 
 
 class UsageError(Exception):
@@ -176,14 +211,14 @@ def _policy(args: argparse.Namespace) -> SnpReferencePolicy | None:
         args.signing_key,
         args.min_guest_svn,
         firmware,
-        args.no_provisional or None,
+        args.allow_provisional or None,
     ]
     if all(value is None for value in given):
         return None
     return SnpReferencePolicy(
         guest_policy=guest_policy,
         min_tcb=None if args.min_tcb is None else _min_tcb(args.min_tcb),
-        allow_provisional_firmware=not args.no_provisional,
+        allow_provisional_firmware=args.allow_provisional,
         max_vmpl=3 if args.max_vmpl is None else args.max_vmpl,
         measurements=None
         if args.measurement is None
@@ -255,18 +290,46 @@ def describe(report: AttestationReport, generation: Generation | None) -> dict[s
     }
 
 
+def _at(value: str | None) -> datetime.datetime:
+    if value is None or value == "now":
+        return datetime.datetime.now(datetime.UTC)
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError("--at must be an ISO 8601 time (e.g. 2025-06-01T00:00:00Z)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
 def run_verify(args: argparse.Namespace) -> int:
     """Verify and print one JSON object; see the module doc for the exit status."""
     try:
         policy = _policy(args)
         leaf, table = _leaf(args)
+        at = _at(args.at)
     except UsageError as exc:
         print(f"attestd snp verify: error: {exc}", file=sys.stderr)
         return 2
     raw = extract_report(_read(args.report, "report"))
-    anchors = load_snp_anchors(args.trust_anchors or config.load().trust_anchors_dir)
+    settings = config.load()
+    anchors = load_snp_anchors(args.trust_anchors or settings.trust_anchors_dir)
+    if args.crl is not None:
+        given = SnpCrl.from_der(_read(args.crl, "CRL"))
+        crls = {a.name: given for a in anchors if given.signed_by(a.ark)}
+        if not crls:  # a CRL no trusted ARK signed: let the check name it for every anchor
+            crls = {a.name: given for a in anchors}
+    else:
+        crls = _crl_store(settings).all_cached(anchors)
     wanted = None if args.generation is None else Generation(args.generation)
-    check = check_report(raw, anchors, leaf=leaf, cert_table=table, generation=wanted)
+    check = check_report(
+        raw,
+        anchors,
+        leaf=leaf,
+        cert_table=table,
+        generation=wanted,
+        at=at,
+        crls=crls,
+        require_crl=args.require_crl,
+    )
     verified = check.verified
     out: dict[str, Any] = {"verified": False}
     if check.report is not None:
@@ -276,6 +339,7 @@ def run_verify(args: argparse.Namespace) -> int:
         out["failure"] = {"code": check.code, "detail": check.failure}
     else:
         out["anchor"] = verified.anchor
+        out["revocation"] = verified.revocation
         out["certificate"] = verified.certificate.describe_extensions()
         reasons = [] if policy is None else decide(verified, policy)
         out["policy-checked"] = policy is not None
@@ -309,4 +373,32 @@ def run_vcek_import(args: argparse.Namespace) -> int:
     store = _vcek_store()
     key = store.import_vcek(der)
     print(store.cache_dir / key.filename)
+    return 0
+
+
+def _crl_store(settings: config.Settings) -> CrlStore:
+    return CrlStore(
+        settings.effective_cek_cache_dir / "vcek", base_url=settings.kds_url, offline=False
+    )
+
+
+def run_crl_import(args: argparse.Namespace) -> int:
+    """Add a CRL to the cache if a trusted ARK signed it (for hosts without AMD KDS)."""
+    settings = config.load()
+    anchors = load_snp_anchors(settings.trust_anchors_dir)
+    store = _crl_store(settings)
+    path, crl = store.import_crl(_read(args.crl, "CRL"), anchors)
+    until = "never" if crl.next_update is None else f"{crl.next_update:%Y-%m-%dT%H:%M:%SZ}"
+    print(f"{path} (next update {until}, {len(crl.revoked)} revoked)")
+    return 0
+
+
+def run_crl_fetch(args: argparse.Namespace) -> int:
+    """Fetch a product line's CRL from AMD KDS into the cache."""
+    settings = config.load()
+    anchors = load_snp_anchors(settings.trust_anchors_dir)
+    anchor = next(a for a in anchors if a.name == args.generation)
+    store = _crl_store(settings)
+    crl = store.fetch(anchor)
+    print(f"{store.path_for(anchor)} (next update {crl.next_update})")
     return 0

@@ -200,7 +200,8 @@ class ServiceClient:
 
     def _unreachable(self, method: str, url: str, exc: requests.RequestException) -> str:
         """Which URL failed, how, and what to check."""
-        root = self.base_url.removesuffix("/v1")
+        # the service root of a base URL ``<root>/v1`` or an owner's ``<root>/owners/<name>/v1``
+        root = re.sub(r"(/owners/[^/]+)?/v1$", "", self.base_url)
         if isinstance(exc, requests.exceptions.SSLError):
             how = "TLS verification failed"
             check = "the service's certificate and ca_bundle in the host config"

@@ -9,8 +9,11 @@
    answer and :class:`~attestd.errors.NonceRejected` for the others;
 2. reads the registration again (a ``PUT`` that committed before the claim wins);
 3. verifies the report (:func:`attestd.sev.snp.verify.check_report`: signature,
-   chain to a pinned or configured root, REPORTED_TCB, chip id) with the VCEK or VLEK
-   from the request;
+   chain to a pinned or configured root with issuer names and validity dates at the
+   service's clock, the ASK/ASVK against the ARK's CRL (:mod:`attestd.trust.crl`;
+   without a current CRL refused only if ``snp_require_crl``, and the event says
+   ``"revocation": "no-crl"``), REPORTED_TCB, chip id) with the VCEK or VLEK from the
+   request or the VCEK store;
 4. asks the SNP core for every reason to refuse (:func:`attestd.sev.snp.verify.accept`:
    the owner's policy, minimum TCBs, VMPL, accepted measurements, HOST_DATA (the owner's
    pinned ``host-data``, else the SHA-256 of the VM's stored initdata; a VM with neither
@@ -27,12 +30,13 @@ Every attempt is an ``attest`` event listing the outcome and every failed check.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import logging
 import math
 import secrets as _secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,7 +61,7 @@ from attestd.service.snp_registration import SnpRegistration, is_snp
 from attestd.service.vms import Vms
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests
 from attestd.sev.measure.sev_hashes import KernelHashes
-from attestd.sev.snp.certs import SnpAnchor
+from attestd.sev.snp.certs import SnpAnchor, SnpCrl
 from attestd.sev.snp.report import AttestationReport, SigningKey
 from attestd.sev.snp.verify import accept, check_report, tee_pubkey
 from attestd.storage.ports import (
@@ -72,6 +76,7 @@ from attestd.storage.ports import (
     VmRepository,
 )
 from attestd.trust.anchors import load_snp_anchors
+from attestd.trust.crl import CrlStore
 from attestd.trust.vcek import VcekKey, VcekStore
 
 logger = logging.getLogger(__name__)
@@ -130,6 +135,29 @@ def snp_inputs(reg: SnpRegistration) -> list[LaunchInputs]:
     ]
 
 
+class _CrlLookup(Mapping[str, SnpCrl]):
+    """The CRL of an anchor, asked of the store only for the anchor that signed the report."""
+
+    def __init__(
+        self, store: CrlStore, anchors: Sequence[SnpAnchor], at: datetime.datetime
+    ) -> None:
+        self._store = store
+        self._anchors = {a.name: a for a in anchors}
+        self._at = at
+
+    def __getitem__(self, name: str) -> SnpCrl:
+        crl = self._store.current(self._anchors[name], self._at)
+        if crl is None:
+            raise KeyError(name)
+        return crl
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._anchors)
+
+    def __len__(self) -> int:
+        return len(self._anchors)
+
+
 class Attestations:
     """``/attest/challenge`` and ``/attest``."""
 
@@ -152,8 +180,21 @@ class Attestations:
         self.firmware = firmware
         self.clock = clock
         self._anchors: tuple[SnpAnchor, ...] | None = None
-        self._digests: Lru[tuple[str, LaunchInputs], bytes] = Lru(512)
+        # per (owner, firmware hash, inputs): an owner reaches an entry only through its
+        # own firmware link, so another owner's upload neither serves nor reveals it
+        self._digests: Lru[tuple[int, str, LaunchInputs], bytes] = Lru(512)
         self._vceks: VcekStore | None = None
+        self._crls: CrlStore | None = None
+
+    def crls(self) -> CrlStore:
+        """The CRL store (next to the VCEKs; AMD KDS unless ``kds_offline``)."""
+        if self._crls is None:
+            self._crls = CrlStore(
+                self.settings.effective_cek_cache_dir / "vcek",
+                base_url=self.settings.kds_url,
+                offline=self.settings.kds_offline,
+            )
+        return self._crls
 
     def vceks(self) -> VcekStore:
         """The VCEK store (``<cek cache>/vcek``, AMD KDS unless ``kds_offline``)."""
@@ -183,8 +224,10 @@ class Attestations:
             self._anchors = load_snp_anchors(self.settings.trust_anchors_dir)
         return self._anchors
 
-    def _vm(self, uuid: str) -> VmRecord:
-        vm = self.vm_repo.vm(uuid)
+    def _vm(self, uuid: str, owner_id: int | None) -> VmRecord:
+        """The VM ``uuid`` of the base URL's owner (at ``/v1``: of the only owner that
+        has the UUID, else :class:`~attestd.errors.OwnerRequired`)."""
+        vm = self.vm_repo.sole_vm(uuid) if owner_id is None else self.vm_repo.vm(owner_id, uuid)
         if vm is None:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return vm
@@ -199,9 +242,9 @@ class Attestations:
 
     # -- /attest/challenge -------------------------------------------------------------
 
-    def challenge(self, uuid: str) -> Challenge:
-        """A fresh single-use nonce for SNP VM ``uuid``."""
-        vm = self._vm(uuid)
+    def challenge(self, uuid: str, owner_id: int | None = None) -> Challenge:
+        """A fresh single-use nonce for SNP VM ``uuid`` (of owner ``owner_id``)."""
+        vm = self._vm(uuid, owner_id)
         if not is_snp(vm.registration):
             raise self._wrong_scheme(vm)
         now = self.clock()
@@ -239,14 +282,14 @@ class Attestations:
     def _digests_of(
         self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
     ) -> list[bytes]:
-        missing = [i for i in inputs if self._digests.get((firmware, i)) is None]
+        missing = [i for i in inputs if self._digests.get((owner_id, firmware, i)) is None]
         if missing:
             data = self.firmware.firmware(owner_id, firmware)
             if data is None:
                 return []
             for key, value in launch_digests(data, missing).items():
-                self._digests.put((firmware, key), value)
-        found = (self._digests.get((firmware, i)) for i in inputs)
+                self._digests.put((owner_id, firmware, key), value)
+        found = (self._digests.get((owner_id, firmware, i)) for i in inputs)
         return [d for d in found if d is not None]
 
     def measurements(self, owner_id: int, reg: SnpRegistration) -> tuple[list[bytes], list[str]]:
@@ -268,9 +311,9 @@ class Attestations:
             out.extend(found)
         return out, tried
 
-    def attest(self, uuid: str, req: AttestRequest) -> str:
+    def attest(self, uuid: str, req: AttestRequest, owner_id: int | None = None) -> str:
         """Verify an SNP report; the JWE of the guest payload, or raise (nothing released)."""
-        vm = self._vm(uuid)
+        vm = self._vm(uuid, owner_id)
         now = self.clock()
         detail: dict[str, Any] = {}
         try:
@@ -278,7 +321,7 @@ class Attestations:
                 raise self._wrong_scheme(vm)
             self._claim(vm, req.nonce, now)
             # read again after the claim: a PUT that committed before it wins
-            current = self.vm_repo.vm(uuid)
+            current = self.vm_repo.vm(vm.owner_id, uuid)
             if current is None or current.id != vm.id:
                 raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
             vm = current
@@ -302,8 +345,16 @@ class Attestations:
                     ],
                 )
             key = tee_pubkey(req.tee_pubkey)
+            at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+            anchors = self.anchors()
             checked = check_report(
-                req.report, self.anchors(), leaf=self._leaf(req), cert_table=req.cert_table
+                req.report,
+                anchors,
+                leaf=self._leaf(req),
+                cert_table=req.cert_table,
+                at=at,
+                crls=_CrlLookup(self.crls(), anchors, at),
+                require_crl=self.settings.snp_require_crl,
             )
             detail["links"] = list(checked.links)
             if not checked.ok or checked.verified is None:
@@ -312,7 +363,16 @@ class Attestations:
                     reasons=[f"{checked.code}: {checked.failure}"],
                 )
             verified = checked.verified
+            if verified.revocation != "checked":
+                logger.warning(
+                    "attest for VM %s: no current CRL of the %s ARK, ASK/ASVK revocation "
+                    "not checked (%s)",
+                    vm.uuid,
+                    verified.anchor,
+                    verified.revocation,
+                )
             detail.update(
+                revocation=verified.revocation,
                 generation=verified.generation.value,
                 signing_key=verified.signing_key.label,
                 measurement=verified.report.measurement.hex(),
@@ -328,7 +388,7 @@ class Attestations:
             token = attestation.encrypt_payload(plaintext.encode("utf-8"), key)
             released = self._event(vm, now, Outcome.RELEASED, detail)
             if not self.repo.spend_attestation(vm, event=released):
-                latest = self.vm_repo.vm(uuid)
+                latest = self.vm_repo.vm(vm.owner_id, uuid)
                 if latest is None or latest.revision != vm.revision:
                     raise RegistrationChanged(
                         "the registration changed during the attestation",

@@ -19,7 +19,6 @@ class Events:
         """The audit trail of one of the owner's VMs (also after it was deleted)."""
         found = self.log.events(owner.id, uuid, after=after, limit=limit)
         if not found and after == 0:
-            vm = self.vms.vm(uuid)
-            if vm is None or vm.owner_id != owner.id:
+            if self.vms.vm(owner.id, uuid) is None:
                 raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return found

@@ -1,13 +1,15 @@
 """SEV-SNP initdata of a VM: made at registration, stored, served, changed by its owner.
 
 Every SNP VM gets an initdata document (:mod:`attestd.guest.initdata`, Trustee's
-format) when it is registered (``POST``, or a ``PUT`` from another scheme): the
-service's public base URL(s), the VM UUID and what the guest trusts the service by
-(``guest_ca_file`` and/or ``guest_pin``). The document is stored as bytes, never
-recomputed: a restart, another node or a later ``PUT`` serves the same bytes, so the
-HOST_DATA the host writes (its SHA-256) stays valid. Only the owner's explicit
-``POST /v1/vm/<uuid>/initdata`` changes it (an ``initdata-changed`` event with the old
-and new digests, a new revision).
+format) when it is registered (``POST``, or a ``PUT`` from another scheme): its
+owner's base URL(s) on the service (``public_urls`` with ``/owners/<owner>`` before
+the final ``/v1``, so the guest names its owner's UUID namespace and another owner
+registering the same UUID cannot make it ambiguous), the VM UUID and what the guest
+trusts the service by (``guest_ca_file`` and/or ``guest_pin``). The document is stored
+as bytes, never recomputed: a restart, another node or a later ``PUT`` serves the same
+bytes, so the HOST_DATA the host writes (its SHA-256) stays valid. Only the owner's
+explicit ``POST /v1/vm/<uuid>/initdata`` changes it (an ``initdata-changed`` event
+with the old and new digests, a new revision).
 
 The HOST_DATA an attestation must report (:meth:`VmInitdata.expected_host_data`) is the
 owner's pinned ``host-data`` if the registration has one, else the SHA-256 of the stored
@@ -28,6 +30,7 @@ from attestd.config import Settings
 from attestd.errors import InitdataUnavailable, NotFound, ParseError, Unsupported
 from attestd.guest import initdata as doc
 from attestd.service.clock import Clock
+from attestd.service.owners import named_owner
 from attestd.service.snp_registration import SNP_SCHEME, SnpRegistration, is_snp
 from attestd.storage.ports import Event, EventKind, Principal, VmRecord, VmRepository
 
@@ -52,6 +55,12 @@ def read_ca_file(settings: Settings) -> str | None:
     return text
 
 
+def owner_base_url(url: str, owner: str) -> str:
+    """Owner ``owner``'s base URL on the service whose v1 base URL is ``url``."""
+    root = url.removesuffix("/v1")
+    return f"{root}/owners/{owner}/v1"
+
+
 @dataclass(frozen=True, slots=True)
 class GuestTrust:
     """What the service writes into initdata: where it is and how guests trust it."""
@@ -73,11 +82,17 @@ class GuestTrust:
             return "guest_ca_file or guest_pin"
         return None
 
-    def build(self, uuid: str) -> bytes | None:
-        """The initdata document of VM ``uuid``, or None when a setting is missing."""
+    def owner_services(self, owner: str) -> tuple[str, ...]:
+        """The service URLs as owner ``owner``'s guests use them (its base URLs)."""
+        return tuple(owner_base_url(url, owner) for url in self.services)
+
+    def build(self, uuid: str, owner: str) -> bytes | None:
+        """The initdata document of owner ``owner``'s VM ``uuid`` (None: a setting is
+        missing)."""
         if self.missing() is not None:
             return None
-        return doc.build(self.services, UUID(uuid), ca_pem=self.ca_pem, pin=self.pin)
+        services = self.owner_services(owner)
+        return doc.build(services, UUID(uuid), ca_pem=self.ca_pem, pin=self.pin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,18 +138,27 @@ class VmInitdata:
             self._trust = (self.settings, GuestTrust.from_settings(self.settings))
         return self._trust[1]
 
-    def for_registration(self, uuid: str) -> bytes | None:
+    def for_registration(self, uuid: str, owner: str) -> bytes | None:
         """The document a newly registered SNP VM gets (None: a setting is missing)."""
-        return self.trust().build(uuid)
+        return self.trust().build(uuid, owner)
 
-    def _visible(self, uuid: str, *, owner: Principal | None, host: Principal | None) -> VmRecord:
-        """The VM as this owner, or this host token, may see it (404 otherwise)."""
-        vm = self.repo.vm(uuid)
+    def _visible(
+        self,
+        uuid: str,
+        *,
+        owner: Principal | None,
+        host: Principal | None,
+        owner_id: int | None = None,
+    ) -> VmRecord:
+        """The VM as this owner, or this host token, may see it (404 otherwise): the
+        owner's own; for a host, that of the owner its token or the base URL
+        ``owner_id`` names (see :func:`named_owner`), or of the only owner of the UUID."""
         if owner is not None:
-            allowed = vm is not None and vm.owner_id == owner.id
+            vm = self.repo.vm(owner.id, uuid)
         else:
-            allowed = vm is not None and (host is None or host.owner_id in (None, vm.owner_id))
-        if vm is None or not allowed:
+            named = named_owner(host, owner_id)
+            vm = self.repo.sole_vm(uuid) if named is None else self.repo.vm(named, uuid)
+        if vm is None:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return vm
 
@@ -160,10 +184,16 @@ class VmInitdata:
         return InitdataView(reg.scheme, reg.policy, vm.initdata, host_data)
 
     def show(
-        self, uuid: str, *, owner: Principal | None = None, host: Principal | None = None
+        self,
+        uuid: str,
+        *,
+        owner: Principal | None = None,
+        host: Principal | None = None,
+        owner_id: int | None = None,
     ) -> InitdataView:
-        """The VM's initdata, policy and expected HOST_DATA (owner, or host token)."""
-        return self._view(self._visible(uuid, owner=owner, host=host))
+        """The VM's initdata, policy and expected HOST_DATA (owner, or host token; at
+        the base URL of owner ``owner_id``)."""
+        return self._view(self._visible(uuid, owner=owner, host=host, owner_id=owner_id))
 
     def change(self, owner: Principal, uuid: str, change: InitdataChange) -> InitdataView:
         """Rebuild the VM's document from the settings and ``change``; record the event."""
@@ -171,7 +201,7 @@ class VmInitdata:
         if not is_snp(vm.registration):
             self._view(vm)  # raises wrong_scheme
         trust = self.trust()
-        services = tuple(change.services) if change.services else trust.services
+        services = tuple(change.services) if change.services else trust.owner_services(owner.name)
         ca_pem = change.ca_pem if change.ca_pem is not None else trust.ca_pem
         pin = change.pin if change.pin is not None else trust.pin
         if not services:

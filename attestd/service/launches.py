@@ -38,6 +38,7 @@ from attestd.service import acceptance
 from attestd.service.acceptance import HostClaims
 from attestd.service.cache import Lru
 from attestd.service.clock import Clock
+from attestd.service.owners import named_owner
 from attestd.service.payload import secret_table
 from attestd.service.registration import Registration
 from attestd.service.snp_registration import is_snp
@@ -151,13 +152,13 @@ class Launches:
         return self._anchors
 
     def _vm(
-        self, uuid: str, host: Principal | None
+        self, uuid: str, owner_id: int | None
     ) -> tuple[VmRecord, Registration, int, float | None]:
-        """The VM ``uuid`` as the host may see it, with how many launches it has pending
-        and when the first expires: a host token scoped to one owner finds only that
-        owner's VMs (another owner's is "no VM", as an unknown one)."""
-        found = self.repo.vm_for_launch(uuid, self.clock())
-        if found is None or (host is not None and host.owner_id not in (None, found[0].owner_id)):
+        """The VM ``uuid`` of the named owner (see :func:`named_owner`; without one, of
+        the only owner that has the UUID), with how many launches it has pending and
+        when the first expires: another owner's VM is "no VM", as an unknown one."""
+        found = self.repo.vm_for_launch(uuid, self.clock(), owner_id=owner_id)
+        if found is None:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         vm, pending, first_expiry = found
         if is_snp(vm.registration):
@@ -247,9 +248,11 @@ class Launches:
         cpu_id: bytes | None,
         cek: bytes | None,
         host: Principal | None = None,
+        owner_id: int | None = None,
     ) -> LaunchSession:
-        """Verify the platform and start a fresh launch session for VM ``uuid``."""
-        vm, reg, pending, first_expiry = self._vm(uuid, host)
+        """Verify the platform and start a fresh launch session for VM ``uuid`` (of
+        the owner of the base URL ``owner_id`` or of the host's token)."""
+        vm, reg, pending, first_expiry = self._vm(uuid, named_owner(host, owner_id))
         self._limit_launches(host, pending, first_expiry)
         pdh_sha256 = _pdh_fingerprint(pdh)
         chip = cpu_id.hex() if cpu_id is not None else ""
@@ -301,7 +304,7 @@ class Launches:
             },
         )
         if not self.repo.begin_launch(vm, launch, event=event):
-            current = self.vm_repo.vm(uuid)
+            current = self.vm_repo.vm(vm.owner_id, uuid)
             refused: AttestdError
             if current is None or current.revision != vm.revision:
                 refused = RegistrationChanged(
@@ -360,14 +363,11 @@ class Launches:
             ),
         )
 
-    def _claim(
-        self, uuid: str, launch_id: str, host: Principal | None
-    ) -> tuple[VmRecord, LaunchRecord]:
+    def _claim(self, uuid: str, launch_id: str, owner: int | None) -> tuple[VmRecord, LaunchRecord]:
         """Claim the launch for the validate lease and read the VM as it is after the
-        claim (one transaction). A host token scoped to one owner claims only that
-        owner's launches."""
+        claim (one transaction). With an owner named (see :func:`named_owner`) only
+        that owner's launches are claimed; another owner's launch id is unknown."""
         now = self.clock()
-        owner = None if host is None else host.owner_id
         claim = self.repo.claim_launch(
             uuid, launch_id, now, self.settings.validate_lease, owner_id=owner
         )
@@ -440,11 +440,16 @@ class Launches:
         return out
 
     def validate(
-        self, uuid: str, req: ValidateRequest, *, host: Principal | None = None
+        self,
+        uuid: str,
+        req: ValidateRequest,
+        *,
+        host: Principal | None = None,
+        owner_id: int | None = None,
     ) -> LaunchSecret:
         """Verify the launch measurement; release the secret table exactly once."""
         # the VM is read after the claim: a PUT that committed before it ends this launch
-        vm, launch = self._claim(uuid, req.launch_id, host)
+        vm, launch = self._claim(uuid, req.launch_id, named_owner(host, owner_id))
         now = self.clock()
         try:
             if vm.revision != launch.vm_revision:

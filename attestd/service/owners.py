@@ -6,7 +6,7 @@ import hashlib
 import logging
 import secrets as _secrets
 
-from attestd.errors import AuthenticationError
+from attestd.errors import AuthenticationError, WrongOwner
 from attestd.service.clock import Clock
 from attestd.storage.ports import Principal, PrincipalRepository
 
@@ -14,6 +14,29 @@ logger = logging.getLogger(__name__)
 
 OWNER_TOKEN_PREFIX = "ato_"  # noqa: S105 (a prefix, not a secret)
 HOST_TOKEN_PREFIX = "ath_"  # noqa: S105
+
+#: An id no owner has (ids start at 1): the namespace named by the base URL of an
+#: owner name that names nobody; every VM in it is unknown, as in an owner's.
+NO_SUCH_OWNER = 0
+
+
+def named_owner(host: Principal | None, owner_id: int | None) -> int | None:
+    """The owner whose VM UUID namespace a host or guest request is about.
+
+    ``owner_id`` is the owner of the base URL ``/owners/<name>/v1`` (None at ``/v1``);
+    a host token scoped to one owner names that owner. A scoped token at the base URL
+    of another owner (or of an owner name that names nobody) is refused alike with
+    :class:`WrongOwner`. None: no owner named (the UUID must be one owner's only).
+    """
+    scoped = None if host is None else host.owner_id
+    if scoped is None:
+        return owner_id
+    if owner_id is not None and owner_id != scoped:
+        raise WrongOwner(
+            "this host token is scoped to another owner than the one of this base URL",
+            reasons=["wrong_owner"],
+        )
+    return scoped
 
 
 def hash_token(token: str) -> str:
@@ -62,6 +85,12 @@ class Principals:
             host_id = self.repo.create_owner_host(name, hash_token(token), self.clock(), owner)
             logger.info("created host %s (host_id=%d) for owner %s", name, host_id, owner)
         return token
+
+    def namespace(self, name: str) -> int:
+        """The owner id of the base URL ``/owners/<name>/v1`` (:data:`NO_SUCH_OWNER`
+        for a name that names nobody: answers there are those of an unknown VM)."""
+        found = self.repo.owner_id(name)
+        return NO_SUCH_OWNER if found is None else found
 
     def authenticate_owner(self, token: str | None) -> Principal:
         """The owner holding ``token``; :class:`AuthenticationError` otherwise."""

@@ -72,6 +72,9 @@ class SnpRegistration:
     image_id: str | None = None
     min_guest_svn: int | None = None
     min_firmware: Mapping[str, int] | None = None
+    #: Accept CURRENT_TCB/firmware above COMMITTED (a provisional update not yet
+    #: committed); off by default, as go-sev-guest (snp.md §4).
+    allow_provisional_firmware: bool = False
     max_launches: int | None = None
     user_id: str | None = None
     secrets: tuple[Secret, ...] = field(default=())
@@ -130,6 +133,7 @@ class SnpRegistration:
             "launch-digests": list(self.launch_digests),
             "vmpl": self.vmpl,
             "signing-keys": list(self.signing_keys),
+            "allow-provisional-firmware": self.allow_provisional_firmware,
         }
         optional: dict[str, Any] = {
             "kernel-hash": self.kernel_hash,
@@ -185,6 +189,7 @@ class SnpRegistration:
             image_id=doc.get("image-id"),
             min_guest_svn=doc.get("min-guest-svn"),
             min_firmware=doc.get("min-firmware"),
+            allow_provisional_firmware=bool(doc.get("allow-provisional-firmware", False)),
             max_launches=doc.get("max-launches"),
             user_id=doc.get("user-id"),
         )
@@ -205,6 +210,7 @@ class SnpRegistration:
             min_launch_tcb=(
                 None if self.min_launch_tcb is None else tcb_from_json(self.min_launch_tcb)
             ),
+            allow_provisional_firmware=self.allow_provisional_firmware,
             max_vmpl=self.vmpl,
             measurements=list(measurements),
             host_data=one(self.host_data),

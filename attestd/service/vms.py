@@ -56,8 +56,8 @@ class Vms:
 
     def owned(self, owner: Principal, uuid: str) -> VmRecord:
         """The owner's VM (:class:`NotFound` for any other)."""
-        vm = self.repo.vm(uuid)
-        if vm is None or vm.owner_id != owner.id:
+        vm = self.repo.vm(owner.id, uuid)
+        if vm is None:
             raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
         return vm
 
@@ -111,12 +111,14 @@ class Vms:
         document = [entry.to_stored() for entry in stored]
         return self.keyring.encrypt(json.dumps(document, sort_keys=True).encode("utf-8"))
 
-    def _initdata(self, uuid: str, registration: Registration | SnpRegistration) -> bytes | None:
+    def _initdata(
+        self, owner: Principal, uuid: str, registration: Registration | SnpRegistration
+    ) -> bytes | None:
         """The initdata an SNP VM gets when it first becomes one (None: not SNP, or the
         service lacks a setting to make it)."""
         if not isinstance(registration, SnpRegistration) or self.initdata is None:
             return None
-        return self.initdata.for_registration(uuid)
+        return self.initdata.for_registration(uuid, owner.name)
 
     def register(
         self, owner: Principal, uuid: str, registration: Registration | SnpRegistration
@@ -132,7 +134,7 @@ class Vms:
             max_launches=registration.max_launches,
             now=now,
             event=Event(owner.id, uuid, EventKind.REGISTERED, now, detail={"revision": 1}),
-            initdata=self._initdata(uuid, registration),
+            initdata=self._initdata(owner, uuid, registration),
         )
         logger.info("registered VM %s (owner_id=%d)", uuid, owner.id)
         return vm
@@ -154,7 +156,7 @@ class Vms:
             event=Event(
                 owner.id, uuid, EventKind.REPLACED, now, detail={"revision": vm.revision + 1}
             ),
-            initdata=None if vm.initdata is not None else self._initdata(uuid, registration),
+            initdata=None if vm.initdata is not None else self._initdata(owner, uuid, registration),
         )
         logger.info("replaced VM %s (owner_id=%d)", uuid, owner.id)
         return updated

@@ -65,6 +65,9 @@ from attestd.sim.errors import FirmwareStatus, SevFirmwareError
 STATE_FILE = "snp.json"
 STATE_VERSION = 1
 _KEY_FILES = {SigningKey.VCEK: "snp-vcek.key", SigningKey.VLEK: "snp-vlek.key"}
+ARK_KEY_FILE = "snp-ark.key"
+#: How long a CRL the simulated ARK issues is current (AMD's: days to weeks).
+CRL_VALIDITY = datetime.timedelta(days=7)
 
 #: CPUID family, model, stepping reported per generation (a real part of each line).
 CPUID = {
@@ -213,6 +216,11 @@ class SnpPlatform:
     firmware: FirmwareVersion = DEFAULT_FIRMWARE
     platform_info: int = int(PlatformInfo.SMT_EN | PlatformInfo.TSME_EN)
     report_version: int = 3
+    #: The ARK's private key: the simulated KDS signs this platform's CRL with it.
+    ark_key: rsa.RSAPrivateKey | None = field(default=None, repr=False)
+    #: COMMITTED_TCB when a provisional firmware update runs (CURRENT = ``tcb``); None:
+    #: the running firmware is the committed one.
+    committed_tcb: TcbVersion | None = None
 
     @classmethod
     def create(
@@ -279,9 +287,42 @@ class SnpPlatform:
             chip_id=chip_id,
             tcb=tcb,
             report_version=report_version,
+            ark_key=ark_key,
         )
 
     # ------------------------------------------------------------------ exports
+
+    def crl(
+        self,
+        *,
+        revoke: tuple[str, ...] = (),
+        this_update: datetime.datetime | None = None,
+        validity: datetime.timedelta = CRL_VALIDITY,
+    ) -> bytes:
+        """The ARK's CRL as AMD KDS serves it (DER, RSA-PSS SHA-384), revoking the named
+        intermediates (``"ask"``, ``"asvk"``)."""
+        if self.ark_key is None:
+            raise ParseError("this platform was saved without its ARK key: cannot sign a CRL")
+        issued = this_update or datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        ark = x509.load_der_x509_certificate(self.ark)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ark.subject)
+            .last_update(issued)
+            .next_update(issued + validity)
+        )
+        for name in revoke:
+            der = {"ask": self.ask, "asvk": self.asvk}.get(name)
+            if der is None:
+                raise ParseError(f"cannot revoke {name!r}: only ask and asvk")
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(x509.load_der_x509_certificate(der).serial_number)
+                .revocation_date(issued)
+                .build()
+            )
+        crl = builder.sign(self.ark_key, hashes.SHA384(), rsa_padding=pss_sha384())
+        return crl.public_bytes(serialization.Encoding.DER)
 
     def anchor(self) -> SnpAnchor:
         """This platform's roots as an SNP trust anchor named after the platform."""
@@ -402,7 +443,7 @@ class SnpPlatform:
             cpuid_mod_id=model,
             cpuid_step=stepping,
             chip_id=bytes(64) if mask else self.chip_id,
-            committed_tcb=tcb,
+            committed_tcb=tcb if self.committed_tcb is None else self.committed_tcb.raw,
             current_build=fw.build,
             current_minor=fw.minor,
             current_major=fw.major,
@@ -433,11 +474,19 @@ class SnpPlatform:
                 serialization.NoEncryption(),
             )
             write_private(directory / _KEY_FILES[key_kind], pem)
+        if self.ark_key is not None:
+            pem = self.ark_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            write_private(directory / ARK_KEY_FILE, pem)
         state = {
             "version": STATE_VERSION,
             "name": self.name,
             "generation": self.generation.value,
             "tcb": self.tcb.raw,
+            "committed_tcb": None if self.committed_tcb is None else self.committed_tcb.raw,
             "firmware": list(self.firmware.as_tuple()),
             "platform_info": self.platform_info,
             "report_version": self.report_version,
@@ -469,6 +518,14 @@ class SnpPlatform:
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise ParseError(f"unexpected key type in {filename}")
             keys[kind] = key
+        ark_key = None
+        if (directory / ARK_KEY_FILE).exists():
+            loaded = serialization.load_pem_private_key(
+                (directory / ARK_KEY_FILE).read_bytes(), password=None
+            )
+            if not isinstance(loaded, rsa.RSAPrivateKey):
+                raise ParseError(f"unexpected key type in {ARK_KEY_FILE}")
+            ark_key = loaded
         generation = Generation(state["generation"])
         major, minor, build = state["firmware"]
         return cls(
@@ -485,6 +542,10 @@ class SnpPlatform:
             firmware=FirmwareVersion(int(major), int(minor), int(build)),
             platform_info=int(state["platform_info"]),
             report_version=int(state["report_version"]),
+            ark_key=ark_key,
+            committed_tcb=None
+            if state.get("committed_tcb") is None
+            else TcbVersion.decode(int(state["committed_tcb"]), turin=generation.has_fmc),
         )
 
 

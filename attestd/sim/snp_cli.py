@@ -117,6 +117,12 @@ def _cert_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crl(args: argparse.Namespace) -> int:
+    with _platform(args.dir) as platform:
+        _write(args.out, platform.crl(revoke=tuple(args.revoke or ())))
+    return 0
+
+
 def _read(path: Path | None) -> bytes | None:
     return None if path is None else read_bytes(path)
 
@@ -262,6 +268,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     table = command("cert-table", _cert_table, "write the extended-report certificate table")
     table.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
     key_option(table)
+
+    crl = command("crl", _crl, "write the ARK's CRL (DER, as AMD KDS serves it; 7 days)")
+    crl.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
+    crl.add_argument(
+        "--revoke", action="append", choices=("ask", "asvk"), help="list it as revoked (repeat)"
+    )
 
     report = command("report", _report, "sign an attestation report for REPORT_DATA")
     report.add_argument("--report-data", required=True, metavar="HEX", help="64 bytes in hex")

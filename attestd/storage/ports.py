@@ -19,7 +19,8 @@ class Principal:
     """An authenticated owner or host.
 
     ``owner_id`` is set on a host token scoped to one owner: it launches only that
-    owner's VMs (None: an owner itself, or an unscoped host of a single-owner deployment).
+    owner's VMs and names that owner's UUID namespace (None: an owner itself, or an
+    unscoped host, which names the owner by the base URL ``/owners/<name>/v1``).
     """
 
     id: int
@@ -144,6 +145,7 @@ class PrincipalRepository(Protocol):
     def create_host(self, name: str, token_hash: str, now: float) -> int: ...
     def create_owner_host(self, name: str, token_hash: str, now: float, owner: str) -> int: ...
     def owner_by_token_hash(self, token_hash: str) -> Principal | None: ...
+    def owner_id(self, name: str) -> int | None: ...
     def host_by_token_hash(self, token_hash: str) -> Principal | None: ...
 
 
@@ -165,9 +167,16 @@ class FirmwareRepository(Protocol):
 
 
 class VmRepository(Protocol):
-    """Registered VMs; every change appends its event in the same transaction."""
+    """Registered VMs; every change appends its event in the same transaction.
 
-    def vm(self, uuid: str) -> VmRecord | None: ...
+    Each owner has its own UUID namespace: a VM is named by (owner, UUID). Only a
+    caller that names no owner (an unscoped host, an anonymous guest at ``/v1``) looks
+    a UUID up alone, and finds it only while one owner has it (:class:`OwnerRequired`
+    from :mod:`attestd.errors` otherwise).
+    """
+
+    def vm(self, owner_id: int, uuid: str) -> VmRecord | None: ...
+    def sole_vm(self, uuid: str) -> VmRecord | None: ...
     def list_vms(
         self, owner_id: int, *, after: str = "", limit: int | None = None
     ) -> list[VmRecord]: ...
@@ -219,7 +228,9 @@ class LaunchRepository(Protocol):
         self, launch_id: str, state: LaunchStatus, now: float, *, event: Event
     ) -> None: ...
     def release_launch(self, launch: LaunchRecord, now: float, *, event: Event) -> bool: ...
-    def vm_for_launch(self, uuid: str, now: float) -> tuple[VmRecord, int, float | None] | None: ...
+    def vm_for_launch(
+        self, uuid: str, now: float, *, owner_id: int | None = None
+    ) -> tuple[VmRecord, int, float | None] | None: ...
 
 
 class Maintenance(Protocol):

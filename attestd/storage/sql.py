@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from attestd.errors import Conflict, NotFound, StorageUnavailable
+from attestd.errors import Conflict, NotFound, OwnerRequired, StorageUnavailable
 from attestd.storage import tables as t
 from attestd.storage.ports import (
     Claim,
@@ -83,7 +83,12 @@ def _dumps(value: Mapping[str, Any]) -> str:
 # per call (coercing every column and value) cost more CPU than executing it.
 _INSERT_EVENT = insert(t.events)
 _INSERT_LAUNCH = insert(t.launches)
-_VM_BY_UUID = select(t.vms).where(t.vms.c.uuid == bindparam("b_uuid"))
+# a VM is named by its owner and UUID (each owner has its own UUID namespace)
+_VM_OF_OWNER = select(t.vms).where(
+    and_(t.vms.c.owner_id == bindparam("b_owner"), t.vms.c.uuid == bindparam("b_uuid"))
+)
+# a caller naming no owner: the VM when only one owner has the UUID (two rows: several)
+_VMS_BY_UUID = select(t.vms).where(t.vms.c.uuid == bindparam("b_uuid")).limit(2)
 _LAUNCH_BY_ID = select(t.launches).where(t.launches.c.id == bindparam("b_id"))
 _SPEND_LAUNCH = (
     update(t.vms)
@@ -103,7 +108,7 @@ _SPEND_LAUNCH = (
 
 def _claim_statement(*, owned: bool) -> ReturningUpdate[Any]:
     """Claim a launch for a lease: pending and unexpired, or ``validating`` whose claim
-    lapsed; the VM is found by its UUID (and owner, for an owner-scoped host token).
+    lapsed; of a VM with that UUID (of that owner, when one is named).
     It reads the launch it takes (RETURNING): no second round trip."""
     vm_id = select(t.vms.c.id).where(t.vms.c.uuid == bindparam("b_uuid"))
     if owned:
@@ -118,7 +123,7 @@ def _claim_statement(*, owned: bool) -> ReturningUpdate[Any]:
         .where(
             and_(
                 t.launches.c.id == bindparam("b_id"),
-                t.launches.c.vm_id == vm_id.scalar_subquery(),
+                t.launches.c.vm_id.in_(vm_id),
                 or_(t.launches.c.state == LaunchStatus.PENDING.value, lapsed),
                 t.launches.c.expires_at > bindparam("b_now"),
                 t.launches.c.keys_enc.is_not(None),
@@ -148,7 +153,11 @@ _VM_FOR_LAUNCH = select(
     .correlate(t.vms)
     .scalar_subquery()
     .label("first_expiry"),
-).where(t.vms.c.uuid == bindparam("b_uuid"))
+)
+_VM_FOR_LAUNCH_OF_OWNER = _VM_FOR_LAUNCH.where(
+    and_(t.vms.c.owner_id == bindparam("b_owner"), t.vms.c.uuid == bindparam("b_uuid"))
+)
+_VM_FOR_LAUNCH_BY_UUID = _VM_FOR_LAUNCH.where(t.vms.c.uuid == bindparam("b_uuid")).limit(2)
 _CLAIM_LAUNCH = _claim_statement(owned=False)
 _CLAIM_OWNED_LAUNCH = _claim_statement(owned=True)
 _FINISH_LAUNCH = (
@@ -248,14 +257,44 @@ class Database(ChallengeTables):
         cfg.attributes["connection"] = conn
         return cfg
 
+    @contextmanager
+    def _migration(self) -> Iterator[Connection]:
+        """One transaction for a migration. On SQLite foreign keys are off around it
+        (the pragma is a no-op inside a transaction): rebuilding a table in batch mode
+        drops the old one, which would cascade into the rows referencing it. The
+        references are checked before the commit instead (SQLite's procedure for
+        schema changes)."""
+        if self.dialect != "sqlite":
+            with self._tx() as conn:
+                yield conn
+            return
+        try:
+            with self.engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                raw.execute("PRAGMA foreign_keys=OFF")
+                try:
+                    with conn.begin():
+                        yield conn
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                        if broken is not None:
+                            raise StorageUnavailable(
+                                f"the migration broke a reference of table {broken[0]}"
+                            )
+                finally:
+                    raw.execute("PRAGMA foreign_keys=ON")
+        except OperationalError as exc:
+            logger.error("database error: %s", type(exc.orig).__name__)
+            raise StorageUnavailable("the database is unavailable") from None
+
     def upgrade(self, revision: str = "head") -> None:
         """Create or migrate the schema to ``revision``."""
-        with self._tx() as conn:
+        with self._migration() as conn:
             command.upgrade(self._alembic(conn), revision)
 
     def downgrade(self, revision: str) -> None:
         """Migrate the schema down to ``revision`` (``base`` drops everything)."""
-        with self._tx() as conn:
+        with self._migration() as conn:
             command.downgrade(self._alembic(conn), revision)
 
     def ping(self) -> None:
@@ -329,6 +368,12 @@ class Database(ChallengeTables):
     def owner_by_token_hash(self, token_hash: str) -> Principal | None:
         """The owner holding this token, if any."""
         return self._principal(t.owners, token_hash)
+
+    def owner_id(self, name: str) -> int | None:
+        """The id of the owner named ``name``, if any."""
+        query = select(t.owners.c.id).where(t.owners.c.name == name)
+        found = self._run(lambda conn: conn.execute(query).scalar_one_or_none())
+        return None if found is None else int(found)
 
     def host_by_token_hash(self, token_hash: str) -> Principal | None:
         """The host holding this token, if any (with the owner it is scoped to)."""
@@ -499,9 +544,25 @@ class Database(ChallengeTables):
             initdata=None if row.initdata is None else bytes(row.initdata),
         )
 
-    def vm(self, uuid: str) -> VmRecord | None:
-        """The VM registered under ``uuid`` (any owner)."""
-        row = self._run(lambda conn: conn.execute(_VM_BY_UUID, {"b_uuid": uuid}).first())
+    def vm(self, owner_id: int, uuid: str) -> VmRecord | None:
+        """The owner's VM registered under ``uuid``."""
+        params = {"b_owner": owner_id, "b_uuid": uuid}
+        row = self._run(lambda conn: conn.execute(_VM_OF_OWNER, params).first())
+        return None if row is None else self._vm(row)
+
+    @staticmethod
+    def _sole(uuid: str, rows: list[Any]) -> Any:
+        """The one row of a lookup by UUID alone (None: none; :class:`OwnerRequired`
+        when several owners have the UUID)."""
+        if len(rows) > 1:
+            raise OwnerRequired.for_vm(uuid)
+        return rows[0] if rows else None
+
+    def sole_vm(self, uuid: str) -> VmRecord | None:
+        """The VM ``uuid`` of whichever owner has it, for a caller that names no owner;
+        :class:`OwnerRequired` when several owners have it."""
+        rows = self._run(lambda conn: list(conn.execute(_VMS_BY_UUID, {"b_uuid": uuid})))
+        row = self._sole(uuid, rows)
         return None if row is None else self._vm(row)
 
     def list_vms(
@@ -530,7 +591,7 @@ class Database(ChallengeTables):
         initdata: bytes | None = None,
     ) -> VmRecord:
         """Register a new VM (with its SEV-SNP ``initdata``); :class:`Conflict` when the
-        UUID is taken."""
+        owner has the UUID already."""
 
         def txn(conn: Connection) -> None:
             conn.execute(
@@ -553,7 +614,7 @@ class Database(ChallengeTables):
             self._run(txn)
         except IntegrityError:
             raise Conflict(f"VM {uuid} is already registered", reasons=["uuid_taken"]) from None
-        record = self.vm(uuid)
+        record = self.vm(owner_id, uuid)
         assert record is not None
         return record
 
@@ -604,7 +665,7 @@ class Database(ChallengeTables):
 
         if self._run(txn) != 1:
             raise Conflict("the registration changed concurrently; retry")
-        record = self.vm(vm.uuid)
+        record = self.vm(vm.owner_id, vm.uuid)
         assert record is not None
         return record
 
@@ -688,7 +749,8 @@ class Database(ChallengeTables):
         given) to ``validating`` for ``lease`` seconds, if it is pending and unexpired or
         its previous claim lapsed (that worker died), and read the VM as it is after the
         claim, in one transaction. The release is conditional on the claim
-        (``claimed_until``)."""
+        (``claimed_until``). Without ``owner_id``, several owners having the UUID raise
+        :class:`OwnerRequired` (and the claim is rolled back)."""
         claim = _CLAIM_LAUNCH if owner_id is None else _CLAIM_OWNED_LAUNCH
         params = {
             "b_id": launch_id,
@@ -700,7 +762,10 @@ class Database(ChallengeTables):
 
         def txn(conn: Connection) -> Claim:
             claimed = conn.execute(claim, params).first()
-            vm_row = conn.execute(_VM_BY_UUID, {"b_uuid": uuid}).first()
+            if owner_id is None:
+                vm_row = self._sole(uuid, list(conn.execute(_VMS_BY_UUID, params)))
+            else:
+                vm_row = conn.execute(_VM_OF_OWNER, params).first()
             vm = None if vm_row is None else self._vm(vm_row)
             if claimed is not None:
                 return Claim(vm=vm, launch=self._launch(claimed), claimed=True)
@@ -774,12 +839,19 @@ class Database(ChallengeTables):
 
         return self._run(txn)
 
-    def vm_for_launch(self, uuid: str, now: float) -> tuple[VmRecord, int, float | None] | None:
-        """The VM ``uuid`` with how many unexpired launches it has pending and when the
-        first of them expires, in one read (the launch-flood bound of ``/launch``)."""
-        row = self._run(
-            lambda conn: conn.execute(_VM_FOR_LAUNCH, {"b_uuid": uuid, "b_now": now}).first()
-        )
+    def vm_for_launch(
+        self, uuid: str, now: float, *, owner_id: int | None = None
+    ) -> tuple[VmRecord, int, float | None] | None:
+        """The VM ``uuid`` (of owner ``owner_id``; without one, of the only owner that
+        has the UUID, else :class:`OwnerRequired`) with how many unexpired launches it
+        has pending and when the first of them expires, in one read (the launch-flood
+        bound of ``/launch``)."""
+        params = {"b_uuid": uuid, "b_now": now, "b_owner": owner_id}
+        if owner_id is None:
+            rows = self._run(lambda conn: list(conn.execute(_VM_FOR_LAUNCH_BY_UUID, params)))
+            row = self._sole(uuid, rows)
+        else:
+            row = self._run(lambda conn: conn.execute(_VM_FOR_LAUNCH_OF_OWNER, params).first())
         if row is None:
             return None
         first = None if row.first_expiry is None else float(row.first_expiry)

@@ -39,10 +39,15 @@ class ChallengeTables:
     def add_challenge(self, challenge: ChallengeRecord, *, limit: int, now: float) -> bool:
         """Store a new challenge unless the VM has ``limit`` live ones (False then).
 
-        Used and expired challenges of the VM are purged here, off the attest path.
+        Count and insert are one critical section per VM across nodes: the VM row is
+        locked first (``FOR UPDATE`` on PostgreSQL, whose READ COMMITTED would let two
+        transactions both count ``limit - 1`` and both insert; SQLite's ``BEGIN
+        IMMEDIATE`` already serialises writers). Used and expired challenges of the VM
+        are purged here, off the attest path.
         """
 
         def txn(conn: Connection) -> bool:
+            conn.execute(select(t.vms.c.id).where(t.vms.c.id == challenge.vm_id).with_for_update())
             conn.execute(
                 delete(_C).where(
                     and_(
@@ -102,24 +107,14 @@ class ChallengeTables:
         return self._run(txn)
 
     def spend_attestation(self, vm: VmRecord, *, event: Event) -> bool:
-        """Spend one release of the budget on ``vm``'s revision, with its event; False if not."""
-        from attestd.storage.sql import _insert_event, _rowcount
+        """Spend one release of the budget on ``vm``'s revision, with its event; False if not.
+
+        The same conditional ``UPDATE`` as :meth:`Database.begin_launch` spends a launch.
+        """
+        from attestd.storage.sql import _SPEND_LAUNCH, _insert_event, _rowcount
 
         def txn(conn: Connection) -> bool:
-            spent = conn.execute(
-                update(t.vms)
-                .where(
-                    and_(
-                        t.vms.c.id == vm.id,
-                        t.vms.c.revision == vm.revision,
-                        or_(
-                            t.vms.c.max_launches.is_(None),
-                            t.vms.c.launches_used < t.vms.c.max_launches,
-                        ),
-                    )
-                )
-                .values(launches_used=t.vms.c.launches_used + 1)
-            )
+            spent = conn.execute(_SPEND_LAUNCH, {"b_vm_id": vm.id, "b_revision": vm.revision})
             if _rowcount(spent) != 1:
                 return False
             _insert_event(conn, event)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -69,7 +70,8 @@ vms = Table(
     "vms",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("uuid", String(36), nullable=False, unique=True),
+    # unique per owner: each owner has its own VM UUID namespace (migration 0006)
+    Column("uuid", String(36), nullable=False),
     Column("owner_id", Integer, ForeignKey("owners.id", ondelete="CASCADE"), nullable=False),
     Column("revision", Integer, nullable=False),
     Column("registration", Text, nullable=False),
@@ -80,8 +82,11 @@ vms = Table(
     Column("updated_at", Float, nullable=False),
     # the SEV-SNP initdata document the service made for the VM (migration 0005)
     Column("initdata", LargeBinary, nullable=True),
+    UniqueConstraint("owner_id", "uuid", name="uq_vms_owner_uuid"),
 )
 Index("ix_vms_owner_id", vms.c.owner_id)
+# a host or guest that names no owner: the VM of that UUID when only one owner has it
+Index("ix_vms_uuid", vms.c.uuid)
 
 launches = Table(
     "launches",

@@ -36,6 +36,39 @@ _HEX_ID = re.compile(r"[0-9A-Fa-f]{128}")
 _IMPORT_HINT = "; import the CEK offline with `attestd cek import`"
 
 
+def kds_download(
+    session: requests.Session,
+    url: str,
+    *,
+    what: str,
+    max_size: int,
+    timeout: float | tuple[float, float],
+    hint: str,
+) -> bytes:
+    """GET ``url`` from AMD KDS: 200 only, at most ``max_size`` bytes, bounded by ``timeout``.
+
+    Every failure is :class:`CekUnavailable` naming ``what`` and ending with ``hint``
+    (how to do without KDS). The answer is not trusted: the caller checks it.
+    """
+    logger.info("fetching %s from %s", what, url)
+    try:
+        with session.get(url, timeout=timeout, stream=True) as response:
+            if response.status_code == 404:
+                raise CekUnavailable(f"AMD KDS has no {what} (HTTP 404){hint}")
+            if response.status_code != 200:
+                raise CekUnavailable(f"AMD KDS answered HTTP {response.status_code}{hint}")
+            body = b""
+            for chunk in response.iter_content(4096):
+                body += chunk
+                if len(body) > max_size:
+                    raise CekUnavailable(f"AMD KDS answer is larger than a {what}{hint}")
+    except requests.Timeout:
+        raise CekUnavailable(f"AMD KDS did not answer in time{hint}") from None
+    except requests.RequestException as exc:
+        raise CekUnavailable(f"AMD KDS is unreachable ({type(exc).__name__}){hint}") from None
+    return body
+
+
 def chip_id_hex(chip_id: bytes) -> str:
     """The chip id as AMD's KDS spells it: 128 upper-case hex digits."""
     if len(chip_id) != CHIP_ID_SIZE:
@@ -145,25 +178,14 @@ class CekStore:
         self._write(chip_id, cek)
 
     def _download(self, chip_id: bytes) -> bytes:
-        url = f"{self.base_url}/cek/id/{chip_id_hex(chip_id)}"
-        hint = _IMPORT_HINT
-        logger.info("fetching CEK from %s", url)
-        try:
-            with self.session.get(url, timeout=self.timeout, stream=True) as response:
-                if response.status_code == 404:
-                    raise CekUnavailable(f"AMD KDS has no CEK for this chip id (HTTP 404){hint}")
-                if response.status_code != 200:
-                    raise CekUnavailable(f"AMD KDS answered HTTP {response.status_code}{hint}")
-                body = b""
-                for chunk in response.iter_content(4096):
-                    body += chunk
-                    if len(body) > SEV_CERT_SIZE:
-                        raise CekUnavailable(f"AMD KDS answer is larger than a CEK{hint}")
-        except requests.Timeout:
-            raise CekUnavailable(f"AMD KDS did not answer in time{hint}") from None
-        except requests.RequestException as exc:
-            raise CekUnavailable(f"AMD KDS is unreachable ({type(exc).__name__}){hint}") from None
-        return body
+        return kds_download(
+            self.session,
+            f"{self.base_url}/cek/id/{chip_id_hex(chip_id)}",
+            what="CEK for this chip id",
+            max_size=SEV_CERT_SIZE,
+            timeout=self.timeout,
+            hint=_IMPORT_HINT,
+        )
 
     def _write(self, chip_id: bytes, data: bytes) -> None:
         path = self.path_for(chip_id)

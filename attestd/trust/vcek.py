@@ -26,6 +26,7 @@ from attestd.errors import CekRequired, CekUnavailable, ParseError
 from attestd.files import write_public
 from attestd.sev.snp.certs import SnpCertificate
 from attestd.sev.snp.report import AttestationReport, Generation, TcbVersion
+from attestd.trust.kds import kds_download
 
 logger = logging.getLogger(__name__)
 
@@ -138,21 +139,14 @@ class VcekStore:
 
     def fetch(self, key: VcekKey) -> bytes:
         """Download the VCEK from AMD KDS (ignoring the cache), check its key, cache it."""
-        url = self.base_url + key.query()
-        logger.info("fetching VCEK from %s", url)
-        try:
-            with self.session.get(url, timeout=self.timeout, stream=True) as response:
-                if response.status_code != 200:
-                    raise CekUnavailable(f"AMD KDS answered HTTP {response.status_code}{_HINT}")
-                body = b""
-                for chunk in response.iter_content(4096):
-                    body += chunk
-                    if len(body) > MAX_VCEK_SIZE:
-                        raise CekUnavailable(f"AMD KDS answer is too large for a VCEK{_HINT}")
-        except requests.Timeout:
-            raise CekUnavailable(f"AMD KDS did not answer in time{_HINT}") from None
-        except requests.RequestException as exc:
-            raise CekUnavailable(f"AMD KDS is unreachable ({type(exc).__name__}){_HINT}") from None
+        body = kds_download(
+            self.session,
+            self.base_url + key.query(),
+            what="VCEK",
+            max_size=MAX_VCEK_SIZE,
+            timeout=self.timeout,
+            hint=_HINT,
+        )
         try:
             got = VcekKey.of_certificate(SnpCertificate.from_der(body))
         except ParseError as exc:

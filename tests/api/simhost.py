@@ -87,10 +87,12 @@ def run_launch(
     headers: dict[str, str] | None = None,
     launch: dict[str, Any] | None = None,
     report: dict[str, Any] | None = None,
+    base: str = "/v1",
 ) -> Outcome:
-    """One full launch: /launch, simulator, /validate, inject; returns every response."""
+    """One full launch: /launch, simulator, /validate, inject; returns every response
+    (``base``: the service's base URL, e.g. an owner's ``/owners/<name>/v1``)."""
     first = client.post(
-        f"/v1/vm/{uuid}/launch", json=launch or launch_body(platform), headers=headers or {}
+        f"{base}/vm/{uuid}/launch", json=launch or launch_body(platform), headers=headers or {}
     )
     outcome = Outcome(launch=first)
     if first.status_code != 200:
@@ -102,7 +104,7 @@ def run_launch(
             body.pop(key, None)
         else:
             body[key] = value
-    second = client.post(f"/v1/vm/{uuid}/validate", json=body, headers=headers or {})
+    second = client.post(f"{base}/vm/{uuid}/validate", json=body, headers=headers or {})
     outcome.validate = second
     if second.status_code == 200:
         platform.launch_secret(

@@ -140,6 +140,13 @@ def _refusals() -> list[Any]:
             {"tcb": TcbVersion.build(bootloader=3, tee=0, snp=24, microcode=219)},
             "reported_tcb_mismatch",
         ),
+        (
+            "provisional-firmware",
+            {},
+            {},
+            {"committed_tcb": TcbVersion.build(bootloader=4, tee=0, snp=24, microcode=218)},
+            "provisional_firmware",
+        ),
     ]
     for name in bump:
         minimum = dict(bump)
@@ -178,6 +185,35 @@ def test_refusals_release_nothing_and_name_the_reason(
     assert event["outcome"] == "refused"
     assert any(r.startswith(reason) for r in event["detail"]["failed"])
     assert client.get(f"/v1/vm/{SNP_VM}", headers=owner).json["launches-used"] == 0
+
+
+def test_provisional_firmware_is_released_only_when_the_owner_allows_it(
+    client: FlaskClient, owner: dict[str, str], snp_platform: SnpPlatform, digest: bytes
+) -> None:
+    """CURRENT_TCB above COMMITTED_TCB (as on cloud hosts with late-loaded microcode)."""
+    old = TcbVersion.build(bootloader=4, tee=0, snp=24, microcode=218)
+    provisional = other_chip(snp_platform, committed_tcb=old)
+    register(client, owner, snp_registration(digest))
+    shown = client.get(f"/v1/vm/{SNP_VM}", headers=owner).json
+    assert shown["registration"]["allow-provisional-firmware"] is False
+    refused = client.post(
+        f"/v1/vm/{SNP_VM}/attest",
+        json=attest_body(provisional, Guest(), challenge(client), digest),
+    )
+    assert refused.status_code == 403
+    assert refused.json["errors"]["reasons"][0].startswith("provisional_firmware")
+    body = snp_registration(digest, **{"allow-provisional-firmware": True})
+    assert client.put(f"/v1/vm/{SNP_VM}", json=body, headers=owner).status_code == 200
+    guest = Guest()
+    resp = client.post(
+        f"/v1/vm/{SNP_VM}/attest", json=attest_body(provisional, guest, challenge(client), digest)
+    )
+    assert resp.status_code == 200, resp.json
+    assert guest.decrypt(resp.json["payload"])["user_id"] == SNP_VM
+    for bad in ("yes", 1, None):
+        wrong = snp_registration(digest, **{"allow-provisional-firmware": bad})
+        answer = client.put(f"/v1/vm/{SNP_VM}", json=wrong, headers=owner)
+        assert answer.status_code == 422, (bad, answer.json)
 
 
 def test_wrong_measurement_lists_every_reason(

@@ -17,19 +17,14 @@ from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attestd.api import create_app
-from attestd.config import Settings
 from attestd.sim.snp import SnpPlatform
-from tests.servicefix import make_owner
 from tests.snpfix import (
-    GUEST_PIN,
-    PUBLIC_URLS,
     SECRET_VALUES,
     SNP_VM,
     Guest,
     attest_body,
     challenge,
-    snp_registration,
+    snp_fuzz_app,
 )
 
 MEMBERS = ("nonce", "tee-pubkey", "report", "vcek", "cert-table", "extra")
@@ -46,21 +41,8 @@ JSON = st.recursive(
 def fuzz_snp(
     tmp_path_factory: pytest.TempPathFactory, snp_platform: SnpPlatform, snp_anchors_dir: Path
 ) -> Iterator[tuple[Flask, bytes]]:
-    data = tmp_path_factory.mktemp("snp-fuzz")
-    app = create_app(
-        Settings(
-            data_dir=data,
-            kds_offline=True,
-            trust_anchors_dir=snp_anchors_dir,
-            attest_max_challenges=1000,
-            public_urls=PUBLIC_URLS,
-            guest_pin=GUEST_PIN,
-        )
-    )
-    owner = make_owner(app, "fuzzer")
     digest = bytes(range(48))
-    resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=snp_registration(digest), headers=owner)
-    assert resp.status_code == 201
+    app, _owner = snp_fuzz_app(tmp_path_factory.mktemp("snp-fuzz"), snp_anchors_dir, digest)
     yield app, digest
     app.extensions["attestd"].services.store.dispose()
 

@@ -2,11 +2,15 @@
 
 Bounded (a few dozen examples per operation) so the suite stays quick; the
 property is that no input yields a 500 and every response matches the document.
+The SNP run has a registered SNP VM and a trusted software SNP platform, and half
+its ``/attest`` cases carry a valid signed report for a fresh nonce, so the guest
+operations reach their successful path too; no response but the JWE carries a secret.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,16 @@ from schemathesis.checks import (
 
 from attestd.api import create_app
 from attestd.config import Settings
+from attestd.sim.snp import SnpPlatform
 from tests.servicefix import make_owner
+from tests.snpfix import (
+    SECRET_VALUES,
+    SNP_VM,
+    Guest,
+    attest_body,
+    challenge,
+    snp_fuzz_app,
+)
 
 VM = "3a3b3c3d-4e4f-4a5b-8c6d-7e7f8a8b8c8d"
 CHECKS = [
@@ -77,6 +90,56 @@ def test_openapi_fuzz(fuzz_app: tuple[Flask, dict[str, str]]) -> None:
             case.call_and_validate(headers=owner, checks=CHECKS)
 
         run()
+
+
+@pytest.fixture(scope="module")
+def fuzz_snp_app(
+    tmp_path_factory: pytest.TempPathFactory,
+    snp_platform: SnpPlatform,
+    snp_anchors_dir: Path,
+    digest: bytes,
+) -> Iterator[tuple[Flask, dict[str, str], bytes]]:
+    app, owner = snp_fuzz_app(tmp_path_factory.mktemp("fuzz-snp"), snp_anchors_dir, digest)
+    yield app, owner, digest
+    app.extensions["attestd"].store.dispose()
+
+
+def test_openapi_fuzz_snp(
+    fuzz_snp_app: tuple[Flask, dict[str, str], bytes], snp_platform: SnpPlatform
+) -> None:
+    """schemathesis with a registered SNP VM: challenge and attest succeed too, no 500, no secret
+    outside the JWE (which only the guest's key opens)."""
+    app, owner, digest = fuzz_snp_app
+    statuses: dict[str, set[int]] = {}
+    turns = itertools.count()
+    for operation in _operations(app):
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+        def run(case: Any) -> None:
+            # the first case of each operation and every other one after it
+            valid = next(turns) % 2 == 0 or case.path not in statuses
+            params = case.path_parameters or {}
+            keeps_vm = case.method not in ("PUT", "DELETE")  # the VM stays registered
+            if "uuid" in params and keeps_vm and (valid or case.path.endswith("/attest")):
+                params["uuid"] = SNP_VM
+            guest = None
+            if case.path.endswith("/attest") and valid:
+                guest = Guest()
+                nonce = challenge(app.test_client())
+                case.body = attest_body(snp_platform, guest, nonce, digest)
+            response = case.call_and_validate(headers=owner, checks=CHECKS)
+            statuses.setdefault(case.path, set()).add(response.status_code)
+            for secret in SECRET_VALUES:
+                assert secret not in response.text, (case.path, response.status_code)
+            if case.path.endswith("/attest") and response.status_code == 200:
+                assert guest is not None
+                payload = guest.decrypt(response.json()["payload"])
+                assert SECRET_VALUES[0] in str(payload)
+
+        run()
+    assert 200 in statuses["/v1/vm/{uuid}/attest/challenge"], statuses
+    assert 200 in statuses["/v1/vm/{uuid}/attest"], statuses
 
 
 # include lone surrogates: valid JSON escapes that are not valid UTF-8

@@ -24,13 +24,13 @@ from tests.servicefix import make_owner, sev_registration
 from tests.snpfix import (
     GUEST_PIN,
     OTHER_VM,
-    PUBLIC_URLS,
     SECRET_VALUES,
     SNP_VM,
     Guest,
     attest_body,
     challenge,
     expected_initdata,
+    owner_urls,
     register,
     snp_registration,
 )
@@ -63,7 +63,7 @@ def test_registration_makes_initdata_served_with_its_host_data(
     document = body["initdata"].encode("utf-8")
     assert document == expected_initdata(SNP_VM)
     parsed = doc.parse(document)
-    assert parsed.services == PUBLIC_URLS and str(parsed.vm_id) == SNP_VM
+    assert parsed.services == owner_urls() and str(parsed.vm_id) == SNP_VM
     assert parsed.pin == GUEST_PIN and parsed.ca_pem is None
     assert body["host-data"] == hashlib.sha256(document).hexdigest()
     for value in SECRET_VALUES:

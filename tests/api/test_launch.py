@@ -443,7 +443,7 @@ def test_nothing_secret_in_logs_and_keys_deleted(
     released = hclient.post(f"/v1/vm/{VM}/validate", json=body)
     assert released.status_code == 200
     assert state.store.launch(grant["launch-id"]).keys_enc is None
-    stored = state.services.vms.stored_secrets(state.store.vm(VM))
+    stored = state.services.vms.stored_secrets(state.store.sole_vm(VM))
     generated = next(s.passphrase for s in stored if isinstance(s, Volume) and s.generate)
     assert "secret released" in caplog.text  # the log is really captured
     for value in (

@@ -8,7 +8,7 @@ import re
 from flask import Flask
 from flask.testing import FlaskClient
 
-from attestd.api.openapi import build_spec, render
+from attestd.api.openapi import OWNER_SCOPED, SERVERS, build_spec, render
 from tests.conftest import PROJECT_ROOT
 
 COMMITTED = PROJECT_ROOT / "schemas" / "openapi-v1.json"
@@ -26,17 +26,27 @@ def test_every_route_is_documented(app: Flask, client: FlaskClient) -> None:
         (path, method.upper())
         for path, ops in spec["paths"].items()
         for method in ops
-        if method != "parameters"
+        if method not in ("parameters", "servers")
     }
     routed = set()
+    at_owner_base = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
         path = re.sub(r"<(?:[a-z]+:)?([a-z_0-9]+)>", r"{\1}", rule.rule)
         for method in rule.methods or ():
-            if method not in ("HEAD", "OPTIONS"):
+            if method in ("HEAD", "OPTIONS"):
+                continue
+            if path.startswith("/owners/{owner_name}/v1/"):
+                at_owner_base.add((path.removeprefix("/owners/{owner_name}"), method))
+            else:
                 routed.add((path, method))
     assert routed == documented
+    # the owner's base URL (a server of the document) serves exactly the VM and firmware
+    # paths, which are the paths without a server of their own
+    assert at_owner_base == {(p, m) for p, m in documented if p.startswith(OWNER_SCOPED)}
+    assert spec["servers"] == SERVERS
+    assert all(("servers" in spec["paths"][p]) != p.startswith(OWNER_SCOPED) for p, _ in documented)
     served = client.get("/v1/openapi.json")
     assert served.status_code == 200
     assert json.loads(served.data) == spec

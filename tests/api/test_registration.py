@@ -82,7 +82,8 @@ def test_duplicate_registration_conflicts(
     again = client.post(f"/v1/vm/{VM}", json=sev_registration(), headers=alice)
     assert again.status_code == 409
     assert again.json["errors"]["reason"] == "conflict"
-    assert client.post(f"/v1/vm/{VM}", json=sev_registration(), headers=bob).status_code == 409
+    # bob has his own UUID namespace: alice's registration neither blocks nor shows
+    assert client.post(f"/v1/vm/{VM}", json=sev_registration(), headers=bob).status_code == 201
 
 
 def test_owner_isolation(client: FlaskClient, alice: dict[str, str], bob: dict[str, str]) -> None:
@@ -111,12 +112,12 @@ def test_put_replaces_and_keeps_generated(
     body = sev_registration(secrets=_secrets())
     assert client.post(f"/v1/vm/{VM}", json=body, headers=alice).status_code == 201
     services = app.extensions["attestd"].services
-    first = services.vms.stored_secrets(services.store.vm(VM))
+    first = services.vms.stored_secrets(services.store.sole_vm(VM))
     body["policy"] = 3
     body["secrets"] = body["secrets"][1:2]
     replaced = client.put(f"/v1/vm/{VM}", json=body, headers=alice)
     assert replaced.status_code == 200 and replaced.json["revision"] == 2
-    second = services.vms.stored_secrets(services.store.vm(VM))
+    second = services.vms.stored_secrets(services.store.sole_vm(VM))
     assert len(second) == 1
     assert isinstance(first[1], Volume) and isinstance(second[0], Volume)
     assert second[0].passphrase == first[1].passphrase

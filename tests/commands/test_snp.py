@@ -15,6 +15,8 @@ from attestd.sev.snp.certs import GUID_ARK, GUID_VCEK, CertTable
 from tests.sev.snp.vectors import BY_NAME, SNP, VECTORS, Vector, genoa_from_trustee_json
 
 BIN = Path(sys.executable).parent
+#: A time when every real vector's certificates were valid (the VLEK: 2024-12-10 .. 2025-12-10).
+AT = "2025-06-01T00:00:00Z"
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -31,7 +33,7 @@ def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def verify(*argv: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    result = run(*argv, env=env)
+    result = run(*argv, *(() if "--at" in argv else ("--at", AT)), env=env)
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)
 
@@ -62,7 +64,10 @@ def test_policy_options() -> None:
     assert code == 1 and out["verified"] is False
     assert [r["code"] for r in out["reasons"]] == ["policy_debug_not_allowed"]
     vlek = BY_NAME["trustee-vlek-v3-vmpl1"]
-    args = ["--report", str(vlek.report_file), *leaf_option(vlek)]
+    strict = ["--report", str(vlek.report_file), *leaf_option(vlek)]
+    code, out = verify(*strict, "--max-vmpl", "1")
+    assert code == 1 and [r["code"] for r in out["reasons"]] == ["provisional_firmware"]
+    args = [*strict, "--allow-provisional"]  # CURRENT microcode 220 > COMMITTED 219
     code, out = verify(*args, "--max-vmpl", "0", "--signing-key", "vcek", "--min-tcb", "4,0,25,0")
     assert code == 1
     assert [r["code"] for r in out["reasons"]] == [
@@ -158,3 +163,68 @@ def test_usage_and_file_errors(tmp_path: Path) -> None:
     (tmp_path / "garbage.der").write_bytes(b"\x30\x03\x02\x01\x00")
     code, out = verify(*report, "--vcek", str(tmp_path / "garbage.der"))
     assert code == 1 and out["failure"]["code"] == "certificate_invalid"
+
+
+def test_the_real_vlek_has_expired_by_now() -> None:
+    vlek = BY_NAME["trustee-vlek-v3-vmpl1"]
+    code, out = verify("--report", str(vlek.report_file), *leaf_option(vlek), "--at", "now")
+    assert code == 1 and out["failure"]["code"] == "certificate_expired"  # today
+    code, out = verify("--report", str(vlek.report_file), *leaf_option(vlek), "--at", "2026-01-01")
+    assert code == 1 and out["failure"]["code"] == "certificate_expired"
+    assert "the VLEK expired at 2025-12-10" in out["failure"]["detail"]
+    bad = run("--report", str(vlek.report_file), *leaf_option(vlek), "--at", "yesterday")
+    assert bad.returncode == 2 and "--at must be an ISO 8601 time" in bad.stderr
+
+
+def test_crl_option_and_cache(tmp_path: Path) -> None:
+    """--crl checks the ASK against the ARK's CRL; `attestd snp crl import` caches it."""
+    from attestd.sim.snp import ReportRequest, SnpPlatform
+
+    platform = SnpPlatform.create(name="sim-crl", rsa_bits=2048)
+    anchors = tmp_path / "anchors"
+    platform.write_anchor(anchors)
+    (tmp_path / "report.bin").write_bytes(
+        platform.report(ReportRequest(report_data=bytes(64), measurement=bytes(48)))
+    )
+    (tmp_path / "vcek.der").write_bytes(platform.vcek)
+    (tmp_path / "ok.crl").write_bytes(platform.crl())
+    (tmp_path / "revoked.crl").write_bytes(platform.crl(revoke=("ask",)))
+    (tmp_path / "junk.crl").write_bytes(b"not a crl")
+    env = {"ATTESTD_DATA_DIR": str(tmp_path / "data"), "ATTESTD_TRUST_ANCHORS_DIR": str(anchors)}
+    base = ["--report", str(tmp_path / "report.bin"), "--vcek", str(tmp_path / "vcek.der")]
+    now = ("--at", "now")
+    code, out = verify(*base, *now, env=env)
+    assert code == 0 and out["revocation"] == "no-crl"
+    code, out = verify(*base, *now, "--require-crl", env=env)
+    assert code == 1 and out["failure"]["code"] == "crl_missing"
+    code, out = verify(*base, *now, "--crl", str(tmp_path / "ok.crl"), env=env)
+    assert code == 0 and out["revocation"] == "checked"
+    code, out = verify(*base, *now, "--crl", str(tmp_path / "revoked.crl"), env=env)
+    assert code == 1 and out["failure"]["code"] == "certificate_revoked"
+    junk = run(*base, *now, "--crl", str(tmp_path / "junk.crl"), env=env)
+    assert junk.returncode != 0 and "Traceback" not in junk.stderr and "CRL" in junk.stderr
+
+    def crl_import(name: str) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ATTESTD_")}
+        return subprocess.run(
+            [str(BIN / "attestd"), "snp", "crl", "import", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            env={**environ, **env},
+            check=False,
+            timeout=60,
+        )
+
+    done = crl_import("ok.crl")
+    assert done.returncode == 0, done.stderr
+    assert "crl-sim-crl.der (next update" in done.stdout
+    assert (tmp_path / "data" / "cek" / "vcek" / "crl-sim-crl.der").is_file()
+    code, out = verify(*base, *now, "--require-crl", env=env)  # from the cache
+    assert code == 0 and out["revocation"] == "checked"
+    for name in ("junk.crl",):
+        refused = crl_import(name)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    other = SnpPlatform.create(name="other", rsa_bits=2048)
+    (tmp_path / "other.crl").write_bytes(other.crl())
+    refused = crl_import("other.crl")
+    assert refused.returncode != 0 and "not issued and signed by any trusted ARK" in refused.stderr

@@ -67,3 +67,21 @@ def test_fetch_the_vcek_of_a_report(
     cached = tmp_path / "data" / "cek" / "vcek" / key.filename
     assert capsys.readouterr().out.strip() == str(cached)
     assert cached.read_bytes() == chip.vcek
+
+
+@responses.activate
+def test_crl_fetch_refuses_what_the_pinned_ark_did_not_sign(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``attestd snp crl fetch``: a KDS answer the pinned Milan ARK did not sign is not cached."""
+    monkeypatch.setenv("ATTESTD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ATTESTD_KDS_URL", "https://kds.test")
+    monkeypatch.delenv("ATTESTD_TRUST_ANCHORS_DIR", raising=False)
+    monkeypatch.delenv("ATTESTD_CONFIG", raising=False)
+    forged = SnpPlatform.create(name="milan", rsa_bits=2048).crl()  # AMD-like, wrong key
+    responses.get("https://kds.test/vcek/v1/Milan/crl", body=forged)
+    assert main(["snp", "crl", "fetch", "--generation", "milan"]) != 0
+    assert "the milan ARK did not sign" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "cek" / "vcek" / "crl-milan.der").exists()

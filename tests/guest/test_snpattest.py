@@ -194,3 +194,17 @@ def test_kernel_pin_parsing() -> None:
     assert kernel_pin("root=/dev/vda") is None
     with pytest.raises(InitdataError, match="sha256//"):
         kernel_pin("attestd.pin=md5//x")
+
+
+def test_an_owners_base_url_is_used_as_given(
+    tmp_path: Path, http_stub: tuple[StubService, StubServer]
+) -> None:
+    """The initdata's service URL may be an owner's base URL (VM UUIDs are per owner):
+    the guest appends ``/vm/<uuid>/attest…`` to it and nothing else."""
+    service, server = http_stub
+    base = server.url.removesuffix("/v1") + "/owners/alice/v1"
+    doc = document(base)
+    with pytest.raises(AttestationRefused):
+        attester(tmp_path, doc).attest(doc)  # the stub serves /v1 only: 404
+    assert service.requests[0] == f"/owners/alice/v1/vm/{VM}/attest/challenge"
+    assert service.released == 0

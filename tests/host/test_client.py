@@ -187,6 +187,32 @@ def test_example_host_config_is_the_defaults_but_token_and_ca() -> None:
 
 
 @responses.activate
+def test_an_owners_base_url_is_used_as_given() -> None:
+    base = "https://attest.example/owners/alice/v1"
+    responses.post(
+        f"{base}/vm/{VM}/launch",
+        json={"launch-id": "L1", "owner-cert": base64.b64encode(b"g").decode(),
+              "session": base64.b64encode(b"s").decode(), "policy": "0x1"},
+    )  # fmt: skip
+    c = ServiceClient(base, HostSettings(retries=0, timeout=3.0))
+    assert c.launch(VM, PLATFORM).launch_id == "L1"
+    assert responses.calls[0].request.url == f"{base}/vm/{VM}/launch"
+
+
+def test_unreachable_owner_base_url_names_the_service_root() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    c = ServiceClient(
+        f"http://127.0.0.1:{port}/owners/alice/v1",
+        HostSettings(allow_http=True, timeout=2.0, retries=0),
+    )
+    with pytest.raises(LaunchError) as caught:
+        c.launch(VM, PLATFORM)
+    assert f"curl http://127.0.0.1:{port}/healthz" in str(caught.value)
+
+
+@responses.activate
 def test_initdata_of_an_snp_vm_of_another_scheme_and_malformed_answers() -> None:
     vm = VM
     url = f"{BASE}/vm/{vm}/initdata"

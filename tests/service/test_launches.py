@@ -105,7 +105,7 @@ def test_retention_deletes_old_launches_and_events_only(
     assert services.store.launch(done.launch_id) is None
     assert services.store.launch(abandoned.launch_id) is None
     assert services.store.launch(fresh.launch_id) is not None
-    alice = services.store.vm(VM)
+    alice = services.store.sole_vm(VM)
     assert alice is not None
     kept = services.store.events(alice.owner_id, VM)
     assert len(kept) == 5  # registered, three launches, one validate: younger than a year

@@ -260,3 +260,24 @@ def test_serve_refuses_a_socket_path_that_is_a_file(snp_dir: Path, tmp_path: Pat
     assert result.returncode != 0
     assert "exists and is not a socket" in result.stderr
     assert (tmp_path / "f").read_text() == "x"
+
+
+def test_crl_is_signed_by_the_platforms_ark_and_revokes_on_request(
+    snp_dir: Path, tmp_path: Path
+) -> None:
+    from attestd.sev.snp.certs import SnpCrl
+    from attestd.sim.snp import ARK_KEY_FILE, SnpPlatform
+
+    assert stat.S_IMODE((snp_dir / ARK_KEY_FILE).stat().st_mode) == 0o600
+    anchor = SnpPlatform.load(snp_dir).anchor()
+    out = tmp_path / "plain.crl"
+    assert sh("attestd-sim", "snp", "crl", "--dir", str(snp_dir), "--out", str(out)).returncode == 0
+    crl = SnpCrl.from_der(out.read_bytes())
+    assert crl.signed_by(anchor.ark) and not crl.revoked
+    revoked = tmp_path / "revoked.crl"
+    args = ["--revoke", "ask", "--revoke", "asvk", "--out", str(revoked)]
+    assert sh("attestd-sim", "snp", "crl", "--dir", str(snp_dir), *args).returncode == 0
+    crl = SnpCrl.from_der(revoked.read_bytes())
+    assert anchor.asvk is not None and crl.revokes(anchor.ask) and crl.revokes(anchor.asvk)
+    bad = sh("attestd-sim", "snp", "crl", "--dir", str(snp_dir), "--revoke", "ark", "--out", "x")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

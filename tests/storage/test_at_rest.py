@@ -64,7 +64,7 @@ def test_dump_holds_no_plaintext_secret(
     caplog.set_level(logging.DEBUG)
     _register(client, alice)
     services = app.extensions["attestd"].services
-    stored = services.vms.stored_secrets(services.store.vm(VM))
+    stored = services.vms.stored_secrets(services.store.sole_vm(VM))
     generated = next(s.passphrase for s in stored if isinstance(s, Volume) and s.generate)
     dump = _dump(app, settings, request)
     assert VM.encode() in dump  # the dump is real
@@ -86,7 +86,7 @@ def test_key_rotation(
 ) -> None:
     _register(client, alice)
     store = app.extensions["attestd"].store
-    before = store.vm(VM).secrets_enc
+    before = store.sole_vm(VM).secrets_enc
     key_file = settings.effective_storage_key_file
     old_keys = key_file.read_text()
     monkeypatch.setenv("ATTESTD_DATA_DIR", str(settings.data_dir))
@@ -96,7 +96,7 @@ def test_key_rotation(
     assert "re-encrypted 1 stored values" in capsys.readouterr().out
     new_ring = KeyRing.from_file(key_file)
     assert len(key_file.read_text().split()) == 1 and key_file.read_text() != old_keys
-    after = store.vm(VM).secrets_enc
+    after = store.sole_vm(VM).secrets_enc
     assert after != before
     assert SECRETS[0] in new_ring.decrypt(after).decode()
     with pytest.raises(StorageKeyError):

@@ -75,6 +75,22 @@ def _hot_path(services: Services, platform: SimulatedPlatform, ovmf: bytes) -> N
     services.upkeep.run()
 
 
+def _capture(engine: Any, work: Any) -> list[tuple[str, Any]]:
+    captured: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+        head = sql.lstrip().split(None, 1)[0].upper()
+        if head in ("SELECT", "UPDATE", "DELETE", "INSERT"):
+            captured.append((sql, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        work()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return captured
+
+
 def _plan(conn: Any, dialect: str, sql: str, params: Any) -> str:
     if dialect == "sqlite":
         rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all()
@@ -100,18 +116,7 @@ def test_no_hot_path_query_scans_launches_or_events(
     services: Services, platform: SimulatedPlatform, ovmf: bytes
 ) -> None:
     engine = services.store.engine  # type: ignore[attr-defined]
-    captured: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
-        head = sql.lstrip().split(None, 1)[0].upper()
-        if head in ("SELECT", "UPDATE", "DELETE", "INSERT"):
-            captured.append((sql, params))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        _hot_path(services, platform, ovmf)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    captured = _capture(engine, lambda: _hot_path(services, platform, ovmf))
     touching = [(s, p) for s, p in captured if any(t in s for t in BIG_TABLES)]
     assert len(touching) >= 10
     scans = []
@@ -119,5 +124,44 @@ def test_no_hot_path_query_scans_launches_or_events(
         for sql, params in touching:
             plan = _plan(conn, engine.dialect.name, sql, params)
             if _full_scans(plan, engine.dialect.name):
+                scans.append(f"{' '.join(sql.split())}\n  -> {plan}")
+    assert scans == [], "\n".join(scans)
+
+
+def test_vm_lookups_by_owner_and_uuid_or_uuid_alone_use_an_index(
+    services: Services, platform: SimulatedPlatform, ovmf: bytes
+) -> None:
+    """Each owner has its own UUID namespace: the VM is found by (owner, UUID) through
+    ``uq_vms_owner_uuid``, by the UUID alone (a caller naming no owner) through
+    ``ix_vms_uuid``; neither reads the vms table through."""
+    engine = services.store.engine  # type: ignore[attr-defined]
+    captured = _capture(engine, lambda: _hot_path(services, platform, ovmf))
+    owner = services.store.owner_id("alice")
+    assert owner is not None
+    captured += _capture(
+        engine,
+        lambda: (
+            services.launches.begin(
+                VM,
+                pdh=platform.export().pdh,
+                cert_chain=platform.export().cert_chain,
+                cpu_id=platform.export().chip_id,
+                cek=platform.export().signed_cek,
+                owner_id=owner,
+            ),
+            services.store.sole_vm(VM),
+            services.store.vm(owner, VM),
+        ),
+    )
+    by_uuid = [(q, p) for q, p in captured if "FROM vms" in q and "vms.uuid =" in q]
+    assert len(by_uuid) >= 4
+    scans = []
+    with engine.begin() as conn:
+        for sql, params in by_uuid:
+            plan = _plan(conn, engine.dialect.name, sql, params)
+            full = (
+                "SCAN vms" in plan if engine.dialect.name == "sqlite" else "Seq Scan on vms" in plan
+            )
+            if full:
                 scans.append(f"{' '.join(sql.split())}\n  -> {plan}")
     assert scans == [], "\n".join(scans)

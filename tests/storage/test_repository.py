@@ -87,7 +87,7 @@ def test_launch_budget_is_atomic(db: Database) -> None:
     event = Event(vm.owner_id, vm.uuid, EventKind.LAUNCH, 1.0)
     results = _parallel(8, lambda n: db.begin_launch(vm, _launch(vm, n), event=event))
     assert sorted(results) == [False] * 5 + [True] * 3  # type: ignore[type-var]
-    again = db.vm(vm.uuid)
+    again = db.vm(vm.owner_id, vm.uuid)
     assert again is not None and again.launches_used == 3
 
 
@@ -102,7 +102,8 @@ def test_claim_is_single_use_and_respects_expiry(db: Database) -> None:
     assert sum(c.claimed for c in claims) == 1  # type: ignore[attr-defined]
     expired = db.claim_launch(vm.uuid, "launch-0002", 60.0)
     assert not expired.claimed and expired.launch is not None
-    assert expired.launch.state is LaunchStatus.PENDING and expired.vm == db.vm(vm.uuid)
+    assert expired.launch.state is LaunchStatus.PENDING
+    assert expired.vm == db.vm(vm.owner_id, vm.uuid)
     other = db.claim_launch("00000000-0000-4000-8000-000000000002", "launch-0002", 10.0)
     assert not other.claimed and other.vm is None  # other VM
     assert db.purge_expired_keys(60.0) == 2

@@ -67,4 +67,4 @@ def test_running_service_survives_key_rotation(
 
     db = host_app.extensions["attestd"].store
     assert cli.main(["keys", "rotate", "--retire"]) == 0
-    assert b'"PW": "two"' in KeyRing.from_file(key_file).decrypt(db.vm(VM).secrets_enc)
+    assert b'"PW": "two"' in KeyRing.from_file(key_file).decrypt(db.sole_vm(VM).secrets_enc)

@@ -1,7 +1,9 @@
 """Guest endpoints of SEV-SNP attestation: ``/attest/challenge`` and ``/attest``.
 
 No owner or host token: the guest has none; the report, the nonce and REPORT_DATA
-are what is checked (:mod:`attestd.service.attestations`).
+are what is checked (:mod:`attestd.service.attestations`). The owner is named by the
+base URL the guest was given (``/owners/<name>/v1``); at ``/v1`` the UUID must be one
+owner's only (409 ``owner_required`` otherwise).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from flask import Blueprint, Response, jsonify
 
 from attestd.api.schemas import vm_uuid
 from attestd.api.snp_schemas import AttestRequestSchema, AttestResultSchema, ChallengeSchema
-from attestd.api.state import load_json, state
+from attestd.api.state import base_owner_id, load_json, state
 from attestd.errors import AttestdError
 from attestd.service.attestations import AttestRequest
 
@@ -21,7 +23,7 @@ bp = Blueprint("attest", __name__)
 def challenge(uuid: str) -> Response:
     """A single-use nonce for the VM's next attestation."""
     st = state()
-    issued = st.services.attestations.challenge(vm_uuid(uuid))
+    issued = st.services.attestations.challenge(vm_uuid(uuid), base_owner_id())
     return jsonify(ChallengeSchema().dump({"nonce": issued.nonce, "expires_at": issued.expires_at}))
 
 
@@ -32,7 +34,7 @@ def attest(uuid: str) -> Response:
     canonical = vm_uuid(uuid)
     body = load_json(AttestRequestSchema())
     try:
-        token = st.services.attestations.attest(canonical, AttestRequest(**body))
+        token = st.services.attestations.attest(canonical, AttestRequest(**body), base_owner_id())
     except AttestdError as exc:
         st.metrics.outcome("attest", exc.code)
         raise

@@ -11,7 +11,7 @@ from attestd.api.schemas import (
     ValidateRequestSchema,
     vm_uuid,
 )
-from attestd.api.state import bearer_token, load_json, state
+from attestd.api.state import base_owner_id, bearer_token, load_json, state
 from attestd.errors import AttestdError
 from attestd.service.launches import ValidateRequest
 
@@ -40,6 +40,7 @@ def launch(uuid: str) -> Response:
             cpu_id=body.get("cpu_id"),
             cek=body.get("cek"),
             host=host,
+            owner_id=base_owner_id(),
         )
     except AttestdError as exc:
         st.metrics.outcome("launch", exc.code)
@@ -66,7 +67,9 @@ def validate(uuid: str) -> Response:
     canonical = vm_uuid(uuid)
     body = load_json(_VALIDATE_REQUEST)
     try:
-        secret = st.services.launches.validate(canonical, ValidateRequest(**body), host=host)
+        secret = st.services.launches.validate(
+            canonical, ValidateRequest(**body), host=host, owner_id=base_owner_id()
+        )
     except AttestdError as exc:
         st.metrics.outcome("validate", exc.code)
         raise

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from attestd.api.schemas import vm_uuid
 from attestd.api.snp_schemas import InitdataChangeSchema, InitdataSchema
-from attestd.api.state import bearer_token, current_owner, load_json, state
+from attestd.api.state import base_owner_id, bearer_token, current_owner, load_json, state
 from attestd.service.initdata import InitdataChange, InitdataView
 from attestd.service.owners import OWNER_TOKEN_PREFIX
 
@@ -44,7 +44,7 @@ def show(uuid: str) -> Response:
         view = st.services.initdata.show(canonical, owner=current_owner())
     else:
         host = st.services.principals.authenticate_host(token)
-        view = st.services.initdata.show(canonical, host=host)
+        view = st.services.initdata.show(canonical, host=host, owner_id=base_owner_id())
     return _respond(view)
 
 

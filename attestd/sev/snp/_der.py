@@ -8,6 +8,8 @@ only (DER); every error is a :class:`attestd.errors.ParseError`.
 
 from __future__ import annotations
 
+import datetime
+import re
 from dataclasses import dataclass
 
 from attestd.errors import ParseError
@@ -19,6 +21,8 @@ OCTET_STRING = 0x04
 OID = 0x06
 BOOLEAN = 0x01
 IA5_STRING = 0x16
+UTC_TIME = 0x17
+GENERALIZED_TIME = 0x18
 #: Context-specific constructed tags of a TBSCertificate.
 EXPLICIT_0 = 0xA0
 EXPLICIT_3 = 0xA3
@@ -103,6 +107,26 @@ def decode_oid(tlv: Tlv) -> str:
     first = arcs[0]
     head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
     return ".".join(str(arc) for arc in head + arcs[1:])
+
+
+_UTC_TIME = re.compile(rb"[0-9]{12}Z")
+_GENERALIZED_TIME = re.compile(rb"[0-9]{14}Z")
+
+
+def decode_time(tlv: Tlv, what: str) -> datetime.datetime:
+    """An X.509 Time (RFC 5280 §4.1.2.5): UTCTime ``YYMMDDHHMMSSZ`` or GeneralizedTime
+    ``YYYYMMDDHHMMSSZ``, as an aware UTC datetime."""
+    if tlv.tag == UTC_TIME and _UTC_TIME.fullmatch(tlv.value):
+        year = int(tlv.value[:2])
+        text = str(year + (1900 if year >= 50 else 2000)) + tlv.value[2:12].decode("ascii")
+    elif tlv.tag == GENERALIZED_TIME and _GENERALIZED_TIME.fullmatch(tlv.value):
+        text = tlv.value[:14].decode("ascii")
+    else:
+        raise ParseError(f"{what}: not a DER UTCTime or GeneralizedTime")
+    try:
+        return datetime.datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        raise ParseError(f"{what}: invalid date") from None
 
 
 def encode_length(length: int) -> bytes:

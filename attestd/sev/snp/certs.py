@@ -10,6 +10,7 @@ are decoded from their raw DER in both paths.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import uuid
 import warnings
@@ -76,8 +77,10 @@ class SnpCertificate:
     ``tbs`` and ``signature`` are the exact bytes received; ``signature_algorithm`` is the
     outer AlgorithmIdentifier, which must equal the one inside the TBS
     (``tbs_algorithm_matches``); ``extensions`` maps each extension OID to its raw
-    ``extnValue`` contents. ``fallback`` says the minimal
-    DER reader parsed it (``cryptography`` refused it).
+    ``extnValue`` contents. ``issuer`` and ``subject`` are the exact DER Names (RFC 5280
+    name chaining compares them), ``not_before``/``not_after`` the validity period (UTC),
+    both read from the DER in either path. ``fallback`` says the minimal DER reader parsed
+    it (``cryptography`` refused it).
     """
 
     der: bytes = field(repr=False)
@@ -90,6 +93,12 @@ class SnpCertificate:
     signature_algorithm: bytes = field(default=b"", repr=False)
     tbs_algorithm_matches: bool = False
     fallback: bool = False
+    issuer: bytes = field(default=b"", repr=False)
+    subject: bytes = field(default=b"", repr=False)
+    not_before: datetime.datetime = field(
+        default=datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    )
+    not_after: datetime.datetime = field(default=datetime.datetime.min.replace(tzinfo=datetime.UTC))
 
     @classmethod
     def from_der(cls, der: bytes, *, force_fallback: bool = False) -> SnpCertificate:
@@ -102,6 +111,22 @@ class SnpCertificate:
             raise
         except Exception:  # refused: serial 0 (announced), X.509 version, other strictness
             return _from_der_reader(der)  # the DER reader decides; it raises only ParseError
+
+    def valid_at(self, at: datetime.datetime) -> bool:
+        """True if ``at`` lies in the validity period (notBefore <= at <= notAfter)."""
+        return self.not_before <= at <= self.not_after
+
+    def validity_problem(self, role: str, at: datetime.datetime) -> str | None:
+        """Why this certificate is not valid at ``at`` (None if it is)."""
+        if at < self.not_before:
+            return f"the {role} is not valid before {self.not_before:%Y-%m-%d %H:%M:%S}Z"
+        if at > self.not_after:
+            return f"the {role} expired at {self.not_after:%Y-%m-%d %H:%M:%S}Z"
+        return None
+
+    def issued_by_name(self, issuer: SnpCertificate) -> bool:
+        """Name chaining: this certificate's issuer is exactly ``issuer``'s subject (DER)."""
+        return bool(self.issuer) and self.issuer == issuer.subject
 
     @property
     def is_rsa(self) -> bool:
@@ -242,6 +267,7 @@ def _from_cryptography(der: bytes) -> SnpCertificate:
             else:
                 extensions[ext.oid.dotted_string] = ext.value.public_bytes()
         outer, matches = _algorithms(der)
+        issuer, subject, not_before, not_after = _names_validity(der)
         return SnpCertificate(
             der,
             cert.tbs_certificate_bytes,
@@ -252,18 +278,28 @@ def _from_cryptography(der: bytes) -> SnpCertificate:
             extensions,
             outer,
             matches,
+            issuer=issuer,
+            subject=subject,
+            not_before=not_before,
+            not_after=not_after,
         )
+
+
+def _signed(der: bytes, what: str, kind: str) -> tuple[_der.Tlv, _der.Tlv, _der.Tlv]:
+    """``SEQUENCE {tbs, signatureAlgorithm, BIT STRING}`` (a Certificate or a CRL)."""
+    outer = _der.read_one(der, _der.SEQUENCE, what)
+    parts = _der.children(outer.value)
+    if len(parts) != 3 or parts[0].tag != _der.SEQUENCE or parts[2].tag != _der.BIT_STRING:
+        raise ParseError(f"{what}: not an X.509 {kind}")
+    tbs, sig_alg, sig_bits = parts
+    if not sig_bits.value or sig_bits.value[0] != 0:
+        raise ParseError(f"{what}: signature BIT STRING has unused bits")
+    return tbs, sig_alg, sig_bits
 
 
 def _tbs_fields(der: bytes) -> tuple[_der.Tlv, _der.Tlv, _der.Tlv, list[_der.Tlv], int]:
     """Certificate ::= SEQUENCE {tbs, sigAlg, BIT STRING}; the TBS fields after the version."""
-    outer = _der.read_one(der, _der.SEQUENCE, "certificate")
-    parts = _der.children(outer.value)
-    if len(parts) != 3 or parts[0].tag != _der.SEQUENCE or parts[2].tag != _der.BIT_STRING:
-        raise ParseError("certificate: not an X.509 Certificate")
-    tbs, sig_alg, sig_bits = parts
-    if not sig_bits.value or sig_bits.value[0] != 0:
-        raise ParseError("certificate: signature BIT STRING has unused bits")
+    tbs, sig_alg, sig_bits = _signed(der, "certificate", "Certificate")
     fields_ = _der.children(tbs.value)
     index = 1 if fields_ and fields_[0].tag == _der.EXPLICIT_0 else 0
     # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
@@ -276,6 +312,20 @@ def _algorithms(der: bytes) -> tuple[bytes, bool]:
     """The outer signature AlgorithmIdentifier and whether the TBS names the same one."""
     _, sig_alg, _, fields_, index = _tbs_fields(der)
     return sig_alg.raw, fields_[index + 1].raw == sig_alg.raw
+
+
+def _names_validity(der: bytes) -> tuple[bytes, bytes, datetime.datetime, datetime.datetime]:
+    """issuer and subject (exact DER Names) and the validity period of the TBS."""
+    _, _, _, fields_, index = _tbs_fields(der)
+    issuer, validity, subject = fields_[index + 2 : index + 5]
+    if issuer.tag != _der.SEQUENCE or subject.tag != _der.SEQUENCE:
+        raise ParseError("certificate: malformed issuer or subject Name")
+    times = _der.children(validity.value) if validity.tag == _der.SEQUENCE else []
+    if len(times) != 2:
+        raise ParseError("certificate: malformed validity")
+    not_before = _der.decode_time(times[0], "certificate notBefore")
+    not_after = _der.decode_time(times[1], "certificate notAfter")
+    return issuer.raw, subject.raw, not_before, not_after
 
 
 def _from_der_reader(der: bytes) -> SnpCertificate:
@@ -302,6 +352,7 @@ def _from_der_reader(der: bytes) -> SnpCertificate:
             if value.tag != _der.OCTET_STRING:
                 raise ParseError("certificate: extension value is not an OCTET STRING")
             extensions[_der.decode_oid(members[0])] = value.value
+    issuer, subject, not_before, not_after = _names_validity(der)
     return SnpCertificate(
         der,
         tbs.raw,
@@ -313,6 +364,10 @@ def _from_der_reader(der: bytes) -> SnpCertificate:
         sig_alg.raw,
         fields_[index + 1].raw == sig_alg.raw,
         fallback=True,
+        issuer=issuer,
+        subject=subject,
+        not_before=not_before,
+        not_after=not_after,
     )
 
 
@@ -337,6 +392,10 @@ def _pem_certs(data: bytes) -> list[x509.Certificate]:
 
 # ------------------------------------------------------------------ trust anchors
 
+#: Failure codes of chain checks beyond signatures (``ChainInvalid.reasons[0]``).
+ISSUER_NAME_MISMATCH = "issuer_name_mismatch"
+CERTIFICATE_EXPIRED = "certificate_expired"
+
 
 @dataclass(frozen=True)
 class SnpAnchor:
@@ -347,8 +406,10 @@ class SnpAnchor:
     ask: SnpCertificate
     asvk: SnpCertificate | None = None
 
-    def check(self) -> tuple[str, ...]:
-        """Verify ARK (self-signed), ASK and ASVK (signed by the ARK); ``ChainInvalid`` if not."""
+    def check(self, at: datetime.datetime | None = None) -> tuple[str, ...]:
+        """Verify ARK (self-signed), ASK and ASVK (signed by the ARK, issuer = ARK subject);
+        with ``at``, each is valid at that time. ``ChainInvalid`` (``.code`` names the
+        failing check) if not."""
         links = []
         for role, cert in (("ARK", self.ark), ("ASK", self.ask), ("ASVK", self.asvk)):
             if cert is None:
@@ -357,14 +418,29 @@ class SnpAnchor:
                 raise ChainInvalid(f"the {self.name} {role} is not an RSA-4096 (or 2048) key")
         if not self.ark.is_signed_by(self.ark):
             raise ChainInvalid(f"the {self.name} ARK is not self-signed (RSA-PSS SHA-384)")
+        if not self.ark.issued_by_name(self.ark):
+            raise ChainInvalid(
+                f"the {self.name} ARK's issuer is not its own subject",
+                reasons=[ISSUER_NAME_MISMATCH],
+            )
         links.append(f"ARK ({self.name}) is self-signed")
-        if not self.ask.is_signed_by(self.ark):
-            raise ChainInvalid(f"the {self.name} ASK is not signed by the {self.name} ARK")
-        links.append(f"ASK ({self.name}) is signed by the {self.name} ARK")
-        if self.asvk is not None:
-            if not self.asvk.is_signed_by(self.ark):
-                raise ChainInvalid(f"the {self.name} ASVK is not signed by the {self.name} ARK")
-            links.append(f"ASVK ({self.name}) is signed by the {self.name} ARK")
+        for role, cert in (("ASK", self.ask), ("ASVK", self.asvk)):
+            if cert is None:
+                continue
+            if not cert.is_signed_by(self.ark):
+                raise ChainInvalid(f"the {self.name} {role} is not signed by the {self.name} ARK")
+            if not cert.issued_by_name(self.ark):
+                raise ChainInvalid(
+                    f"the {self.name} {role}'s issuer is not the {self.name} ARK's subject",
+                    reasons=[ISSUER_NAME_MISMATCH],
+                )
+            links.append(f"{role} ({self.name}) is signed by the {self.name} ARK")
+        if at is not None:
+            for role, cert in (("ARK", self.ark), ("ASK", self.ask), ("ASVK", self.asvk)):
+                problem = None if cert is None else cert.validity_problem(f"{self.name} {role}", at)
+                if problem is not None:
+                    raise ChainInvalid(problem, reasons=[CERTIFICATE_EXPIRED])
+            links.append(f"the {self.name} ARK, ASK and ASVK are valid at {at:%Y-%m-%d %H:%M:%S}Z")
         return tuple(links)
 
 
@@ -412,6 +488,112 @@ def builtin_snp_anchors() -> tuple[SnpAnchor, ...]:
         anchor.check()
         anchors.append(anchor)
     return tuple(anchors)
+
+
+# ------------------------------------------------------------------------- CRLs
+
+
+@dataclass(frozen=True)
+class SnpCrl:
+    """An AMD KDS certificate revocation list (``/vcek/v1/<product>/crl``, RFC 5280 §5).
+
+    One per product line, signed by the ARK (RSA-PSS SHA-384), listing the serial
+    numbers of revoked ASKs and ASVKs. Read from the DER by hand (the signature is
+    checked over the exact ``tbs`` bytes received); :meth:`signed_by` and
+    :meth:`fresh_at` are the checks, :attr:`revoked` the serial numbers.
+    """
+
+    der: bytes = field(repr=False)
+    tbs: bytes = field(repr=False)
+    signature_oid: str
+    signature: bytes = field(repr=False)
+    signature_algorithm: bytes = field(repr=False)
+    tbs_algorithm_matches: bool
+    issuer: bytes = field(repr=False)
+    this_update: datetime.datetime
+    next_update: datetime.datetime | None
+    revoked: frozenset[int]
+
+    @classmethod
+    def from_der(cls, der: bytes) -> SnpCrl:
+        """Parse a DER (or PEM) CRL; ``ParseError`` naming the CRL if it is not one."""
+        try:
+            return cls._read(der)
+        except ParseError as exc:
+            if exc.message.startswith("CRL"):
+                raise
+            raise ParseError(f"CRL: {exc.message}") from None
+
+    @classmethod
+    def _read(cls, der: bytes) -> SnpCrl:
+        """CertificateList ::= SEQUENCE {tbsCertList, signatureAlgorithm, signatureValue}."""
+        if der.startswith(b"-----BEGIN"):
+            try:
+                der = x509.load_pem_x509_crl(der).public_bytes(serialization.Encoding.DER)
+            except ValueError:
+                raise ParseError("CRL: unreadable PEM") from None
+        tbs, sig_alg, sig_bits = _signed(der, "CRL", "CertificateList")
+        algs = _der.children(sig_alg.value)
+        if sig_alg.tag != _der.SEQUENCE or not algs:
+            raise ParseError("CRL: malformed signatureAlgorithm")
+        items = _der.children(tbs.value)
+        if items and items[0].tag == _der.INTEGER:  # version v2
+            items = items[1:]
+        if len(items) < 3 or items[1].tag != _der.SEQUENCE:
+            raise ParseError("CRL: truncated tbsCertList")
+        tbs_alg, issuer, this_update, *rest = items
+        next_update = None
+        if rest and rest[0].tag in (_der.UTC_TIME, _der.GENERALIZED_TIME):
+            next_update = _der.decode_time(rest.pop(0), "CRL nextUpdate")
+        revoked: set[int] = set()
+        if rest and rest[0].tag == _der.SEQUENCE:
+            for entry in _der.children(rest.pop(0).value):
+                members = _der.children(entry.value) if entry.tag == _der.SEQUENCE else []
+                if len(members) < 2:
+                    raise ParseError("CRL: malformed revoked certificate entry")
+                revoked.add(_der.decode_integer(members[0], "CRL userCertificate"))
+        if any(item.tag != EXPLICIT_0_CRL for item in rest):
+            raise ParseError("CRL: unexpected field in tbsCertList")
+        return cls(
+            der,
+            tbs.raw,
+            _der.decode_oid(algs[0]),
+            sig_bits.value[1:],
+            sig_alg.raw,
+            tbs_alg.raw == sig_alg.raw,
+            issuer.raw,
+            _der.decode_time(this_update, "CRL thisUpdate"),
+            next_update,
+            frozenset(revoked),
+        )
+
+    def signed_by(self, ark: SnpCertificate) -> bool:
+        """True if ``ark`` issued this CRL: its Name and its RSA-PSS SHA-384 signature."""
+        if (
+            self.signature_oid != OID_RSASSA_PSS
+            or self.signature_algorithm not in PSS_SHA384_ALGORITHMS
+            or not self.tbs_algorithm_matches
+            or self.issuer != ark.subject
+            or not ark.is_rsa
+        ):
+            return False
+        try:
+            ark.rsa_key().verify(self.signature, self.tbs, pss_sha384(), hashes.SHA384())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def fresh_at(self, at: datetime.datetime) -> bool:
+        """thisUpdate <= at < nextUpdate (a CRL without nextUpdate is never fresh)."""
+        return self.next_update is not None and self.this_update <= at < self.next_update
+
+    def revokes(self, cert: SnpCertificate) -> bool:
+        """True if ``cert`` (an ASK or ASVK the CRL's ARK issued) is on the list."""
+        return cert.serial_number in self.revoked
+
+
+#: crlExtensions [0] EXPLICIT in a tbsCertList.
+EXPLICIT_0_CRL = 0xA0
 
 
 # --------------------------------------------------------- extended-report cert table

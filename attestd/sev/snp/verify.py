@@ -5,7 +5,9 @@ Two steps, as in ``attestd.sev.chain`` and ``attestd.policy``:
 1. :func:`check_report` walks the evidence over the **raw bytes received** (never a
    re-serialisation): the report parses, its signature algorithm, the signing key
    KEY_INFO names (VCEK or VLEK), the leaf certificate chained to a pinned ARK
-   (ARK -> ASK -> VCEK, ARK -> ASVK -> VLEK), the ECDSA P-384 signature over
+   (ARK -> ASK -> VCEK, ARK -> ASVK -> VLEK) with issuer names chaining and every
+   certificate valid at the verification time, the ASK/ASVK not on the ARK's CRL
+   (a missing or stale CRL refuses only when required), the ECDSA P-384 signature over
    ``[0x000, 0x2A0)``, REPORTED_TCB equal to the certificate's SPLs and, for a VCEK,
    CHIP_ID equal to its hwID (Turin: the first 8 bytes). The result lists every link
    that verified and names the first that failed; success carries a
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import hmac
 import json
@@ -38,7 +41,14 @@ from jwcrypto import jwe
 from jwcrypto import jwk as jose_jwk
 
 from attestd.errors import ChainInvalid, ParseError, PolicyViolation
-from attestd.sev.snp.certs import CertTable, SnpAnchor, SnpCertificate
+from attestd.sev.snp.certs import (
+    CERTIFICATE_EXPIRED,
+    ISSUER_NAME_MISMATCH,
+    CertTable,
+    SnpAnchor,
+    SnpCertificate,
+    SnpCrl,
+)
 from attestd.sev.snp.report import (
     POLICY_ALLOWS,
     POLICY_REQUIRES,
@@ -64,6 +74,16 @@ LINK_GENERATION = "generation_mismatch"
 LINK_SIGNATURE = "signature_invalid"
 LINK_TCB = "reported_tcb_mismatch"
 LINK_CHIP_ID = "chip_id_mismatch"
+LINK_NAME = ISSUER_NAME_MISMATCH
+LINK_VALIDITY = CERTIFICATE_EXPIRED
+LINK_CRL = "crl_invalid"
+LINK_CRL_MISSING = "crl_missing"
+LINK_REVOKED = "certificate_revoked"
+
+#: :attr:`VerifiedReport.revocation` values.
+REVOCATION_CHECKED = "checked"
+REVOCATION_MISSING = "no-crl"
+REVOCATION_STALE = "crl-stale"
 
 _TOKEN = object()
 
@@ -82,6 +102,9 @@ class VerifiedReport:
     signing_key: SigningKey
     certificate: SnpCertificate = field(repr=False)
     links: tuple[str, ...]
+    #: whether the ASK/ASVK was checked against a fresh CRL (``checked``), or not
+    #: (``no-crl``, ``crl-stale``: allowed because the caller did not require a CRL)
+    revocation: str = REVOCATION_MISSING
     _token: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +184,7 @@ def _anchor(
     anchors: Sequence[SnpAnchor],
     wanted: str | None,
     links: list[str],
+    at: datetime.datetime,
 ) -> SnpAnchor:
     role = "ASK" if key is SigningKey.VCEK else "ASVK"
     candidates = [a for a in anchors if wanted is None or a.name == wanted]
@@ -169,10 +193,18 @@ def _anchor(
         if signer is None or not cert.is_signed_by(signer):
             continue
         try:
-            links.extend(anchor.check())
+            links.extend(anchor.check(at))
         except ChainInvalid as exc:
-            raise _Failed(LINK_CHAIN, exc.message) from None
+            raise _Failed(exc.reasons[0] if exc.reasons else LINK_CHAIN, exc.message) from None
+        if not cert.issued_by_name(signer):
+            raise _Failed(
+                LINK_NAME, f"the {label}'s issuer is not the {anchor.name} {role}'s subject"
+            )
         links.append(f"{label} is signed by the {anchor.name} {role}")
+        problem = cert.validity_problem(label, at)
+        if problem is not None:
+            raise _Failed(LINK_VALIDITY, problem)
+        links.append(f"{label} is valid at {at:%Y-%m-%d %H:%M:%S}Z")
         return anchor
     tried = ", ".join(a.name for a in candidates) or "none"
     raise _Failed(LINK_CHAIN, f"{label} is not signed by any trusted {role} (tried: {tried})")
@@ -200,6 +232,42 @@ def _generation(
     return next(iter(known.values()))
 
 
+def _revocation(
+    anchor: SnpAnchor,
+    key: SigningKey,
+    crl: SnpCrl | None,
+    at: datetime.datetime,
+    require: bool,
+    links: list[str],
+) -> str:
+    """Check the ASK (VCEK) or ASVK (VLEK) against the anchor's CRL; the revocation state."""
+    role = "ASK" if key is SigningKey.VCEK else "ASVK"
+    signer = anchor.ask if key is SigningKey.VCEK else anchor.asvk
+    name = f"the {anchor.name} {role}"
+    if crl is None:
+        if require:
+            raise _Failed(LINK_CRL_MISSING, f"no CRL of the {anchor.name} ARK: {name} is unchecked")
+        links.append(f"no CRL of the {anchor.name} ARK: revocation of {name} NOT checked")
+        return REVOCATION_MISSING
+    if not crl.signed_by(anchor.ark):
+        raise _Failed(LINK_CRL, f"the CRL is not issued and signed by the {anchor.name} ARK")
+    if signer is not None and crl.revokes(signer):
+        raise _Failed(LINK_REVOKED, f"{name} is revoked (CRL of {crl.this_update:%Y-%m-%d})")
+    if not crl.fresh_at(at):
+        until = "never" if crl.next_update is None else f"{crl.next_update:%Y-%m-%d %H:%M}Z"
+        if require:
+            raise _Failed(
+                LINK_CRL_MISSING, f"the {anchor.name} CRL is not current (next update {until})"
+            )
+        links.append(
+            f"{name} is not on the {anchor.name} CRL, but it is not current (next update "
+            f"{until}): revocation NOT checked"
+        )
+        return REVOCATION_STALE
+    links.append(f"{name} is not revoked (CRL of {crl.this_update:%Y-%m-%d}, signed by the ARK)")
+    return REVOCATION_CHECKED
+
+
 def _signature(report: AttestationReport) -> bytes:
     """The report's r and s (72 bytes each, little-endian) as a DER ECDSA signature."""
     r = int.from_bytes(report.signature_r, "little")
@@ -215,14 +283,21 @@ def check_report(
     cert_table: bytes | None = None,
     generation: Generation | None = None,
     anchor: str | None = None,
+    at: datetime.datetime | None = None,
+    crls: Mapping[str, SnpCrl] | None = None,
+    require_crl: bool = False,
 ) -> ReportCheck:
     """Verify a raw 0x4A0-byte report; every check names its link (see the module doc).
 
     ``leaf`` is the VCEK/VLEK DER; else it is taken from ``cert_table`` (the
     extended-report certificate table). Certificates in the table other than the
     leaf are ignored: only ``anchors`` are trusted. ``generation`` and ``anchor``
-    pin what the caller expects.
+    pin what the caller expects. ``at`` is the verification time (default: now, UTC)
+    at which every certificate must be valid. ``crls`` maps an anchor name to its
+    ARK's CRL; without a current one the ASK/ASVK is refused if ``require_crl``, else
+    accepted with :attr:`VerifiedReport.revocation` saying so.
     """
+    when = at or datetime.datetime.now(datetime.UTC)
     links: list[str] = []
     try:
         report = AttestationReport.unpack(raw)
@@ -239,7 +314,8 @@ def check_report(
             raise _Failed(LINK_SIGNING_KEY, "the report is not signed (KEY_INFO: no signing key)")
         links.append(f"KEY_INFO names the {key.label.upper()} as the signing key")
         cert, label = _leaf(key, leaf, cert_table)
-        found = _anchor(cert, label, key, anchors, anchor, links)
+        found = _anchor(cert, label, key, anchors, anchor, links, when)
+        revocation = _revocation(found, key, (crls or {}).get(found.name), when, require_crl, links)
         gen = _generation(report, cert, found, generation)
         links.append(f"generation {gen.value}")
         try:
@@ -260,7 +336,9 @@ def check_report(
         links.append(_chip_link(report, cert, key, gen))
     except _Failed as exc:
         return ReportCheck(tuple(links), exc.message, exc.code, report)
-    verified = VerifiedReport(raw, report, gen, found.name, key, cert, tuple(links), _token=_TOKEN)
+    verified = VerifiedReport(
+        raw, report, gen, found.name, key, cert, tuple(links), revocation, _token=_TOKEN
+    )
     return ReportCheck(tuple(links), None, None, report, verified)
 
 
@@ -302,14 +380,15 @@ class SnpReferencePolicy:
     AES-256-XTS, RAPL disabled, ciphertext hiding, page swap disabled), and its ABI
     version must be at least the owner's. ``min_tcb`` is compared component by
     component with REPORTED_TCB (``min_launch_tcb`` with LAUNCH_TCB). COMMITTED_TCB
-    may never exceed CURRENT_TCB; they must be equal unless
-    ``allow_provisional_firmware``.
+    may never exceed CURRENT_TCB; they (and the firmware versions) must be equal unless
+    ``allow_provisional_firmware`` (off by default, as go-sev-guest's
+    ``PermitProvisionalFirmware``: a provisional update can still be rolled back).
     """
 
     guest_policy: int | None = 0x30000
     min_tcb: TcbVersion | None = None
     min_launch_tcb: TcbVersion | None = None
-    allow_provisional_firmware: bool = True
+    allow_provisional_firmware: bool = False
     max_vmpl: int = 0
     measurements: Collection[bytes] | None = None
     host_data: bytes | None = None

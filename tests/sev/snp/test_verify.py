@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -52,6 +53,8 @@ from tests.sev.snp.vectors import (
 )
 
 ANCHORS = builtin_snp_anchors()
+#: When the real vectors were valid (the Trustee VLEK lived 2024-12-10 .. 2025-12-10).
+AT = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
 REFUSED = {
     LINK_REPORT,
     LINK_SIGNING_KEY,
@@ -62,6 +65,8 @@ REFUSED = {
     LINK_CHIP_ID,
     "generation_mismatch",
     "signature_algorithm_unsupported",
+    "issuer_name_mismatch",
+    "certificate_expired",
 }
 
 
@@ -70,6 +75,7 @@ def check(vector: Vector, raw: bytes | None = None, leaf: bytes | None = None) -
         extract_report(vector.raw_file()) if raw is None else raw,
         ANCHORS,
         leaf=vector.leaf() if leaf is None else leaf,
+        at=AT,
     )
 
 
@@ -98,9 +104,13 @@ def test_every_real_report_verifies(vector: Vector) -> None:
 def test_vlek_report_at_vmpl1_through_the_asvk() -> None:
     v = verified(BY_NAME["trustee-vlek-v3-vmpl1"])
     assert v.signing_key is SigningKey.VLEK and v.report.vmpl == 1
-    assert [r.code for r in decide(v, SnpReferencePolicy(max_vmpl=0))] == ["vmpl_too_high"]
-    assert decide(v, SnpReferencePolicy(max_vmpl=1)) == []
-    only_vcek = SnpReferencePolicy(max_vmpl=1, signing_keys=(SigningKey.VCEK,))
+    cloud = SnpReferencePolicy(
+        allow_provisional_firmware=True
+    )  # CURRENT microcode 220 > COMMITTED 219
+    assert [r.code for r in decide(v, replace(cloud, max_vmpl=0))] == ["vmpl_too_high"]
+    assert decide(v, replace(cloud, max_vmpl=1)) == []
+    assert [r.code for r in decide(v, SnpReferencePolicy(max_vmpl=1))] == ["provisional_firmware"]
+    only_vcek = replace(cloud, max_vmpl=1, signing_keys=(SigningKey.VCEK,))
     assert [r.code for r in decide(v, only_vcek)] == ["signing_key_not_allowed"]
 
 
@@ -119,11 +129,11 @@ def test_debug_report_is_refused_by_a_no_debug_policy() -> None:
 
 def test_genoa_report_rebuilt_from_trustee_json_verifies() -> None:
     raw, vcek = genoa_from_trustee_json()
-    result = check_report(raw, ANCHORS, leaf=vcek)
+    result = check_report(raw, ANCHORS, at=AT, leaf=vcek)
     assert result.verified is not None, result.failure
     assert result.verified.generation is Generation.GENOA
     assert "VCEK is signed by the genoa ASK" in result.links
-    pinned = check_report(raw, ANCHORS, leaf=vcek, generation=Generation.MILAN)
+    pinned = check_report(raw, ANCHORS, at=AT, leaf=vcek, generation=Generation.MILAN)
     assert pinned.code == "generation_mismatch"
     assert pinned.failure == (
         "generation mismatch: the report's CPUID says genoa, the certificate's productName "
@@ -146,13 +156,16 @@ def test_wrong_or_missing_certificates_are_named() -> None:
     assert check(vcek_report, leaf=vlek).code == LINK_CERTIFICATE
     assert check(BY_NAME["trustee-vlek-v3-vmpl1"], leaf=other_chip).code == LINK_CERTIFICATE
     raw = extract_report(vcek_report.raw_file())
-    missing = check_report(raw, ANCHORS)
+    missing = check_report(raw, ANCHORS, at=AT)
     assert (missing.code, missing.failure) == (LINK_CERTIFICATE, "no VCEK certificate given")
-    assert check_report(raw, ANCHORS, leaf=b"garbage").code == LINK_CERTIFICATE
-    assert check_report(raw, ANCHORS, leaf=vcek_report.leaf(), anchor="genoa").code == LINK_CHAIN
+    assert check_report(raw, ANCHORS, at=AT, leaf=b"garbage").code == LINK_CERTIFICATE
+    assert (
+        check_report(raw, ANCHORS, at=AT, leaf=vcek_report.leaf(), anchor="genoa").code
+        == LINK_CHAIN
+    )
     turin = (SNP / "vcek_turin.der").read_bytes()
     assert check(vcek_report, leaf=turin).code in {LINK_SIGNATURE, "generation_mismatch"}
-    assert check_report(raw[:-1], ANCHORS, leaf=vcek_report.leaf()).code == LINK_REPORT
+    assert check_report(raw[:-1], ANCHORS, at=AT, leaf=vcek_report.leaf()).code == LINK_REPORT
 
 
 def test_verified_values_cannot_be_forged() -> None:
@@ -199,7 +212,7 @@ def test_every_bit_of_signed_fields_is_refused(vector: Vector, field: str) -> No
     leaf = vector.leaf()
     offset, size = FIELDS[field]
     for bit in range(8 * offset, 8 * (offset + size)):
-        result = check_report(flipped(raw, bit), ANCHORS, leaf=leaf)
+        result = check_report(flipped(raw, bit), ANCHORS, at=AT, leaf=leaf)
         assert_refused(result)
         if result.code == LINK_SIGNATURE:
             assert "report is signed by" not in " ".join(result.links)
@@ -209,7 +222,7 @@ def test_every_bit_of_the_signature_is_refused() -> None:
     raw = extract_report(VCEK_VECTOR.raw_file())
     leaf = VCEK_VECTOR.leaf()
     for bit in range(8 * 0x2A0, 8 * (0x2A0 + 144)):
-        result = check_report(flipped(raw, bit), ANCHORS, leaf=leaf)
+        result = check_report(flipped(raw, bit), ANCHORS, at=AT, leaf=leaf)
         assert_refused(result)
         assert result.code == LINK_SIGNATURE
 
@@ -218,7 +231,7 @@ def test_every_bit_of_the_signature_is_refused() -> None:
 @given(st.integers(8 * 0x2A0, 8 * 0x4A0 - 1))
 def test_any_bit_of_the_vlek_signature_area_is_refused(bit: int) -> None:
     raw = extract_report(VLEK_VECTOR.raw_file())
-    result = check_report(flipped(raw, bit), ANCHORS, leaf=VLEK_VECTOR.leaf())
+    result = check_report(flipped(raw, bit), ANCHORS, at=AT, leaf=VLEK_VECTOR.leaf())
     assert_refused(result)
     assert result.code == (LINK_SIGNATURE if bit < 8 * (0x2A0 + 144) else LINK_REPORT)
 
@@ -227,7 +240,7 @@ def test_any_bit_of_the_vlek_signature_area_is_refused(bit: int) -> None:
 @given(st.integers(0, 8 * 0x4A0 - 1))
 def test_any_bit_of_the_report_is_refused(bit: int) -> None:
     raw = extract_report(VCEK_VECTOR.raw_file())
-    assert_refused(check_report(flipped(raw, bit), ANCHORS, leaf=VCEK_VECTOR.leaf()))
+    assert_refused(check_report(flipped(raw, bit), ANCHORS, at=AT, leaf=VCEK_VECTOR.leaf()))
 
 
 def _cert_outside_tbs_bits(der: bytes) -> list[int]:
@@ -243,7 +256,7 @@ def test_every_bit_outside_the_leaf_tbs_is_refused() -> None:
     raw = extract_report(VCEK_VECTOR.raw_file())
     der = VCEK_VECTOR.leaf()
     for bit in _cert_outside_tbs_bits(der):
-        assert_refused(check_report(raw, ANCHORS, leaf=flipped(der, bit)))
+        assert_refused(check_report(raw, ANCHORS, at=AT, leaf=flipped(der, bit)))
 
 
 @settings(max_examples=300, deadline=None)
@@ -255,7 +268,7 @@ def test_any_bit_of_the_leaf_certificate_is_refused(data: st.DataObject) -> None
     bits = _cert_outside_tbs_bits(der) if outside else range(8 * len(der))
     bit = data.draw(st.sampled_from(bits))
     raw = extract_report(vector.raw_file())
-    assert_refused(check_report(raw, ANCHORS, leaf=flipped(der, bit)))
+    assert_refused(check_report(raw, ANCHORS, at=AT, leaf=flipped(der, bit)))
 
 
 # ------------------------------------------------------------ simulator: every reason
@@ -282,7 +295,7 @@ def codes(v: VerifiedReport, policy: SnpReferencePolicy, **kw: bytes) -> list[st
 
 def test_simulated_report_is_not_trusted_without_its_anchor() -> None:
     raw, leaf = sim_report()
-    result = check_report(raw, ANCHORS, leaf=leaf)
+    result = check_report(raw, ANCHORS, at=AT, leaf=leaf)
     assert result.code == LINK_CHAIN
     assert result.failure == "VCEK is not signed by any trusted ASK (tried: milan, genoa, turin)"
 
@@ -432,9 +445,13 @@ def test_chip_id_allow_list_and_provisional_firmware() -> None:
     assert codes(v, SnpReferencePolicy(chip_ids=[platform.chip_id])) == []
     assert codes(v, SnpReferencePolicy(chip_ids=[os.urandom(64)])) == ["chip_id_not_allowed"]
     real = verified(BY_NAME["trustee-milan-v2"])  # CURRENT microcode 206 > COMMITTED 115
-    strict = SnpReferencePolicy(guest_policy=None, allow_provisional_firmware=False)
+    strict = SnpReferencePolicy(guest_policy=None)  # the default: provisional refused
     assert codes(real, strict) == ["provisional_firmware"]
     assert codes(real, replace(strict, allow_provisional_firmware=True)) == []
+    assert codes(verified(BY_NAME["virtee-milan-hex"]), strict) == []  # CURRENT = COMMITTED
+    azure = verified(BY_NAME["azure-hcl"])  # a real cloud report: microcode 210 > 115
+    assert codes(azure, strict) == ["provisional_firmware"]
+    assert codes(azure, replace(strict, allow_provisional_firmware=True)) == []
 
 
 # ------------------------------------------------------------- binding and the JWE
@@ -521,5 +538,5 @@ def test_tee_pubkey_refuses_a_private_key_and_off_curve_points() -> None:
 def test_random_evidence_is_refused_without_exceptions(report: bytes, leaf: bytes) -> None:
     for raw in (report, bytes([2, 0, 0, 0]) + report[4:]):
         for cert in (leaf, VCEK_VECTOR.leaf()):
-            assert_refused(check_report(raw, ANCHORS, leaf=cert))
-            assert_refused(check_report(raw, ANCHORS, cert_table=leaf))
+            assert_refused(check_report(raw, ANCHORS, at=AT, leaf=cert))
+            assert_refused(check_report(raw, ANCHORS, at=AT, cert_table=leaf))
