@@ -24,7 +24,9 @@ def test_demo_runs_every_step_and_tears_down() -> None:
         assert f"[{step:2d}/10] " in out
     assert out.count("ok (") == 10
     # the guest read the service's release from the simulated secret area
-    assert out.count("reading the SIMULATED secret area /dev/vport") == 2
+    assert (
+        out.count("reading the SIMULATED secret area /dev/virtio-ports/org.attestd.sim-secret") == 2
+    )
     assert "guest volume data: luks-formatted, opened, mkfs, mounted" in out
     assert "guest volume scratch: luks-formatted, opened, mkfs, mounted" in out
     assert "guest volume data: opened, mounted" in out

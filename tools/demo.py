@@ -52,8 +52,7 @@ from tools import guestimage
 from tools.libvirtd import Libvirtd, prepare_root, start_libvirtd
 
 BIN = Path(sys.executable).parent
-QEMU = "/usr/bin/qemu-system-x86_64"
-QBOOT = Path("/usr/share/qemu/qboot.rom")
+QBOOT = guestimage.QBOOT
 DOMAIN = "attestd-demo"
 PBKDF = "--pbkdf-memory=1024 --pbkdf-parallel=1 --pbkdf-force-iterations=4"
 DATA_PASSPHRASE = "owner-chosen passphrase for data"  # noqa: S105 - the demo's own value
@@ -97,46 +96,8 @@ def free_port() -> int:
 
 def domain_xml(root: Path, kernel: Path, initrd: Path) -> str:
     """The guest: qboot (the measured firmware), direct kernel boot, two disks, 9p shares."""
-    work = root / "work"
-    disks = "".join(
-        f"""
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' cache='unsafe'/>
-      <source file='{root / f"{name}.img"}'/>
-      <target dev='vd{letter}' bus='virtio'/>
-      <serial>{name}</serial>
-    </disk>"""
-        for letter, name in (("a", "data"), ("b", "scratch"))
-    )
-    return f"""<domain type='qemu'>
-  <name>{DOMAIN}</name>
-  <memory unit='MiB'>512</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <loader type='rom'>{QBOOT}</loader>
-    <kernel>{kernel}</kernel>
-    <initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 panic=-1 loglevel=4</cmdline>
-  </os>
-  <features><acpi/></features>
-  <cpu mode='maximum'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>{QEMU}</emulator>{disks}
-    <filesystem type='mount' accessmode='squash'>
-      <source dir='/usr'/><target dir='hostusr'/><readonly/>
-    </filesystem>
-    <filesystem type='mount' accessmode='squash'>
-      <source dir='{work}'/><target dir='work'/>
-    </filesystem>
-    <serial type='file'><source path='{work / "console.log"}'/><target port='0'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+    disks = [(name, root / f"{name}.img") for name in ("data", "scratch")]
+    return guestimage.domain_xml(DOMAIN, kernel, initrd, root / "work", disks)
 
 
 class Demo:
@@ -344,11 +305,8 @@ class Demo:
                 raise DemoFailed(f"the guest did not finish within {BOOT_TIMEOUT:.0f} s")
             time.sleep(1)
         log = (self.work / "step.log").read_text(errors="replace")
-        facts: dict[str, Any] = {}
+        facts: dict[str, Any] = dict(guestimage.step_facts(log))
         for line in log.splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.replace("-", "").isalpha():
-                facts[key] = value
             if "SIMULATED secret area" in line or line.startswith("guest:"):
                 say(line.replace("attestd-guest: ", "guest attestd-guest: "))
         if facts.get("bootstrap-exit") != "0":

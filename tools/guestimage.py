@@ -3,7 +3,10 @@
 The kernel comes from Debian's ``linux-image-*-amd64`` package (``apt-get download``
 + ``dpkg -x``, once, into a cache dir outside git: ``$ATTESTD_CACHE_DIR`` or
 ``~/.cache/attestd``); the initramfs holds busybox, the modules for virtio
-(block, console, 9p), dm-crypt and ext4, and an ``/init`` script. The host's
+(block, console, 9p, net), dm-crypt, ext4 and ``qemu_fw_cfg``, and an ``/init``
+script that names the virtio-serial ports under ``/dev/virtio-ports`` (there is no udev)
+and, when the guest has a NIC, configures it for QEMU's user-mode network (libvirt's
+``<interface type='user'>``: the guest is 10.0.2.15, the host's 127.0.0.1 is 10.0.2.2). The host's
 ``/usr`` (python3, cryptsetup, e2fsprogs, util-linux and their libraries) is
 shared read-only over 9p (tag ``hostusr``); a second 9p share (tag ``work``)
 carries the agent (as a zipapp, :func:`build_zipapp`) and ``step.sh`` in and the
@@ -28,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODULES = (
     "virtio_pci", "virtio_blk", "virtio_console", "9pnet_virtio", "9p", "dm_mod", "dm_crypt",
-    "xts", "aesni_intel", "ext4",
+    "xts", "aesni_intel", "ext4", "virtio_net", "qemu_fw_cfg",
 )  # fmt: skip
 #: 9p mount options of both shares
 NINEP = "trans=virtio,version=9p2000.L,msize=262144"
@@ -46,11 +49,21 @@ for m in $(cat /modules/order); do insmod /modules/$m || echo "insmod $m failed"
 o=@NINEP@
 mount -t 9p -o $o,ro,cache=loose hostusr /usr
 mount -t 9p -o $o work /work
-mkdir -p /dev/disk/by-id
+mkdir -p /dev/disk/by-id /dev/virtio-ports
 for d in /sys/block/vd*; do
     s=$(cat $d/serial 2>/dev/null)
     [ -n "$s" ] && ln -s ../../${d##*/} /dev/disk/by-id/virtio-$s
 done
+for p in /sys/class/virtio-ports/*; do
+    n=$(cat $p/name 2>/dev/null)
+    [ -n "$n" ] && ln -s ../${p##*/} /dev/virtio-ports/$n
+done
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via 10.0.2.2
+fi
 echo "init: ready $(cat /proc/uptime)"
 /bin/busybox sh /work/step.sh > /work/step.log 2>&1
 echo "init: done $(cat /proc/uptime)"
@@ -191,3 +204,75 @@ def build_zipapp(out: Path) -> Path:
     )
     shutil.rmtree(staging)
     return out
+
+
+QEMU = "/usr/bin/qemu-system-x86_64"
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
+
+
+def domain_xml(
+    name: str,
+    kernel: Path,
+    initrd: Path,
+    work: Path,
+    disks: Sequence[tuple[str, Path]],
+    *,
+    cmdline: str = CMDLINE,
+    network: bool = False,
+    uuid: str | None = None,
+) -> str:
+    """This guest as a libvirt domain: qboot, direct kernel boot, ``disks`` as virtio
+    disks (serial, file), the 9p shares, the console into ``work/console.log`` and, with
+    ``network``, a virtio NIC on QEMU's user-mode network."""
+    disk_xml = "".join(
+        f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='unsafe'/>
+      <source file='{path}'/>
+      <target dev='vd{chr(ord("a") + i)}' bus='virtio'/>
+      <serial>{serial}</serial>
+    </disk>"""
+        for i, (serial, path) in enumerate(disks)
+    )
+    nic = "\n    <interface type='user'><model type='virtio'/></interface>" if network else ""
+    uuid_xml = f"\n  <uuid>{uuid}</uuid>" if uuid else ""
+    return f"""<domain type='qemu'>
+  <name>{name}</name>{uuid_xml}
+  <memory unit='MiB'>512</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <loader type='rom'>{QBOOT}</loader>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='maximum'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>{QEMU}</emulator>{disk_xml}
+    <filesystem type='mount' accessmode='squash'>
+      <source dir='/usr'/><target dir='hostusr'/><readonly/>
+    </filesystem>
+    <filesystem type='mount' accessmode='squash'>
+      <source dir='{work}'/><target dir='work'/>
+    </filesystem>{nic}
+    <serial type='file'><source path='{work / "console.log"}'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def step_facts(log: str) -> dict[str, str]:
+    """The ``key=value`` lines a guest's ``step.sh`` printed (the last one of a key wins)."""
+    facts: dict[str, str] = {}
+    for line in log.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key and key.replace("-", "").isalpha():
+            facts[key] = value
+    return facts

@@ -91,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> GuestConfig:
         run_dir=args.run_dir,
         dev_dir=args.dev_dir,
         mountinfo=args.mountinfo,
+        mount_root=args.mount_root,
         pbkdf_args=_pbkdf_args(args),
         device_timeout=args.device_timeout,
     )
@@ -258,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=DEFAULT_RUN_DIR,
         help=f"state record and key directory (default {DEFAULT_RUN_DIR})",
+    )
+    parser.add_argument(
+        "--mount-root",
+        type=Path,
+        default=Path("/"),
+        metavar="DIR",
+        help="mount the volumes under DIR (an initramfs: the future root, e.g. /sysroot)",
     )
     parser.add_argument("--dev-dir", type=Path, default=DEFAULT_DEV_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--mountinfo", type=Path, default=DEFAULT_MOUNTINFO, help=argparse.SUPPRESS)

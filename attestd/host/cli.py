@@ -31,6 +31,7 @@ from attestd.guest import initdata as initdata_mod
 from attestd.host import hook as hookmod
 from attestd.host import platform as plat
 from attestd.host import sim as simhost
+from attestd.host import snpsim
 from attestd.host.client import ServiceClient, SnpInitdata
 from attestd.host.config import HostSettings, load_settings
 from attestd.host.domain import (
@@ -38,6 +39,7 @@ from attestd.host.domain import (
     WRAPPER_NAME,
     AttestdMetadata,
     DomainInfo,
+    SimSnp,
     ensure_uuid,
     parse_domain,
     prepare_domain,
@@ -110,7 +112,7 @@ def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
     info = parse_domain(xml)
     scheme, fetched = _scheme(args, settings, info)
     if scheme == SCHEME_SNP:
-        out = _prepare_snp(args, xml, info, fetched)
+        out = _prepare_snp(args, settings, xml, info, fetched)
     else:
         out = _prepare_sev(args, settings, xml, info)
     if conn is not None and args.define:
@@ -127,35 +129,50 @@ def cmd_prepare_domain(args: argparse.Namespace, settings: HostSettings) -> int:
 LOCAL_SNP_FLAGS = ("ca_file", "pin", "extra_service", "initdata", "policy")
 #: Flags only the SEV / SEV-ES path has.
 SEV_FLAGS = ("simulate", "firmware", "sim_state", "vcpu_type", "autostart", "no_wrapper")
+#: ... of which simulated SNP uses these (the simulated PSP's launch inputs).
+SIM_SNP_FLAGS = ("simulate", "firmware", "sim_state", "vcpu_type")
 
 
 def _scheme(
     args: argparse.Namespace, settings: HostSettings, info: DomainInfo
 ) -> tuple[str, SnpInitdata | None]:
     """The VM's scheme: ``--scheme``, implied by the local flags, else the service's
-    registration (``GET /vm/<uuid>/initdata``: an SNP VM's policy, initdata, HOST_DATA)."""
-    if args.scheme is not None:
+    registration (``GET /vm/<uuid>/initdata``: an SNP VM's policy, initdata, HOST_DATA).
+    ``--scheme amd-sev-snp`` without the local initdata flags asks the service too."""
+    local = any(getattr(args, flag) not in (None, [], False) for flag in LOCAL_SNP_FLAGS)
+    if args.scheme == SCHEME_SEV or (args.scheme == SCHEME_SNP and local):
         return args.scheme, None
-    if any(getattr(args, flag) not in (None, [], False) for flag in LOCAL_SNP_FLAGS):
-        return SCHEME_SNP, None
-    if any(getattr(args, flag) not in (None, False) for flag in SEV_FLAGS):
-        return SCHEME_SEV, None
+    if args.scheme is None:
+        if local:
+            return SCHEME_SNP, None
+        if any(getattr(args, flag) not in (None, False) for flag in SEV_FLAGS):
+            return SCHEME_SEV, None
     vm_id = cast("UUID", args.vm_id) or info.uuid
     try:
         fetched = ServiceClient(args.service, settings).initdata(vm_id)
     except LaunchError as exc:
         raise LaunchError(
-            f"{exc.message} (offline: give --scheme, and for {SCHEME_SNP} the local flags)"
+            f"{exc.message} (offline: give --scheme, and for {SCHEME_SNP} --pin, --ca-file "
+            "or --initdata)"
         ) from None
+    if fetched is None and args.scheme == SCHEME_SNP:
+        raise ParseError(f"VM {vm_id} is not registered as {SCHEME_SNP} at the service")
     return (SCHEME_SEV, None) if fetched is None else (SCHEME_SNP, fetched)
 
 
 def _prepare_snp(
-    args: argparse.Namespace, xml: str, info: DomainInfo, fetched: SnpInitdata | None
+    args: argparse.Namespace,
+    settings: HostSettings,
+    xml: str,
+    info: DomainInfo,
+    fetched: SnpInitdata | None,
 ) -> str:
-    """SEV-SNP: launchSecurity, HOST_DATA and the initdata; no hook, no wrapper."""
+    """SEV-SNP: launchSecurity, HOST_DATA and the initdata; no hook, no wrapper.
+
+    ``--simulate``: no launchSecurity; the hook runs the simulated PSP (QEMU TCG)."""
+    sim_flags = SIM_SNP_FLAGS if args.simulate else ()
     for flag in SEV_FLAGS:
-        if getattr(args, flag):
+        if getattr(args, flag) and flag not in sim_flags:
             raise ParseError(f"--{flag.replace('_', '-')} has no meaning for {SCHEME_SNP}")
     host_data: bytes | None = None
     policy = args.policy
@@ -182,12 +199,28 @@ def _prepare_snp(
         raise ParseError(f"an SNP domain does not run through {WRAPPER_NAME}")
     if info.uses_wrapper and args.emulator is None:
         raise ParseError(f"the domain's emulator is {WRAPPER_NAME}: pass --emulator QEMU")
+    policy = SNP_DEFAULT_POLICY if policy is None else policy
+    simulate = None
+    if args.simulate:
+        try:
+            launched = initdata_mod.host_data(document) if host_data is None else host_data
+        except initdata_mod.InitdataError as exc:
+            raise ParseError(exc.message) from None
+        simulate = SimSnp(
+            policy=policy,
+            host_data=launched,
+            firmware=Path(args.firmware) if args.firmware else None,
+            sim_state=Path(args.sim_state) if args.sim_state else None,
+            vcpu_type=args.vcpu_type,
+        )
     out = prepare_snp_domain(
         xml,
-        policy=SNP_DEFAULT_POLICY if policy is None else policy,
+        policy=policy,
         initdata=document,
         service=args.service,
         host_data=host_data,
+        simulate=simulate,
+        psp_socket=snpsim.psp_socket(settings, info.uuid),
     )
     if args.emulator is not None:
         out = set_emulator(out, args.emulator)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -56,6 +56,14 @@ def _flag(value: str | None, name: str) -> bool:
     raise ParseError(f"attestd metadata: {name}={value!r} is not yes/no")
 
 
+def _sim_attributes(
+    firmware: Path | None, sim_state: Path | None, vcpu_type: str | None
+) -> dict[str, str]:
+    """The simulator's optional metadata attributes (SEV and SNP alike)."""
+    attrs = {"firmware": firmware, "sim-state": sim_state, "vcpu-type": vcpu_type}
+    return {name: str(value) for name, value in attrs.items() if value is not None}
+
+
 @dataclass(frozen=True, slots=True)
 class AttestdMetadata:
     """The content of ``<attestd:launch>``."""
@@ -72,12 +80,7 @@ class AttestdMetadata:
         """The metadata element (namespace-qualified)."""
         attrs = {"service": self.service, "vm-id": str(self.vm_id)}
         attrs["simulate"] = "yes" if self.simulate else "no"
-        if self.firmware is not None:
-            attrs["firmware"] = str(self.firmware)
-        if self.sim_state is not None:
-            attrs["sim-state"] = str(self.sim_state)
-        if self.vcpu_type is not None:
-            attrs["vcpu-type"] = self.vcpu_type
+        attrs.update(_sim_attributes(self.firmware, self.sim_state, self.vcpu_type))
         if self.autostart:
             attrs["autostart"] = "yes"
         return ET.Element(f"{{{NAMESPACE}}}{ELEMENT}", attrs)
@@ -102,6 +105,54 @@ class AttestdMetadata:
             sim_state=Path(sim_state) if sim_state else None,
             vcpu_type=element.get("vcpu-type") or None,
             autostart=_flag(element.get("autostart"), "autostart"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SimSnp:
+    """``<attestd:snp simulate='yes'>``: what the simulated PSP needs at ``virsh start``.
+
+    QEMU under TCG cannot run an ``sev-snp-guest``, so a simulated-SNP domain has no
+    ``<launchSecurity>``: the policy and HOST_DATA it would carry are kept here, and
+    the hook starts ``attestd-sim snp serve`` with them and with what the domain is
+    really started with (firmware, kernel, initrd, command line, vCPUs).
+    """
+
+    policy: int
+    host_data: bytes
+    firmware: Path | None = None
+    sim_state: Path | None = None
+    vcpu_type: str | None = None
+
+    def attributes(self) -> dict[str, str]:
+        """The metadata attributes (besides service and vm-id)."""
+        attrs = {
+            "simulate": "yes",
+            "policy": f"0x{self.policy:x}",
+            "host-data": self.host_data.hex(),
+        }
+        attrs.update(_sim_attributes(self.firmware, self.sim_state, self.vcpu_type))
+        return attrs
+
+    @classmethod
+    def from_element(cls, element: ET.Element) -> SimSnp | None:
+        """None unless the element says ``simulate='yes'``."""
+        if not _flag(element.get("simulate"), "simulate"):
+            return None
+        policy = _int(element.get("policy"), "attestd:snp policy", base=0)
+        try:
+            host_data = bytes.fromhex(element.get("host-data") or "")
+        except ValueError:
+            host_data = b""
+        if len(host_data) != 32:
+            raise ParseError("attestd metadata: host-data must be 64 hex digits")
+        firmware, sim_state = element.get("firmware"), element.get("sim-state")
+        return cls(
+            policy=policy,
+            host_data=host_data,
+            firmware=Path(firmware) if firmware else None,
+            sim_state=Path(sim_state) if sim_state else None,
+            vcpu_type=element.get("vcpu-type") or None,
         )
 
 
@@ -131,6 +182,13 @@ class DomainInfo:
     #: the unix socket of the simulated secret area's ``<channel>`` (live XML, simulated SEV)
     sim_secret_socket: str | None = None
     launch_security: str | None = None
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    #: ``<attestd:snp simulate='yes'>``: a simulated-SNP domain (the hook runs its PSP)
+    sim_snp: SimSnp | None = None
+    #: the unix socket of the simulated PSP's ``<channel>`` (simulated SNP)
+    snp_psp_socket: str | None = None
 
     @property
     def is_snp(self) -> bool:
@@ -189,6 +247,9 @@ def _set_marker(root: ET.Element, value: str | None) -> None:
 
 
 _SIM_CHANNEL = f"devices/channel[@type='unix']/target[@name='{SIM_SECRET_PORT}']/.."
+#: The virtio-serial port of the simulated SNP PSP (``attestd-sim snp serve``).
+SNP_PSP_PORT = "org.attestd.snp-psp"
+_PSP_CHANNEL = f"devices/channel[@type='unix']/target[@name='{SNP_PSP_PORT}']/.."
 
 
 def _add_sim_channel(root: ET.Element) -> None:
@@ -243,6 +304,8 @@ def parse_domain(xml: str) -> DomainInfo:
     marker_el = _marker_element(root)
     channel = root.find(_SIM_CHANNEL)
     source = channel.find("source") if channel is not None else None
+    psp = root.find(f"{_PSP_CHANNEL}/source")
+    snp_el = root.find(f"metadata/{{{NAMESPACE}}}{SNP_ELEMENT}")
     return DomainInfo(
         name=name,
         uuid=uuid,
@@ -256,7 +319,16 @@ def parse_domain(xml: str) -> DomainInfo:
         marker=marker_el.get("value") if marker_el is not None else None,
         sim_secret_socket=(source.get("path") or None) if source is not None else None,
         launch_security=launch_el.get("type") if launch_el is not None else None,
+        kernel=_path(root.findtext("os/kernel")),
+        initrd=_path(root.findtext("os/initrd")),
+        cmdline=root.findtext("os/cmdline"),
+        sim_snp=SimSnp.from_element(snp_el) if snp_el is not None else None,
+        snp_psp_socket=(psp.get("path") or None) if psp is not None else None,
     )
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text.strip()) if text and text.strip() else None
 
 
 def ensure_uuid(xml: str) -> str:
@@ -342,7 +414,14 @@ def _set_fwcfg(root: ET.Element, name: str, value: str) -> None:
 
 
 def prepare_snp_domain(
-    xml: str, *, policy: int, initdata: bytes, service: str, host_data: bytes | None = None
+    xml: str,
+    *,
+    policy: int,
+    initdata: bytes,
+    service: str,
+    host_data: bytes | None = None,
+    simulate: SimSnp | None = None,
+    psp_socket: Path | None = None,
 ) -> str:
     """Return ``xml`` made into an attestd SEV-SNP domain.
 
@@ -355,6 +434,11 @@ def prepare_snp_domain(
     hook nor the wrapper (the guest attests itself); ``<attestd:snp>`` records the
     service and VM id for people reading the XML. ``host_data`` (the service's answer,
     an owner's pinned value) replaces the digest of ``initdata``.
+
+    ``simulate`` (QEMU TCG, ``attestd-sim``): no ``<launchSecurity>``; policy and
+    HOST_DATA go into ``<attestd:snp simulate='yes'>`` for the simulated PSP, which
+    the hook serves on ``psp_socket``, connected to the guest's virtio-serial port
+    :data:`SNP_PSP_PORT` (QEMU connects to it when it starts).
     """
     root = _parse_root(xml)
     try:
@@ -369,6 +453,31 @@ def prepare_snp_domain(
     if not 0 <= policy < 1 << 64 or not policy & (1 << 17):
         raise ParseError("SNP policy must be a 64-bit value with bit 17 set")
     old = root.find("launchSecurity")
+    if simulate is not None:
+        if old is not None:
+            raise ParseError("a simulated-SNP domain must not have <launchSecurity>")
+        if psp_socket is None:
+            raise ValueError("a simulated-SNP domain needs the PSP socket path")
+        _add_psp_channel(root, psp_socket)
+    else:
+        _launch_security(root, old, policy, host_data)
+    meta = _metadata_parent(root)
+    for element in (_metadata_element(root), root.find(f"metadata/{{{NAMESPACE}}}{SNP_ELEMENT}")):
+        if element is not None:
+            meta.remove(element)
+    attrs = {"service": service, "vm-id": str(doc.vm_id)}
+    if simulate is not None:
+        attrs.update(replace(simulate, policy=policy, host_data=host_data).attributes())
+    meta.append(ET.Element(f"{{{NAMESPACE}}}{SNP_ELEMENT}", attrs))
+    _set_fwcfg(root, FWCFG_INITDATA, base64.b64encode(initdata).decode("ascii"))
+    _set_marker(root, None)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _launch_security(
+    root: ET.Element, old: ET.Element | None, policy: int, host_data: bytes
+) -> None:
+    """``<launchSecurity type='sev-snp'>`` with policy and hostData (other children kept)."""
     keep: list[ET.Element] = []
     attrs: dict[str, str] = {}
     if old is not None:
@@ -386,16 +495,19 @@ def prepare_snp_domain(
     ET.SubElement(sev, "policy").text = f"0x{policy:08x}"
     ET.SubElement(sev, "hostData").text = base64.b64encode(host_data).decode("ascii")
     sev.extend(keep)
-    meta = _metadata_parent(root)
-    for element in (_metadata_element(root), root.find(f"metadata/{{{NAMESPACE}}}{SNP_ELEMENT}")):
-        if element is not None:
-            meta.remove(element)
-    meta.append(
-        ET.Element(f"{{{NAMESPACE}}}{SNP_ELEMENT}", {"service": service, "vm-id": str(doc.vm_id)})
-    )
-    _set_fwcfg(root, FWCFG_INITDATA, base64.b64encode(initdata).decode("ascii"))
-    _set_marker(root, None)
-    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _add_psp_channel(root: ET.Element, path: Path) -> None:
+    """The simulated PSP's virtio-serial port; QEMU connects to ``path`` (the PSP listens)."""
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    old = root.find(_PSP_CHANNEL)
+    if old is not None:
+        devices.remove(old)
+    channel = ET.SubElement(devices, "channel", {"type": "unix"})
+    ET.SubElement(channel, "source", {"mode": "connect", "path": str(path)})
+    ET.SubElement(channel, "target", {"type": "virtio", "name": SNP_PSP_PORT})
 
 
 def set_emulator(xml: str, emulator: str) -> str:

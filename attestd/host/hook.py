@@ -4,7 +4,9 @@
 session into the ``dh_cert.base64``/``session.base64`` files libvirt created
 (in place, so owner and label stay), and leave a launch state for the wrapper or
 the agent. ``release end``: forget the launch state. A ``sev-snp`` domain is passed
-through untouched (its guest attests itself). Never calls libvirt. Any
+through untouched (its guest attests itself); a *simulated* SNP domain gets its
+simulated PSP started at ``start begin`` and stopped at ``release end``
+(:mod:`attestd.host.snpsim`). Never calls libvirt. Any
 failure exits 1 with one line on stderr, which libvirt shows in its error.
 """
 
@@ -18,12 +20,19 @@ from attestd.host.client import ServiceClient
 from attestd.host.config import HostSettings, load_settings
 from attestd.host.domain import parse_domain
 from attestd.host.driver import begin_launch
+from attestd.host.snpsim import start_psp, stop_psp
 from attestd.host.state import remove_state
 
 
 def handle(settings: HostSettings, op: str, subop: str, xml: str) -> None:
     """Do the attestd work for one hook phase (raises AttestdError on failure)."""
     domain = parse_domain(xml)
+    if domain.sim_snp is not None and not domain.is_snp:
+        if (op, subop) == ("start", "begin"):
+            start_psp(settings, domain)
+        elif (op, subop) == ("release", "end"):
+            stop_psp(settings, domain.uuid)
+        return
     if domain.metadata is None or domain.is_snp:
         # SEV-SNP guests attest themselves: nothing to do on the host, whatever the XML says
         return

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,7 @@ from attestd.console import int_range, read_bytes
 from attestd.errors import ParseError
 from attestd.sev.snp.report import Generation, SigningKey, TcbVersion
 from attestd.sim.snp import STATE_FILE, ReportRequest, SnpPlatform
+from attestd.sim.snp_psp import UnixPsp
 
 LOCK_FILE = ".lock"
 Handler = Callable[[argparse.Namespace], int]
@@ -123,7 +127,8 @@ def _read(path: Path | None) -> bytes | None:
     return None if path is None else read_bytes(path)
 
 
-def _report(args: argparse.Namespace) -> int:
+def _launch(args: argparse.Namespace, report_data: bytes) -> ReportRequest:
+    """The launch side of a report (what the VM was started with), for ``report_data``."""
     if args.measurement is not None:
         measurement = _hex(args.measurement, 48, "--measurement")
     elif args.firmware is not None:
@@ -138,8 +143,8 @@ def _report(args: argparse.Namespace) -> int:
         )
     else:
         raise ParseError("give --firmware (and the other launch files) or --measurement")
-    request = ReportRequest(
-        report_data=_hex(args.report_data, 64, "--report-data"),
+    return ReportRequest(
+        report_data=report_data,
         measurement=measurement,
         host_data=bytes(32) if args.host_data is None else _hex(args.host_data, 32, "--host-data"),
         policy=args.policy,
@@ -147,8 +152,46 @@ def _report(args: argparse.Namespace) -> int:
         signing_key=SigningKey[args.signing_key.upper()],
         guest_svn=args.guest_svn,
     )
+
+
+def _report(args: argparse.Namespace) -> int:
+    request = _launch(args, _hex(args.report_data, 64, "--report-data"))
     with _platform(args.dir) as platform:
         _write(args.out, platform.report(request))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    launch = _launch(args, bytes(64))
+    socket_path: Path = args.socket
+    if socket_path.exists() or socket_path.is_symlink():
+        if not socket_path.is_socket():
+            raise ParseError(f"--socket {socket_path} exists and is not a socket")
+        socket_path.unlink()  # left behind by a PSP that did not stop cleanly
+    with _platform(args.dir) as loaded:  # read once: the keys stay in memory while serving
+        platform = loaded
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        psp = UnixPsp(socket_path, platform, launch)
+    except OSError as exc:
+        raise ParseError(f"cannot listen on {socket_path}: {exc.strerror or exc}") from None
+    try:
+        if args.pid_file is not None:  # written once the socket listens: the readiness signal
+            args.pid_file.write_text(f"{os.getpid()}\n", encoding="ascii")
+        print(
+            f"attestd-sim: simulated PSP of {platform.name!r} on {socket_path}: measurement "
+            f"{launch.measurement.hex()}, host-data {launch.host_data.hex()}, policy "
+            f"0x{launch.policy:x}, VMPL {launch.vmpl}",
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        psp.close()
+        if args.pid_file is not None:
+            args.pid_file.unlink(missing_ok=True)
+    print(f"attestd-sim: simulated PSP on {socket_path} stopped ({psp.requests} requests)")
     return 0
 
 
@@ -161,6 +204,29 @@ def _status(args: argparse.Namespace) -> int:
             f"{platform.firmware}, chip id {platform.chip_id.hex()}, keys: {keys}"
         )
     return 0
+
+
+def launch_options(cmd: argparse.ArgumentParser) -> None:
+    """What the VM was started with: the launch side of every report it gets."""
+    cmd.add_argument("--firmware", type=Path, metavar="FILE", help="OVMF image")
+    cmd.add_argument("--kernel", type=Path, metavar="FILE", help="kernel (direct boot)")
+    cmd.add_argument("--initrd", type=Path, metavar="FILE", help="initrd (needs --kernel)")
+    cmd.add_argument("--cmdline", help="kernel command line (needs --kernel)")
+    cmd.add_argument("--vcpus", type=int_range(1, 4096), default=1, help="number of vCPUs")
+    cmd.add_argument("--vcpu-type", default="EPYC-v4", help="QEMU vCPU model")
+    cmd.add_argument(
+        "--guest-features",
+        type=int_range(0, (1 << 64) - 1, base=0),
+        default=0x1,
+        help="VMSA SEV_FEATURES (QEMU: 0x1)",
+    )
+    cmd.add_argument("--measurement", metavar="HEX", help="instead of the launch files")
+    cmd.add_argument("--host-data", metavar="HEX", help="32 bytes in hex (default zero)")
+    cmd.add_argument(
+        "--policy", type=int_range(0, (1 << 64) - 1, base=0), default=0x30000, help="guest policy"
+    )
+    cmd.add_argument("--vmpl", type=int_range(0, 3), default=0, help="VMPL of the request")
+    cmd.add_argument("--guest-svn", type=int_range(0, (1 << 32) - 1), default=0, help="GUEST_SVN")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -211,27 +277,18 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     report = command("report", _report, "sign an attestation report for REPORT_DATA")
     report.add_argument("--report-data", required=True, metavar="HEX", help="64 bytes in hex")
-    report.add_argument("--firmware", type=Path, metavar="FILE", help="OVMF image")
-    report.add_argument("--kernel", type=Path, metavar="FILE", help="kernel (direct boot)")
-    report.add_argument("--initrd", type=Path, metavar="FILE", help="initrd (needs --kernel)")
-    report.add_argument("--cmdline", help="kernel command line (needs --kernel)")
-    report.add_argument("--vcpus", type=int_range(1, 4096), default=1, help="number of vCPUs")
-    report.add_argument("--vcpu-type", default="EPYC-v4", help="QEMU vCPU model")
-    report.add_argument(
-        "--guest-features",
-        type=int_range(0, (1 << 64) - 1, base=0),
-        default=0x1,
-        help="VMSA SEV_FEATURES (QEMU: 0x1)",
-    )
-    report.add_argument("--measurement", metavar="HEX", help="instead of the launch files")
-    report.add_argument("--host-data", metavar="HEX", help="32 bytes in hex (default zero)")
-    report.add_argument(
-        "--policy", type=int_range(0, (1 << 64) - 1, base=0), default=0x30000, help="guest policy"
-    )
-    report.add_argument("--vmpl", type=int_range(0, 3), default=0, help="VMPL of the request")
-    report.add_argument(
-        "--guest-svn", type=int_range(0, (1 << 32) - 1), default=0, help="GUEST_SVN"
-    )
+    launch_options(report)
     report.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file")
     key_option(report)
+
+    serve = command(
+        "serve",
+        _serve,
+        "serve the PSP of one VM on a unix socket (its virtio-serial port): reports for "
+        "the REPORT_DATA the guest sends, with this launch, until SIGTERM",
+    )
+    serve.add_argument("--socket", type=Path, required=True, metavar="PATH", help="listen here")
+    serve.add_argument("--pid-file", type=Path, metavar="FILE", help="written once listening")
+    launch_options(serve)
+    key_option(serve)
     command("status", _status, "print the SNP platform's generation, TCB and chip id")

@@ -7,6 +7,11 @@ side of the report (measurement, HOST_DATA, policy, VMPL) is fixed when the VM i
 started, as on hardware: it is the :class:`~attestd.sim.snp.ReportRequest` template
 given here, and only REPORT_DATA comes from the guest. The framing is the one
 :mod:`attestd.guest.snpreport` reads.
+
+One connection carries any number of requests, one after the other: a guest's
+virtio-serial port is a single long-lived connection (QEMU's chardev connects once
+when the VM starts), while a host-side client may connect once per request.
+``attestd-sim snp serve`` runs :class:`UnixPsp` for one VM.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 from attestd.errors import AttestdError
@@ -48,24 +54,19 @@ def _refusal(reason: str) -> bytes:
     return ANSWER + struct.pack("<II", 1, len(text)) + text
 
 
-def _recv_exact(conn: socket.socket, size: int) -> bytes:
-    out = bytearray()
-    while len(out) < size:
-        chunk = conn.recv(size - len(out))
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
-
-
 class UnixPsp:
-    """Serve ``platform`` on a unix socket in a thread until :meth:`close`."""
+    """Serve ``platform`` on a unix socket in a thread until :meth:`close`.
+
+    Each connection is served in its own thread until its peer closes it, so a
+    guest's long-lived virtio-serial connection does not keep other clients waiting.
+    """
 
     def __init__(self, path: Path, platform: SnpPlatform, launch: ReportRequest) -> None:
         self.path = path
         self.platform = platform
         self.launch = launch
         self.requests = 0
+        self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(str(path))
         self._sock.listen(4)
@@ -82,14 +83,30 @@ class UnixPsp:
                 continue
             except OSError:
                 return
-            with conn:
-                conn.settimeout(10)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        """Answer requests on ``conn`` until the peer closes it (or sends garbage)."""
+        size = len(REQUEST) + REPORT_DATA_SIZE
+        with conn:
+            conn.settimeout(0.5)
+            while not self._stop.is_set():
                 try:
-                    request = _recv_exact(conn, len(REQUEST) + REPORT_DATA_SIZE)
-                    self.requests += 1
-                    conn.sendall(answer(self.platform, self.launch, request))
+                    request = _recv_request(conn, size, self._stop)
+                    if not request:
+                        return
+                    with self._lock:
+                        self.requests += 1
+                    reply = answer(self.platform, self.launch, request)
+                    conn.settimeout(10)
+                    conn.sendall(reply)
+                    conn.settimeout(0.5)
                 except OSError as exc:
                     logger.warning("simulated PSP: %s", exc)
+                    return
+                if len(request) != size or not request.startswith(REQUEST):
+                    return  # out of step with the peer: it must reconnect
+                logger.info("simulated PSP: report %d signed", self.requests)
 
     def close(self) -> None:
         """Stop serving and remove the socket."""
@@ -103,3 +120,26 @@ class UnixPsp:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _recv_request(conn: socket.socket, size: int, stop: threading.Event) -> bytes:
+    """Up to ``size`` bytes; b"" when the peer closed before sending anything.
+
+    Waits for the first byte as long as the peer stays (a guest asks when it likes),
+    then gives the rest 10 s.
+    """
+    out = bytearray()
+    deadline: float | None = None
+    while len(out) < size:
+        try:
+            chunk = conn.recv(size - len(out))
+        except TimeoutError:
+            if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+                break
+            continue
+        if not chunk:
+            break
+        if deadline is None:
+            deadline = time.monotonic() + 10
+        out += chunk
+    return bytes(out)

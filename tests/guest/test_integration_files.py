@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from attestd.guest.cli import build_parser, config_from_args
 from tests.conftest import PROJECT_ROOT
 
 EXAMPLES = PROJECT_ROOT / "examples"
@@ -89,3 +90,53 @@ def test_initramfs_hooks_parse() -> None:
     out = subprocess.run(["sh", str(hook), "prereqs"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "cryptroot"
     assert os.access(hook, os.X_OK) and os.access(KEYSCRIPT, os.X_OK)
+
+
+SNP_DRACUT = EXAMPLES / "guest" / "dracut" / "91attestd-snp"
+SNP_HOOK = EXAMPLES / "guest" / "initramfs-tools" / "hooks" / "attestd-snp"
+SNP_LOCAL_BOTTOM = (
+    EXAMPLES / "guest" / "initramfs-tools" / "scripts" / "local-bottom" / "attestd-snp"
+)
+
+
+def test_snp_initramfs_files_parse_and_are_ordered() -> None:
+    """SNP in the initramfs: after the network and /sysroot, volumes mounted under it."""
+    for script in (SNP_DRACUT / "module-setup.sh", SNP_HOOK, SNP_LOCAL_BOTTOM):
+        shell = "bash" if script.suffix == ".sh" else "sh"
+        assert subprocess.run([shell, "-n", str(script)], check=False).returncode == 0
+        assert os.access(script, os.X_OK)
+    unit = _unit(SNP_DRACUT / "attestd-guest-snp-initrd.service")
+    assert unit["DefaultDependencies"] == ["no"]
+    assert {"network-online.target", "sysroot.mount"} <= set(unit["After"])
+    assert unit["Before"] == ["initrd-fs.target"]
+    assert unit["ExecStart"][-2:] == ["--mount-root=/sysroot", "snp-bootstrap"]
+    deps = subprocess.run(
+        ["bash", "-c", f". {SNP_DRACUT / 'module-setup.sh'}; depends"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "network" in deps.stdout.split()
+    for script in (SNP_HOOK, SNP_LOCAL_BOTTOM):
+        out = subprocess.run(["sh", str(script), "prereqs"], capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == ""
+    text = SNP_HOOK.read_text() + (SNP_DRACUT / "module-setup.sh").read_text()
+    assert text.count("qemu_fw_cfg virtio_net") == 2
+    assert '--mount-root="${rootmnt}"' in SNP_LOCAL_BOTTOM.read_text()
+
+
+def test_snp_dracut_module_ships_python_and_the_snp_libraries() -> None:
+    """The directories the module copies hold the stdlib, cryptography and jwcrypto."""
+    out = subprocess.run(
+        ["bash", "-c", f". {SNP_DRACUT / 'module-setup.sh'}; _python_files"],
+        capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin"},  # the guest's python3, as dracut would run it
+    )  # fmt: skip
+    dirs = [Path(line) for line in out.stdout.split()]
+    assert (dirs[0] / "json" / "__init__.py").is_file()  # the standard library
+    assert {d.name for d in dirs[1:3]} == {"cryptography", "jwcrypto"}
+    assert all(d.exists() for d in dirs)
+
+
+def test_mount_root_option_reaches_the_agent() -> None:
+    args = build_parser().parse_args(["--mount-root", "/sysroot", "status"])
+    assert config_from_args(args).mount_root == Path("/sysroot")
+    assert config_from_args(build_parser().parse_args(["status"])).mount_root == Path("/")

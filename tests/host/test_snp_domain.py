@@ -150,9 +150,10 @@ def test_cli_prepare_domain_snp(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--scheme", "amd-sev-snp"], "CA certificate or key pin"),
+        (["--scheme", "amd-sev-snp"], "(offline: give --scheme, and for amd-sev-snp --pin"),
         (["--scheme", "amd-sev-snp", "--pin", "sha256//AA=="], "32-byte"),
-        (["--scheme", "amd-sev-snp", "--pin", PIN, "--simulate"], "--simulate has no meaning"),
+        (["--scheme", "amd-sev-snp", "--pin", PIN, "--autostart"], "--autostart has no meaning"),
+        (["--scheme", "amd-sev-snp", "--pin", PIN, "--no-wrapper"], "--no-wrapper has no mean"),
         (["--scheme", "amd-sev-snp", "--policy", "0x10000"], "bit 17"),
         (["--scheme", "amd-sev", "--pin", PIN], "--pin is for --scheme amd-sev-snp"),
     ],

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from attestd.guest.snpreport import SimulatorSource
+from attestd.sev.snp.report import AttestationReport
 from tests.conftest import TESTDATA
 
 BIN = Path(sys.executable).parent
@@ -214,6 +220,46 @@ def test_errors_are_one_line(snp_dir: Path, tmp_path: Path) -> None:
         result = sh("attestd-sim", *argv)
         assert result.returncode == 1, argv
         assert message in result.stderr, (argv, result.stderr)
+
+
+def test_serve_answers_until_sigterm_then_cleans_up(snp_dir: Path) -> None:
+    short = Path(tempfile.mkdtemp(prefix="serve-", dir="/tmp"))  # unix socket path length
+    sock, pid_file = short / "psp", short / "pid"
+    proc = subprocess.Popen(
+        [str(BIN / "attestd-sim"), "snp", "serve", "--dir", str(snp_dir), "--socket", str(sock),
+         "--pid-file", str(pid_file), "--measurement", "22" * 48, "--host-data", "33" * 32],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        assert int(pid_file.read_text()) == proc.pid
+        for byte in (b"\x01", b"\x02"):
+            report = AttestationReport.unpack(SimulatorSource(sock).get(byte * 64).report)
+            assert report.report_data == byte * 64
+            assert report.measurement == b"\x22" * 48 and report.host_data == b"\x33" * 32
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(short, ignore_errors=True)
+    assert proc.returncode == 0, err
+    assert "measurement " + "22" * 48 in out and "stopped (2 requests)" in out
+    assert not sock.exists() and not pid_file.exists()
+
+
+def test_serve_refuses_a_socket_path_that_is_a_file(snp_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    result = sh(
+        "attestd-sim", "snp", "serve", "--dir", str(snp_dir), "--socket", str(tmp_path / "f"),
+        "--measurement", "22" * 48,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "exists and is not a socket" in result.stderr
+    assert (tmp_path / "f").read_text() == "x"
 
 
 def test_crl_is_signed_by_the_platforms_ark_and_revokes_on_request(
