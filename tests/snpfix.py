@@ -36,6 +36,8 @@ SECRETS: list[dict[str, Any]] = [
     {"type": "secret-file", "name": "api", "values": {"TOKEN": "s3cr3t-token"}},
 ]
 SECRET_VALUES = ("pass-of-data", "s3cr3t-token")
+#: The owner of the VM :func:`snp_fuzz_app` registers.
+FUZZ_OWNER = "fuzzer"
 #: The service as SNP guests reach it, and the key pin they trust it by (initdata).
 PUBLIC_URLS = ("https://attestd.example/v1",)
 GUEST_PIN = initdata.format_pin(hashlib.sha256(b"the test service's key").digest())
@@ -113,7 +115,7 @@ def register(
 
 def snp_fuzz_app(data_dir: Path, anchors_dir: Path, digest: bytes) -> tuple[Flask, dict[str, str]]:
     """An app for the fuzz suites (no challenge cap in practice) with SNP VM ``SNP_VM``
-    registered by owner ``fuzzer`` accepting ``digest``; the owner's header."""
+    registered by owner :data:`FUZZ_OWNER` accepting ``digest``; the owner's header."""
     from tests.servicefix import make_owner
 
     app = create_app(
@@ -126,7 +128,7 @@ def snp_fuzz_app(data_dir: Path, anchors_dir: Path, digest: bytes) -> tuple[Flas
             guest_pin=GUEST_PIN,
         )
     )
-    owner = make_owner(app, "fuzzer")
+    owner = make_owner(app, FUZZ_OWNER)
     resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=snp_registration(digest), headers=owner)
     assert resp.status_code == 201, resp.json
     return app, owner

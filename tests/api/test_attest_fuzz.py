@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from attestd.sim.snp import SnpPlatform
 from tests.snpfix import (
+    FUZZ_OWNER,
     SECRET_VALUES,
     SNP_VM,
     Guest,
@@ -68,7 +69,7 @@ def test_attest_body_fuzz(
 ) -> None:
     app, digest = fuzz_snp
     client = app.test_client()
-    body = attest_body(snp_platform, Guest(), challenge(client), digest)
+    body = attest_body(snp_platform, Guest(), challenge(client), digest, owner=FUZZ_OWNER)
     if how == "replace":
         body[member] = value
     elif how == "flip":

@@ -32,6 +32,7 @@ from attestd.config import Settings
 from attestd.sim.snp import SnpPlatform
 from tests.servicefix import make_owner
 from tests.snpfix import (
+    FUZZ_OWNER,
     SECRET_VALUES,
     SNP_VM,
     Guest,
@@ -127,7 +128,7 @@ def test_openapi_fuzz_snp(
             if case.path.endswith("/attest") and valid:
                 guest = Guest()
                 nonce = challenge(app.test_client())
-                case.body = attest_body(snp_platform, guest, nonce, digest)
+                case.body = attest_body(snp_platform, guest, nonce, digest, owner=FUZZ_OWNER)
             response = case.call_and_validate(headers=owner, checks=CHECKS)
             statuses.setdefault(case.path, set()).add(response.status_code)
             for secret in SECRET_VALUES:
