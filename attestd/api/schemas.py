@@ -250,7 +250,23 @@ def cmdline_to_hash(data: dict[str, Any]) -> None:
         data["cmdline_hash"] = cmdline_sha256(cmdline)
 
 
-class RegistrationSchema(_Strict):
+class RegistrationFields(_Strict):
+    """What every registration scheme's body has: budget, user id, secrets, cmdline."""
+
+    max_launches = fields.Integer(
+        strict=True, data_key="max-launches", validate=validate.Range(1, 2**31 - 1)
+    )
+    user_id = fields.String(
+        data_key="user-id", validate=[validate.Length(1, 128), validate.Regexp(NO_CONTROL)]
+    )
+    secrets = fields.List(SecretField(), load_default=list, validate=validate.Length(max=64))
+
+    @validates_schema
+    def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
+        check_cmdline(data)
+
+
+class RegistrationSchema(RegistrationFields):
     """``POST``/``PUT /v1/vm/<uuid>`` body."""
 
     scheme = fields.String(required=True, validate=validate.OneOf(SCHEMES))
@@ -296,17 +312,6 @@ class RegistrationSchema(_Strict):
     min_build_id = fields.Integer(
         strict=True, data_key="min-build-id", validate=validate.Range(0, 255)
     )
-    max_launches = fields.Integer(
-        strict=True, data_key="max-launches", validate=validate.Range(1, 2**31 - 1)
-    )
-    user_id = fields.String(
-        data_key="user-id", validate=[validate.Length(1, 128), validate.Regexp(NO_CONTROL)]
-    )
-    secrets = fields.List(SecretField(), load_default=list, validate=validate.Length(max=64))
-
-    @validates_schema
-    def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        check_cmdline(data)
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> Registration:

@@ -7,24 +7,21 @@ SNP registration are :meth:`attestd.service.snp_registration.SnpRegistration.che
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from attestd.api.schemas import (
     HEX64,
     HEX96,
-    NO_CONTROL,
     Base64Bytes,
     Policy,
-    SecretField,
+    RegistrationFields,
     StrictBoolean,
     _hex,
     _hex_list,
     _Strict,
-    check_cmdline,
     cmdline_to_hash,
 )
 from attestd.guest.initdata import InitdataError, parse_pin
@@ -60,7 +57,7 @@ class FirmwareMinimumSchema(_Strict):
     build = _component()
 
 
-class SnpRegistrationSchema(_Strict):
+class SnpRegistrationSchema(RegistrationFields):
     """``POST``/``PUT /v1/vm/<uuid>`` body for ``"scheme": "amd-sev-snp"``."""
 
     scheme = fields.String(required=True, validate=validate.Equal(SNP_SCHEME))
@@ -117,17 +114,6 @@ class SnpRegistrationSchema(_Strict):
             "not yet the committed one; default false"
         },
     )
-    max_launches = fields.Integer(
-        strict=True, data_key="max-launches", validate=validate.Range(1, 2**31 - 1)
-    )
-    user_id = fields.String(
-        data_key="user-id", validate=[validate.Length(1, 128), validate.Regexp(NO_CONTROL)]
-    )
-    secrets = fields.List(SecretField(), load_default=list, validate=validate.Length(max=64))
-
-    @validates_schema
-    def _check(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        check_cmdline(data)
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> SnpRegistration:
