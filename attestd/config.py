@@ -47,10 +47,10 @@ class Settings:
     kds_offline: bool = False
     kds_url: str = AMD_KDS_URL
     #: Refuse an SEV-SNP attestation when no current CRL of the ARK is available (KDS
-    #: down, offline without a fresh import). Off by default: the attestation goes on,
-    #: and its event and log say the ASK/ASVK revocation was not checked. A revoked
+    #: down, offline without a fresh import). On by default; off, the attestation goes
+    #: on and its event and log say the ASK/ASVK revocation was not checked. A revoked
     #: ASK/ASVK or a CRL the ARK did not sign always refuses.
-    snp_require_crl: bool = False
+    snp_require_crl: bool = True
     #: Size of the firmware's secret area the table must fit (bytes).
     secret_area_size: int = 3072
     #: Seconds a launch session stays valid.

@@ -26,6 +26,7 @@ from attestd.service.clock import Clock
 from attestd.sev.snp.report import SigningKey
 from attestd.sev.snp.verify import report_data_binding
 from attestd.sim.snp import ReportRequest, SnpPlatform
+from attestd.trust.crl import CrlStore
 
 SNP_VM = "6f1c2b7e-3c1a-4d8e-9a51-0c2b9d1f7e11"
 OTHER_VM = "0a2d9c4b-8e6f-4b21-a3c7-5d9e1f0b2c33"
@@ -75,12 +76,22 @@ def snp_anchors_dir(tmp_path_factory: pytest.TempPathFactory, snp_platform: SnpP
     return directory
 
 
+def import_crl(settings: Settings, platform: SnpPlatform, crl: bytes | None = None) -> None:
+    """Import ``crl`` (by default a current one of ``platform``'s ARK, revoking nothing)
+    into the CRL cache of ``settings``, as ``attestd snp crl import`` does."""
+    store = CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
+    store.import_crl(platform.crl() if crl is None else crl, [platform.anchor()])
+
+
 @pytest.fixture
-def snp_settings(settings: Settings, snp_anchors_dir: Path) -> Settings:
-    """Settings that trust the simulated SNP platform and make initdata for SNP VMs."""
-    return settings.replace(
+def snp_settings(settings: Settings, snp_anchors_dir: Path, snp_platform: SnpPlatform) -> Settings:
+    """Settings that trust the simulated SNP platform and make initdata for SNP VMs, with
+    a current CRL of the platform's ARK imported (``snp_require_crl`` is on by default)."""
+    configured = settings.replace(
         trust_anchors_dir=snp_anchors_dir, public_urls=PUBLIC_URLS, guest_pin=GUEST_PIN
     )
+    import_crl(configured, snp_platform)
+    return configured
 
 
 @pytest.fixture
@@ -113,21 +124,24 @@ def register(
     assert resp.status_code == 201, resp.json
 
 
-def snp_fuzz_app(data_dir: Path, anchors_dir: Path, digest: bytes) -> tuple[Flask, dict[str, str]]:
-    """An app for the fuzz suites (no challenge cap in practice) with SNP VM ``SNP_VM``
-    registered by owner :data:`FUZZ_OWNER` accepting ``digest``; the owner's header."""
+def snp_fuzz_app(
+    data_dir: Path, anchors_dir: Path, digest: bytes, platform: SnpPlatform
+) -> tuple[Flask, dict[str, str]]:
+    """An app for the fuzz suites (no challenge cap in practice, ``platform``'s CRL
+    imported) with SNP VM ``SNP_VM`` registered by owner :data:`FUZZ_OWNER` accepting
+    ``digest``; the owner's header."""
     from tests.servicefix import make_owner
 
-    app = create_app(
-        Settings(
-            data_dir=data_dir,
-            kds_offline=True,
-            trust_anchors_dir=anchors_dir,
-            attest_max_challenges=10_000,
-            public_urls=PUBLIC_URLS,
-            guest_pin=GUEST_PIN,
-        )
+    settings = Settings(
+        data_dir=data_dir,
+        kds_offline=True,
+        trust_anchors_dir=anchors_dir,
+        attest_max_challenges=10_000,
+        public_urls=PUBLIC_URLS,
+        guest_pin=GUEST_PIN,
     )
+    import_crl(settings, platform)
+    app = create_app(settings)
     owner = make_owner(app, FUZZ_OWNER)
     resp = app.test_client().post(f"/v1/vm/{SNP_VM}", json=snp_registration(digest), headers=owner)
     assert resp.status_code == 201, resp.json

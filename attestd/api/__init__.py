@@ -27,6 +27,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
             "require_host_token = false: /launch and /validate accept requests without a "
             "host token (development only; anyone who reaches the port can start launches)"
         )
+    if not settings.snp_require_crl:
+        logger.warning(
+            "snp_require_crl = false: an SEV-SNP attestation without a current CRL of its "
+            "ARK is released, its ASK/ASVK revocation not checked"
+        )
     app = Flask("attestd")
     # one byte more than any body may have: a streamed (chunked) body is read up to this
     # limit without an error, so only a read past the real limit shows it was exceeded

@@ -43,7 +43,9 @@ def fuzz_snp(
     tmp_path_factory: pytest.TempPathFactory, snp_platform: SnpPlatform, snp_anchors_dir: Path
 ) -> Iterator[tuple[Flask, bytes]]:
     digest = bytes(range(48))
-    app, _owner = snp_fuzz_app(tmp_path_factory.mktemp("snp-fuzz"), snp_anchors_dir, digest)
+    app, _owner = snp_fuzz_app(
+        tmp_path_factory.mktemp("snp-fuzz"), snp_anchors_dir, digest, snp_platform
+    )
     yield app, digest
     app.extensions["attestd"].services.store.dispose()
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from attestd.config import Settings
 from attestd.sim.snp import SnpPlatform
 from tests.api.servers import Server
 from tests.snpfix import (
@@ -26,6 +27,7 @@ from tests.snpfix import (
     SNP_VM,
     Guest,
     attest_body,
+    import_crl,
     snp_registration,
 )
 
@@ -34,7 +36,9 @@ RACERS = 12
 
 
 @pytest.fixture
-def server(tmp_path: Path, snp_anchors_dir: Path, database_url: str) -> Iterator[Server]:
+def server(
+    tmp_path: Path, snp_anchors_dir: Path, snp_platform: SnpPlatform, database_url: str
+) -> Iterator[Server]:
     env = dict(os.environ)
     env.update(
         {
@@ -48,6 +52,7 @@ def server(tmp_path: Path, snp_anchors_dir: Path, database_url: str) -> Iterator
         }
     )
     (tmp_path / "data").mkdir(exist_ok=True)
+    import_crl(Settings(data_dir=tmp_path / "data"), snp_platform)
     srv = Server(env)
     yield srv
     if srv.proc is not None and srv.proc.poll() is None:

@@ -4,6 +4,7 @@ and the ARK's CRL (imported into the VCEK store's directory) on SQLite and Postg
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.snpfix import (
     Guest,
     attest_body,
     challenge,
+    import_crl,
     snp_registration,
 )
 
@@ -62,15 +64,37 @@ def _event(client: FlaskClient, owner: dict[str, str]) -> dict[str, Any]:
     return event
 
 
-def _import(settings: Settings, platform: SnpPlatform, crl: bytes) -> None:
+def _forget_crl(settings: Settings, platform: SnpPlatform) -> None:
+    """Remove the CRL ``snp_settings`` imported: no CRL is available."""
     store = CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
-    store.import_crl(crl, [platform.anchor()])
+    store.path_for(platform.anchor()).unlink()
 
 
-def test_without_a_crl_the_release_says_revocation_was_not_checked(
-    make_app: Any, snp_platform: SnpPlatform, digest: bytes, caplog: pytest.LogCaptureFixture
+def test_without_a_crl_nothing_is_released_by_default(
+    make_app: Any, snp_settings: Settings, snp_platform: SnpPlatform, digest: bytes
 ) -> None:
+    """``snp_require_crl`` is on by default: no current CRL of the ARK, no release."""
+    _forget_crl(snp_settings, snp_platform)
     client, owner, resp = _attest(make_app(), snp_platform, digest)
+    assert resp.status_code == 403, resp.json
+    assert resp.json["errors"]["reasons"][0].startswith("crl_missing")
+    for value in SECRET_VALUES:
+        assert value not in resp.get_data(as_text=True)
+    assert _event(client, owner)["outcome"] == "refused"
+
+
+def test_without_a_crl_the_opt_out_releases_and_says_revocation_was_not_checked(
+    make_app: Any,
+    snp_settings: Settings,
+    snp_platform: SnpPlatform,
+    digest: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _forget_crl(snp_settings, snp_platform)
+    with caplog.at_level(logging.WARNING, logger="attestd.api"):
+        app = make_app(snp_require_crl=False)
+    assert any("snp_require_crl = false" in r.getMessage() for r in caplog.records)
+    client, owner, resp = _attest(app, snp_platform, digest)
     assert resp.status_code == 200, resp.json
     event = _event(client, owner)
     assert event["outcome"] == "released"
@@ -82,7 +106,7 @@ def test_without_a_crl_the_release_says_revocation_was_not_checked(
 def test_a_fresh_crl_is_checked(
     make_app: Any, snp_settings: Settings, snp_platform: SnpPlatform, digest: bytes
 ) -> None:
-    _import(snp_settings, snp_platform, snp_platform.crl())
+    import_crl(snp_settings, snp_platform)
     client, owner, resp = _attest(make_app(), snp_platform, digest)
     assert resp.status_code == 200, resp.json
     assert _event(client, owner)["detail"]["revocation"] == "checked"
@@ -91,7 +115,7 @@ def test_a_fresh_crl_is_checked(
 def test_a_revoked_ask_releases_nothing(
     make_app: Any, snp_settings: Settings, snp_platform: SnpPlatform, digest: bytes
 ) -> None:
-    _import(snp_settings, snp_platform, snp_platform.crl(revoke=("ask",)))
+    import_crl(snp_settings, snp_platform, snp_platform.crl(revoke=("ask",)))
     client, owner, resp = _attest(make_app(), snp_platform, digest)
     assert resp.status_code == 403, resp.json
     assert resp.json["errors"]["reasons"][0].startswith("certificate_revoked: the sim-snp ASK")
@@ -101,13 +125,14 @@ def test_a_revoked_ask_releases_nothing(
     assert event["outcome"] == "refused" and "certificate_revoked" in str(event["detail"])
 
 
-def test_snp_require_crl_refuses_without_a_current_crl(
+def test_a_stale_crl_is_no_current_crl(
     make_app: Any, snp_settings: Settings, snp_platform: SnpPlatform, digest: bytes
 ) -> None:
-    client, _owner, resp = _attest(make_app(snp_require_crl=True), snp_platform, digest)
+    _forget_crl(snp_settings, snp_platform)
+    client, _owner, resp = _attest(make_app(), snp_platform, digest)
     assert resp.status_code == 403 and "crl_missing" in resp.json["errors"]["reasons"][0]
     stale = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    _import(
+    import_crl(
         snp_settings, snp_platform, snp_platform.crl(this_update=stale - datetime.timedelta(30))
     )
     guest = Guest()

@@ -100,7 +100,9 @@ def fuzz_snp_app(
     snp_anchors_dir: Path,
     digest: bytes,
 ) -> Iterator[tuple[Flask, dict[str, str], bytes]]:
-    app, owner = snp_fuzz_app(tmp_path_factory.mktemp("fuzz-snp"), snp_anchors_dir, digest)
+    app, owner = snp_fuzz_app(
+        tmp_path_factory.mktemp("fuzz-snp"), snp_anchors_dir, digest, snp_platform
+    )
     yield app, owner, digest
     app.extensions["attestd"].store.dispose()
 

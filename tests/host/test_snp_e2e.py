@@ -42,6 +42,7 @@ from attestd.host.domain import FWCFG_INITDATA, NAMESPACE, SNP_ELEMENT
 from attestd.sim.snp import SnpPlatform
 from tests.conftest import PROJECT_ROOT
 from tests.host.conftest import VENV_BIN, host_settings
+from tests.snpfix import import_crl
 from tests.tlscert import self_signed
 from tools import guestimage
 from tools.libvirtd import Libvirtd
@@ -110,24 +111,24 @@ def snp_service(libvirtd: Libvirtd) -> Iterator[SnpService]:
     server = make_server("127.0.0.1", 0, late, threaded=True, ssl_context=context)
     port = server.server_port
     (root / "data").mkdir()
-    late.app = create_app(
-        Settings(
-            data_dir=root / "data",
-            database_url=f"sqlite:///{root / 'data' / 'attestd.sqlite3'}",
-            trust_anchors_dir=root / "anchors",
-            kds_offline=True,
-            public_urls=(f"https://10.0.2.2:{port}/v1",),
-            guest_pin=pin,
-        )
+    settings = Settings(
+        data_dir=root / "data",
+        database_url=f"sqlite:///{root / 'data' / 'attestd.sqlite3'}",
+        trust_anchors_dir=root / "anchors",
+        kds_offline=True,
+        public_urls=(f"https://10.0.2.2:{port}/v1",),
+        guest_pin=pin,
     )
+    import_crl(settings, platform)  # offline: the ARK's CRL is imported, as an operator does
+    late.app = create_app(settings)
     principals = late.app.extensions["attestd"].services.principals
     owner = {"Authorization": f"Bearer {principals.create_owner('alice')}"}
     token = root / "host-token"
     token.write_text(principals.create_host("snp-host", owner="alice") + "\n")
-    settings = host_settings(libvirtd.root)  # the hook's state_dir: the PSP socket lives there
+    host = host_settings(libvirtd.root)  # the hook's state_dir: the PSP socket lives there
     config = root / "host.toml"
     config.write_text(
-        f'state_dir = "{settings.state_dir}"\nsim_state_dir = "{root / "sim"}"\n'
+        f'state_dir = "{host.state_dir}"\nsim_state_dir = "{root / "sim"}"\n'
         f'token_file = "{token}"\nca_bundle = "{cert}"\n',
         encoding="utf-8",
     )
