@@ -2,7 +2,7 @@
 
 Runs ``--pairs`` complete launches through the Flask test client of
 ``create_app`` (SQLite, or PostgreSQL with ``--backend postgresql``), counts the
-database transactions and statements of one pair (SQLAlchemy engine events),
+database transactions and statements of one pair (``Database.observe``),
 the server CPU per pair (process CPU time minus the simulated firmware's share),
 and prints the top functions of a cProfile run by cumulative time.
 
@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sqlalchemy import event
 
 from attestd.api import create_app
 from attestd.config import Settings
@@ -54,21 +52,17 @@ def registration() -> dict[str, Any]:
 
 
 class Counting:
-    """Transactions and statements seen on an engine."""
+    """Transactions and statements seen by ``Database.observe`` (Core and fast path)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self) -> None:
         self.transactions = 0
         self.statements: Counter[str] = Counter()
-        event.listen(engine, "begin", self._begin)
-        event.listen(engine, "before_cursor_execute", self._statement)
 
-    def _begin(self, _conn: Any) -> None:
-        self.transactions += 1
-
-    def _statement(self, _conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        if sql.startswith("BEGIN"):
-            return
-        self.statements[" ".join(sql.split()[:3])] += 1
+    def __call__(self, sql: str, _params: Any) -> None:
+        if sql == "BEGIN":
+            self.transactions += 1
+        else:
+            self.statements[" ".join(sql.split()[:3])] += 1
 
     def reset(self) -> None:
         self.transactions = 0
@@ -97,12 +91,11 @@ def profile(settings: Settings, platform: SimulatedPlatform, pairs: int, top: in
         f"/v1/vm/{VM}", json=registration(), headers={"Authorization": f"Bearer {token}"}
     )
     assert created.status_code == 201, created.text
-    engine = services.store.engine
-    counting = Counting(engine)
+    counting = Counting()
     sim_cpu: list[float] = []
     one_pair(client, platform, sim_cpu)  # warm the caches (chain, digests, anchors)
-    counting.reset()
-    one_pair(client, platform, sim_cpu)
+    with services.store.observe(counting):
+        one_pair(client, platform, sim_cpu)
     print(f"database transactions per pair: {counting.transactions}")
     print(f"database statements per pair: {sum(counting.statements.values())}")
     for sql, count in sorted(counting.statements.items()):

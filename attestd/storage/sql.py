@@ -801,10 +801,11 @@ class Database(ChallengeTables):
             chip_id=row.chip_id,
             pdh_sha256=row.pdh_sha256,
             generation=row.generation,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            finished_at=row.finished_at,
-            claimed_until=row.claimed_until,
+            # float(): SQLite's RETURNING gives a REAL column's integral value as an int
+            created_at=float(row.created_at),
+            expires_at=float(row.expires_at),
+            finished_at=None if row.finished_at is None else float(row.finished_at),
+            claimed_until=None if row.claimed_until is None else float(row.claimed_until),
         )
 
     def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: Event) -> bool:
