@@ -224,7 +224,7 @@ def test_sqlite_writers_of_two_processes_wait_for_the_lock_not_the_busy_handler(
                             event=Event(vm.owner_id, UUID, EventKind.LAUNCH, 2.5),
                         )
                     )
-                except Exception as exc:  # noqa: BLE001 - reported by the assertion
+                except Exception as exc:  # reported by the assertion below
                     outcome.append(exc)
 
             writer = threading.Thread(target=write)
