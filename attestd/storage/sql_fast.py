@@ -77,6 +77,8 @@ class Compiled:
                 column_keys=None if statement.keys is None else list(statement.keys),
             ),
         )
+        if compiled.escaped_bind_names:
+            raise ValueError("the fast path takes plain parameter names")
         self.sql = compiled.string
         self._dialect = dialect
         processors = compiled._bind_processors

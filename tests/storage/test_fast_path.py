@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from attestd.config import Settings
 from attestd.storage.ports import Event, EventKind, LaunchRecord, LaunchStatus, VmRecord
 from attestd.storage.sql import Database
+from tests import pgserver
 
 UUID = "00000000-0000-4000-8000-0000000000f1"
 
@@ -130,14 +131,32 @@ def test_an_integrity_error_rolls_the_whole_transaction_back(db: Database) -> No
     assert [e.kind for e in db.events(vm.owner_id, UUID)] == ["registered", "launch"]
 
 
+@pytest.fixture
+def pg_db(pg: pgserver.PgServer) -> Iterator[tuple[Database, str]]:
+    """A PostgreSQL database (whatever the backend parameter) and its URL."""
+    url = pg.create_database()
+    database = Database(url)
+    database.upgrade()
+    yield database, url
+    database.dispose()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A SQLite database (whatever the backend parameter)."""
+    database = Database(f"sqlite:///{tmp_path / 'attestd.sqlite3'}")
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
 def test_pooled_connections_the_server_closed_are_not_handed_out(
-    db: Database, backend: str, database_url: str
+    pg_db: tuple[Database, str],
 ) -> None:
     """Without pool_pre_ping: connections a PostgreSQL restart or failover ended while
     they sat in the pool are dropped at checkout (no request gets one), on the fast
     path and the Core path."""
-    if backend != "postgresql":
-        pytest.skip("PostgreSQL connections")
+    db, database_url = pg_db
     vm = _vm(db, None)
     barrier = threading.Barrier(3)
 
@@ -188,13 +207,12 @@ with WriteLock(path).held():
 
 
 def test_sqlite_writers_of_two_processes_wait_for_the_lock_not_the_busy_handler(
-    db: Database, backend: str, tmp_path: Path
+    sqlite_db: Database,
 ) -> None:
     """Another process holds the write lock and SQLite's write lock. This process's
     writer, with no busy timeout at all (SQLite's busy handler would fail at once),
     waits on the lock file, starts after the other committed and sees its row."""
-    if backend != "sqlite":
-        pytest.skip("the SQLite write lock")
+    db = sqlite_db
     path = db._sqlite_path()
     assert path is not None
     vm = _vm(db, None)
