@@ -2,9 +2,10 @@
 
 Runs ``--pairs`` complete launches through the Flask test client of
 ``create_app`` (SQLite, or PostgreSQL with ``--backend postgresql``), counts the
-database transactions and statements of one pair (``Database.observe``),
-the server CPU per pair (process CPU time minus the simulated firmware's share),
-and prints the top functions of a cProfile run by cumulative time.
+database transactions and statements of one pair (``Database.observe``), the
+server CPU per pair (process CPU time minus the simulated firmware's share) and
+the store's share of it, and prints the top functions of a cProfile run by
+cumulative time.
 
     .venv/bin/python bench/profile_pair.py [--backend sqlite|postgresql] [--pairs 200]
 """
@@ -69,6 +70,29 @@ class Counting:
         self.statements.clear()
 
 
+#: The store methods one pair calls (host tokens off: no host_by_token_hash here).
+STORE_METHODS = ("vm_for_launch", "begin_launch", "claim_launch", "release_launch")
+
+
+class StoreClock:
+    """Process CPU time spent in the store's hot methods (wrapped on the instance)."""
+
+    def __init__(self, store: Any) -> None:
+        self.spent: Counter[str] = Counter()
+        for name in STORE_METHODS:
+            setattr(store, name, self._timed(name, getattr(store, name)))
+
+    def _timed(self, name: str, method: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.spent[name] += time.process_time() - started
+
+        return timed
+
+
 def one_pair(client: Any, platform: SimulatedPlatform, sim_cpu: list[float]) -> None:
     """/launch, the simulated firmware (its CPU time noted apart), /validate."""
     grant = client.post(f"/v1/vm/{VM}/launch", json=launch_body(platform))
@@ -101,11 +125,14 @@ def profile(settings: Settings, platform: SimulatedPlatform, pairs: int, top: in
     for sql, count in sorted(counting.statements.items()):
         print(f"  {count} x {sql}")
     sim_cpu.clear()
+    clock = StoreClock(services.store)
     started = time.process_time()
     for _ in range(pairs):
         one_pair(client, platform, sim_cpu)
     cpu = (time.process_time() - started - sum(sim_cpu)) / pairs
     print(f"server CPU per pair (in process, no HTTP): {cpu * 1000:.2f} ms")
+    shares = ", ".join(f"{name} {clock.spent[name] / pairs * 1000:.2f}" for name in STORE_METHODS)
+    print(f"  of which storage: {sum(clock.spent.values()) / pairs * 1000:.2f} ms ({shares})")
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(pairs):
