@@ -2,9 +2,10 @@
 
 Runs ``--pairs`` complete launches through the Flask test client of
 ``create_app`` (SQLite, or PostgreSQL with ``--backend postgresql``), counts the
-database transactions and statements of one pair (SQLAlchemy engine events),
-the server CPU per pair (process CPU time minus the simulated firmware's share),
-and prints the top functions of a cProfile run by cumulative time.
+database transactions and statements of one pair (``Database.observe``), the
+server CPU per pair (process CPU time minus the simulated firmware's share) and
+the store's share of it, and prints the top functions of a cProfile run by
+cumulative time.
 
     .venv/bin/python bench/profile_pair.py [--backend sqlite|postgresql] [--pairs 200]
 """
@@ -26,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sqlalchemy import event
 
 from attestd.api import create_app
 from attestd.config import Settings
@@ -54,25 +53,44 @@ def registration() -> dict[str, Any]:
 
 
 class Counting:
-    """Transactions and statements seen on an engine."""
+    """Transactions and statements seen by ``Database.observe`` (Core and fast path)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self) -> None:
         self.transactions = 0
         self.statements: Counter[str] = Counter()
-        event.listen(engine, "begin", self._begin)
-        event.listen(engine, "before_cursor_execute", self._statement)
 
-    def _begin(self, _conn: Any) -> None:
-        self.transactions += 1
-
-    def _statement(self, _conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        if sql.startswith("BEGIN"):
-            return
-        self.statements[" ".join(sql.split()[:3])] += 1
+    def __call__(self, sql: str, _params: Any) -> None:
+        if sql == "BEGIN":
+            self.transactions += 1
+        else:
+            self.statements[" ".join(sql.split()[:3])] += 1
 
     def reset(self) -> None:
         self.transactions = 0
         self.statements.clear()
+
+
+#: The store methods one pair calls (host tokens off: no host_by_token_hash here).
+STORE_METHODS = ("vm_for_launch", "begin_launch", "claim_launch", "release_launch")
+
+
+class StoreClock:
+    """Process CPU time spent in the store's hot methods (wrapped on the instance)."""
+
+    def __init__(self, store: Any) -> None:
+        self.spent: Counter[str] = Counter()
+        for name in STORE_METHODS:
+            setattr(store, name, self._timed(name, getattr(store, name)))
+
+    def _timed(self, name: str, method: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.spent[name] += time.process_time() - started
+
+        return timed
 
 
 def one_pair(client: Any, platform: SimulatedPlatform, sim_cpu: list[float]) -> None:
@@ -97,22 +115,24 @@ def profile(settings: Settings, platform: SimulatedPlatform, pairs: int, top: in
         f"/v1/vm/{VM}", json=registration(), headers={"Authorization": f"Bearer {token}"}
     )
     assert created.status_code == 201, created.text
-    engine = services.store.engine
-    counting = Counting(engine)
+    counting = Counting()
     sim_cpu: list[float] = []
     one_pair(client, platform, sim_cpu)  # warm the caches (chain, digests, anchors)
-    counting.reset()
-    one_pair(client, platform, sim_cpu)
+    with services.store.observe(counting):
+        one_pair(client, platform, sim_cpu)
     print(f"database transactions per pair: {counting.transactions}")
     print(f"database statements per pair: {sum(counting.statements.values())}")
     for sql, count in sorted(counting.statements.items()):
         print(f"  {count} x {sql}")
     sim_cpu.clear()
+    clock = StoreClock(services.store)
     started = time.process_time()
     for _ in range(pairs):
         one_pair(client, platform, sim_cpu)
     cpu = (time.process_time() - started - sum(sim_cpu)) / pairs
     print(f"server CPU per pair (in process, no HTTP): {cpu * 1000:.2f} ms")
+    shares = ", ".join(f"{name} {clock.spent[name] / pairs * 1000:.2f}" for name in STORE_METHODS)
+    print(f"  of which storage: {sum(clock.spent.values()) / pairs * 1000:.2f} ms ({shares})")
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(pairs):

@@ -48,6 +48,14 @@ from attestd.storage.ports import (
     VmRecord,
 )
 from attestd.storage.sql_challenges import ChallengeTables
+from attestd.storage.sql_fast import (
+    FastPath,
+    Observer,
+    Session,
+    Statement,
+    WriteLock,
+    drop_closed_on_checkout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,22 +173,85 @@ _FINISH_LAUNCH = (
     .where(t.launches.c.id == bindparam("b_id"))
     .values(state=bindparam("b_state"), keys_enc=None, finished_at=bindparam("b_now"))
 )
+# the release locks the VM row first (FOR UPDATE; SQLite's BEGIN IMMEDIATE locks it all)
+_VM_REVISION_FOR_UPDATE = (
+    select(t.vms.c.revision).where(t.vms.c.id == bindparam("b_vm_id")).with_for_update()
+)
+_RELEASE_LAUNCH = (
+    update(t.launches)
+    .where(
+        and_(
+            t.launches.c.id == bindparam("b_id"),
+            t.launches.c.vm_revision == bindparam("b_revision"),
+            t.launches.c.state == LaunchStatus.VALIDATING.value,
+            t.launches.c.claimed_until == bindparam("b_claimed_until"),
+        )
+    )
+    .values(state=LaunchStatus.VALIDATED.value, keys_enc=None, finished_at=bindparam("b_now"))
+)
+_UNCLAIM_LAUNCH = (
+    update(t.launches)
+    .where(
+        and_(
+            t.launches.c.id == bindparam("b_id"),
+            t.launches.c.state == LaunchStatus.VALIDATING.value,
+            t.launches.c.claimed_until == bindparam("b_claimed_until"),
+        )
+    )
+    .values(state=LaunchStatus.PENDING.value, claimed_until=None)
+)
+_HOST_BY_TOKEN = select(t.hosts.c.id, t.hosts.c.name, t.hosts.c.owner_id).where(
+    t.hosts.c.token_hash == bindparam("b_token")
+)
 _ACTIVE = (LaunchStatus.PENDING.value, LaunchStatus.VALIDATING.value)
+
+_EVENT_KEYS = ("owner_id", "vm_uuid", "ts", "kind", "launch_id", "outcome", "detail")
+_LAUNCH_KEYS = (
+    "id",
+    "vm_id",
+    "vm_revision",
+    "state",
+    "policy",
+    "keys_enc",
+    "chip_id",
+    "pdh_sha256",
+    "generation",
+    "created_at",
+    "expires_at",
+    "finished_at",
+)
+# The hot path's statements (see attestd.storage.sql_fast): compiled once per dialect.
+_FAST_INSERT_EVENT = Statement(_INSERT_EVENT, _EVENT_KEYS)
+_FAST_INSERT_LAUNCH = Statement(_INSERT_LAUNCH, _LAUNCH_KEYS)
+_FAST_SPEND_LAUNCH = Statement(_SPEND_LAUNCH)
+_FAST_VM_OF_OWNER = Statement(_VM_OF_OWNER)
+_FAST_VMS_BY_UUID = Statement(_VMS_BY_UUID)
+_FAST_LAUNCH_BY_ID = Statement(_LAUNCH_BY_ID)
+_FAST_VM_FOR_LAUNCH_OF_OWNER = Statement(_VM_FOR_LAUNCH_OF_OWNER)
+_FAST_VM_FOR_LAUNCH_BY_UUID = Statement(_VM_FOR_LAUNCH_BY_UUID)
+_FAST_CLAIM_LAUNCH = Statement(_CLAIM_LAUNCH)
+_FAST_CLAIM_OWNED_LAUNCH = Statement(_CLAIM_OWNED_LAUNCH)
+_FAST_FINISH_LAUNCH = Statement(_FINISH_LAUNCH)
+_FAST_VM_REVISION_FOR_UPDATE = Statement(_VM_REVISION_FOR_UPDATE)
+_FAST_RELEASE_LAUNCH = Statement(_RELEASE_LAUNCH)
+_FAST_UNCLAIM_LAUNCH = Statement(_UNCLAIM_LAUNCH)
+_FAST_HOST_BY_TOKEN = Statement(_HOST_BY_TOKEN)
+
+
+def _event_values(event: Event) -> dict[str, Any]:
+    return {
+        "owner_id": event.owner_id,
+        "vm_uuid": event.vm_uuid,
+        "ts": event.ts,
+        "kind": event.kind.value,
+        "launch_id": event.launch_id,
+        "outcome": None if event.outcome is None else event.outcome.value,
+        "detail": _dumps(event.detail),
+    }
 
 
 def _insert_event(conn: Connection, event: Event) -> None:
-    conn.execute(
-        _INSERT_EVENT,
-        {
-            "owner_id": event.owner_id,
-            "vm_uuid": event.vm_uuid,
-            "ts": event.ts,
-            "kind": event.kind.value,
-            "launch_id": event.launch_id,
-            "outcome": None if event.outcome is None else event.outcome.value,
-            "detail": _dumps(event.detail),
-        },
-    )
+    conn.execute(_INSERT_EVENT, _event_values(event))
 
 
 class Database(ChallengeTables):
@@ -198,14 +269,15 @@ class Database(ChallengeTables):
                 )
                 self._sqlite_setup(self.engine)
             else:
-                self.engine = create_engine(
-                    url,
-                    pool_size=pool_size,
-                    max_overflow=max_overflow,
-                    pool_pre_ping=True,
-                )
+                # no pool_pre_ping (a SELECT 1 round trip per checkout): a connection
+                # the server closed is found at checkout without one
+                self.engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+                drop_closed_on_checkout(self.engine)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StorageUnavailable(f"cannot use database: {type(exc).__name__}") from None
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._write_lock = WriteLock(self._sqlite_path()) if sqlite else None
+        self._fast = FastPath(self.engine, self._write_lock)
 
     @property
     def dialect(self) -> str:
@@ -232,17 +304,52 @@ class Database(ChallengeTables):
     def dispose(self) -> None:
         """Close pooled connections (after fork, at shutdown)."""
         self.engine.dispose()
+        if self._write_lock is not None:
+            self._write_lock.close()
+
+    @contextmanager
+    def observe(self, observer: Observer) -> Iterator[None]:
+        """Call ``observer`` with ``BEGIN`` (and None) at the start of every transaction
+        and with the SQL and DBAPI parameters of every statement executed meanwhile, on
+        the Core path and on the fast path alike (tests and ``bench/profile_pair.py``
+        count them)."""
+
+        def begin(_conn: Connection) -> None:
+            observer("BEGIN", None)
+
+        def statement(_conn: Any, _cursor: Any, sql: str, params: Any, *_args: Any) -> None:
+            if not sql.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE: the begin above
+                observer(sql, params)
+
+        event.listen(self.engine, "begin", begin)
+        event.listen(self.engine, "before_cursor_execute", statement)
+        self._fast.observer = observer
+        try:
+            yield
+        finally:
+            self._fast.observer = None
+            event.remove(self.engine, "before_cursor_execute", statement)
+            event.remove(self.engine, "begin", begin)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as conn:
+            with self._locked(), self.engine.begin() as conn:
                 yield conn
         except IntegrityError:
             raise
         except OperationalError as exc:
             logger.error("database error: %s", type(exc.orig).__name__)
             raise StorageUnavailable("the database is unavailable") from None
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """SQLite: the write lock (every Core transaction is BEGIN IMMEDIATE)."""
+        if self._write_lock is None:
+            yield
+        else:
+            with self._write_lock.held():
+                yield
 
     def _run(self, fn: Callable[[Connection], T]) -> T:
         with self._tx() as conn:
@@ -318,7 +425,7 @@ class Database(ChallengeTables):
                 logger.error("database not writable: the disk is full (%s)", path.parent)
                 raise StorageUnavailable("the database is not writable: the disk is full")
         try:
-            with self.engine.begin() as conn:
+            with self._locked(), self.engine.begin() as conn:
                 changed = conn.execute(
                     update(t.heartbeat).where(t.heartbeat.c.id == 1).values(checked_at=now)
                 )
@@ -377,13 +484,8 @@ class Database(ChallengeTables):
 
     def host_by_token_hash(self, token_hash: str) -> Principal | None:
         """The host holding this token, if any (with the owner it is scoped to)."""
-        row = self._run(
-            lambda conn: conn.execute(
-                select(t.hosts.c.id, t.hosts.c.name, t.hosts.c.owner_id).where(
-                    t.hosts.c.token_hash == token_hash
-                )
-            ).first()
-        )
+        query = self._fast.compiled(_FAST_HOST_BY_TOKEN)
+        row = self._fast.read(lambda s: s.first(query, {"b_token": token_hash}))
         return None if row is None else Principal(row.id, row.name, owner_id=row.owner_id)
 
     def create_owner_host(self, name: str, token_hash: str, now: float, owner: str) -> int:
@@ -699,23 +801,24 @@ class Database(ChallengeTables):
             chip_id=row.chip_id,
             pdh_sha256=row.pdh_sha256,
             generation=row.generation,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            finished_at=row.finished_at,
-            claimed_until=row.claimed_until,
+            # float(): SQLite's RETURNING gives a REAL column's integral value as an int
+            created_at=float(row.created_at),
+            expires_at=float(row.expires_at),
+            finished_at=None if row.finished_at is None else float(row.finished_at),
+            claimed_until=None if row.claimed_until is None else float(row.claimed_until),
         )
 
     def begin_launch(self, vm: VmRecord, launch: LaunchRecord, *, event: Event) -> bool:
         """Spend one launch of the budget and store ``launch``; False when none is left."""
 
-        def txn(conn: Connection) -> bool:
-            spent = conn.execute(
-                _SPEND_LAUNCH, {"b_vm_id": vm.id, "b_revision": launch.vm_revision}
-            )
-            if _rowcount(spent) != 1:
+        fast = self._fast
+
+        def txn(s: Session) -> bool:
+            spend = {"b_vm_id": vm.id, "b_revision": launch.vm_revision}
+            if s.run(fast.compiled(_FAST_SPEND_LAUNCH), spend) != 1:
                 return False
-            conn.execute(
-                _INSERT_LAUNCH,
+            s.run(
+                fast.compiled(_FAST_INSERT_LAUNCH),
                 {
                     "id": launch.id,
                     "vm_id": launch.vm_id,
@@ -731,10 +834,13 @@ class Database(ChallengeTables):
                     "finished_at": None,
                 },
             )
-            _insert_event(conn, event)
+            self._fast_event(s, event)
             return True
 
-        return self._run(txn)
+        return fast.write(txn)
+
+    def _fast_event(self, s: Session, event: Event) -> None:
+        s.run(self._fast.compiled(_FAST_INSERT_EVENT), _event_values(event))
 
     def launch(self, launch_id: str) -> LaunchRecord | None:
         """A launch by id."""
@@ -756,7 +862,8 @@ class Database(ChallengeTables):
         claim, in one transaction. The release is conditional on the claim
         (``claimed_until``). Without ``owner_id``, several owners having the UUID raise
         :class:`OwnerRequired` (and the claim is rolled back)."""
-        claim = _CLAIM_LAUNCH if owner_id is None else _CLAIM_OWNED_LAUNCH
+        fast = self._fast
+        claim = fast.compiled(_FAST_CLAIM_LAUNCH if owner_id is None else _FAST_CLAIM_OWNED_LAUNCH)
         params = {
             "b_id": launch_id,
             "b_uuid": uuid,
@@ -765,30 +872,32 @@ class Database(ChallengeTables):
             "b_owner": owner_id,
         }
 
-        def txn(conn: Connection) -> Claim:
-            claimed = conn.execute(claim, params).first()
+        def txn(s: Session) -> Claim:
+            claimed = s.first(claim, params)
             if owner_id is None:
-                vm_row = self._sole(uuid, list(conn.execute(_VMS_BY_UUID, params)))
+                vm_row = self._sole(uuid, s.rows(fast.compiled(_FAST_VMS_BY_UUID), params))
             else:
-                vm_row = conn.execute(_VM_OF_OWNER, params).first()
+                vm_row = s.first(fast.compiled(_FAST_VM_OF_OWNER), params)
             vm = None if vm_row is None else self._vm(vm_row)
             if claimed is not None:
                 return Claim(vm=vm, launch=self._launch(claimed), claimed=True)
-            row = conn.execute(_LAUNCH_BY_ID, {"b_id": launch_id}).first()
+            row = s.first(fast.compiled(_FAST_LAUNCH_BY_ID), {"b_id": launch_id})
             return Claim(vm=vm, launch=None if row is None else self._launch(row), claimed=False)
 
-        return self._run(txn)
+        return fast.write(txn)
 
     def finish_launch(
         self, launch_id: str, state: LaunchStatus, now: float, *, event: Event
     ) -> None:
         """Record the outcome and forget the transport keys."""
 
-        def txn(conn: Connection) -> None:
-            conn.execute(_FINISH_LAUNCH, {"b_id": launch_id, "b_state": state.value, "b_now": now})
-            _insert_event(conn, event)
+        finish = self._fast.compiled(_FAST_FINISH_LAUNCH)
 
-        self._run(txn)
+        def txn(s: Session) -> None:
+            s.run(finish, {"b_id": launch_id, "b_state": state.value, "b_now": now})
+            self._fast_event(s, event)
+
+        self._fast.write(txn)
 
     def release_launch(self, launch: LaunchRecord, now: float, *, event: Event) -> bool:
         """Mark the claimed ``launch`` validated, only while its VM is still at the
@@ -799,50 +908,33 @@ class Database(ChallengeTables):
         waits until this release committed.
         """
 
-        def txn(conn: Connection) -> bool:
-            revision = conn.execute(
-                select(t.vms.c.revision).where(t.vms.c.id == launch.vm_id).with_for_update()
-            ).scalar_one_or_none()
-            if revision != launch.vm_revision:
+        fast = self._fast
+        params = {
+            "b_vm_id": launch.vm_id,
+            "b_id": launch.id,
+            "b_revision": launch.vm_revision,
+            "b_claimed_until": launch.claimed_until,
+            "b_now": now,
+        }
+
+        def txn(s: Session) -> bool:
+            row = s.first(fast.compiled(_FAST_VM_REVISION_FOR_UPDATE), params)
+            if row is None or row.revision != launch.vm_revision:
                 return False
-            done = conn.execute(
-                update(t.launches)
-                .where(
-                    and_(
-                        t.launches.c.id == launch.id,
-                        t.launches.c.vm_revision == launch.vm_revision,
-                        t.launches.c.state == LaunchStatus.VALIDATING.value,
-                        t.launches.c.claimed_until == launch.claimed_until,
-                    )
-                )
-                .values(state=LaunchStatus.VALIDATED.value, keys_enc=None, finished_at=now)
-            )
-            if _rowcount(done) != 1:
+            if s.run(fast.compiled(_FAST_RELEASE_LAUNCH), params) != 1:
                 return False
-            _insert_event(conn, event)
+            self._fast_event(s, event)
             return True
 
-        return self._run(txn)
+        return fast.write(txn)
 
     def unclaim_launch(self, launch: LaunchRecord) -> bool:
         """Give a claimed launch back (``pending``) after a retryable failure, if the
         claim is still this one; True when it was given back."""
 
-        def txn(conn: Connection) -> bool:
-            result = conn.execute(
-                update(t.launches)
-                .where(
-                    and_(
-                        t.launches.c.id == launch.id,
-                        t.launches.c.state == LaunchStatus.VALIDATING.value,
-                        t.launches.c.claimed_until == launch.claimed_until,
-                    )
-                )
-                .values(state=LaunchStatus.PENDING.value, claimed_until=None)
-            )
-            return _rowcount(result) == 1
-
-        return self._run(txn)
+        unclaim = self._fast.compiled(_FAST_UNCLAIM_LAUNCH)
+        params = {"b_id": launch.id, "b_claimed_until": launch.claimed_until}
+        return self._fast.write(lambda s: s.run(unclaim, params) == 1)
 
     def vm_for_launch(
         self, uuid: str, now: float, *, owner_id: int | None = None
@@ -853,10 +945,11 @@ class Database(ChallengeTables):
         bound of ``/launch``)."""
         params = {"b_uuid": uuid, "b_now": now, "b_owner": owner_id}
         if owner_id is None:
-            rows = self._run(lambda conn: list(conn.execute(_VM_FOR_LAUNCH_BY_UUID, params)))
-            row = self._sole(uuid, rows)
+            by_uuid = self._fast.compiled(_FAST_VM_FOR_LAUNCH_BY_UUID)
+            row = self._sole(uuid, self._fast.read(lambda s: s.rows(by_uuid, params)))
         else:
-            row = self._run(lambda conn: conn.execute(_VM_FOR_LAUNCH_OF_OWNER, params).first())
+            of_owner = self._fast.compiled(_FAST_VM_FOR_LAUNCH_OF_OWNER)
+            row = self._fast.read(lambda s: s.first(of_owner, params))
         if row is None:
             return None
         first = None if row.first_expiry is None else float(row.first_expiry)

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from attestd.config import Settings
 from attestd.service.factory import Services, build_services
@@ -75,19 +74,17 @@ def _hot_path(services: Services, platform: SimulatedPlatform, ovmf: bytes) -> N
     services.upkeep.run()
 
 
-def _capture(engine: Any, work: Any) -> list[tuple[str, Any]]:
+def _capture(store: Any, work: Any) -> list[tuple[str, Any]]:
+    """The statements ``work`` executes (Core path and fast path: ``Database.observe``)."""
     captured: list[tuple[str, Any]] = []
 
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+    def record(sql: str, params: Any) -> None:
         head = sql.lstrip().split(None, 1)[0].upper()
         if head in ("SELECT", "UPDATE", "DELETE", "INSERT"):
             captured.append((sql, params))
 
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with store.observe(record):
         work()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     return captured
 
 
@@ -116,7 +113,7 @@ def test_no_hot_path_query_scans_launches_or_events(
     services: Services, platform: SimulatedPlatform, ovmf: bytes
 ) -> None:
     engine = services.store.engine  # type: ignore[attr-defined]
-    captured = _capture(engine, lambda: _hot_path(services, platform, ovmf))
+    captured = _capture(services.store, lambda: _hot_path(services, platform, ovmf))
     touching = [(s, p) for s, p in captured if any(t in s for t in BIG_TABLES)]
     assert len(touching) >= 10
     scans = []
@@ -135,11 +132,11 @@ def test_vm_lookups_by_owner_and_uuid_or_uuid_alone_use_an_index(
     ``uq_vms_owner_uuid``, by the UUID alone (a caller naming no owner) through
     ``ix_vms_uuid``; neither reads the vms table through."""
     engine = services.store.engine  # type: ignore[attr-defined]
-    captured = _capture(engine, lambda: _hot_path(services, platform, ovmf))
+    captured = _capture(services.store, lambda: _hot_path(services, platform, ovmf))
     owner = services.store.owner_id("alice")
     assert owner is not None
     captured += _capture(
-        engine,
+        services.store,
         lambda: (
             services.launches.begin(
                 VM,
