@@ -2,16 +2,26 @@
 
 For 1, 16 and 64 concurrent simulated VMs (one client thread per VM, each its
 own registration), it measures pairs per second and the p50/p99 latency of one
-pair (the two HTTP requests; the simulated firmware's own work is excluded from
-the latency), next to the in-process cost of the same cryptography per pair
-(chain verification, new session, measurement check, secret table and packet):
-the floor. It prints the ratio pair latency / floor and the server CPU per pair
-(user + system time of the gunicorn workers over the level, divided by the pairs).
+pair (the two HTTP requests, as the client sees them; the simulated firmware's own
+work between them is excluded from the latency), next to the in-process cost of
+the same cryptography per pair (chain verification, new session, measurement
+check, secret table and packet): the floor. It prints the ratio pair latency /
+floor, the server CPU per pair (user + system time of the gunicorn workers over
+the level, divided by the pairs) and the load generator's CPU per pair.
 
-``--trees before=/path/to/old/checkout,after=.`` runs the same load against the
-service of each source tree in turn (side by side in one run, same machine and
-load generator); ``--prefill N`` first stores N finished launches with their
-events (the "1 M finished launches" case).
+The load generator spreads the VMs over ``--client-processes`` processes (default
+one per 4 VMs), each VM on its own keep-alive ``http.client`` connection: one
+Python process with a thread per VM made every measured latency include waiting
+for the client's own interpreter lock (64 threads doing HTTP and the simulated
+firmware), and ``requests`` cost the shared CPUs several times what
+``http.client`` does.
+
+``--configs 2x8,2x4,sync:4`` runs the same load against each gunicorn
+configuration (gthread workers x threads, or sync workers) in one run;
+``--trees before=/path/to/old/checkout,after=.`` against the service of each
+source tree in turn (side by side in one run, same machine and load generator;
+an old tree needs nothing of this one's server code); ``--prefill N`` first
+stores N finished launches with their events (the "1 M finished launches" case).
 
     .venv/bin/python bench/bench_service.py [--backends sqlite,postgresql] [--pairs 8]
 """
@@ -402,7 +412,7 @@ def main() -> int:
     parser.add_argument("--levels", default="1,16,64")
     parser.add_argument("--pairs", type=int, default=8, help="pairs per VM at each level")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument(
         "--configs",
         default="",
