@@ -11,6 +11,7 @@ import json
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from attestd.api.state import parse_json
 from attestd.errors import ParseError
@@ -34,28 +35,29 @@ def _body(passphrase: bytes) -> bytes:
     return text.replace(b'"correct horse battery"', b'"' + passphrase + b'"')
 
 
+def _register(client: FlaskClient, owner: dict[str, str], body: bytes) -> TestResponse:
+    """POST a registration body as application/json."""
+    return client.post(f"/v1/vm/{VM}", data=body, headers=owner, content_type="application/json")
+
+
 @pytest.mark.parametrize("literal", LONE)
 def test_lone_surrogate_escape_is_400(
     client: FlaskClient, alice: dict[str, str], literal: bytes
 ) -> None:
-    resp = client.post(
-        f"/v1/vm/{VM}", data=_body(literal), headers=alice, content_type="application/json"
-    )
+    resp = _register(client, alice, _body(literal))
     assert resp.status_code == 400, resp.json
     assert resp.json["errors"]["reason"] == "malformed_input"
     assert client.get("/v1/vm", headers=alice).json["vms"] == []
 
 
 def test_surrogate_encoded_as_utf8_bytes_is_400(client: FlaskClient, alice: dict[str, str]) -> None:
-    body = _body(b"\xed\xa0\x80")  # U+D800 encoded as if it were a character
-    resp = client.post(f"/v1/vm/{VM}", data=body, headers=alice, content_type="application/json")
+    resp = _register(client, alice, _body(b"\xed\xa0\x80"))  # U+D800 as if a character
     assert resp.status_code == 400, resp.json
     assert resp.json["errors"]["reason"] == "malformed_input"
 
 
 def test_lone_surrogate_in_a_utf16_body_is_400(client: FlaskClient, alice: dict[str, str]) -> None:
-    body = _body(rb"\ud800").decode().encode("utf-16-le")
-    resp = client.post(f"/v1/vm/{VM}", data=body, headers=alice, content_type="application/json")
+    resp = _register(client, alice, _body(rb"\ud800").decode().encode("utf-16-le"))
     assert resp.status_code == 400, resp.json
 
 
@@ -79,17 +81,14 @@ def test_lone_surrogate_in_host_requests_is_400(client: FlaskClient, path: str) 
 def test_pairs_and_literal_backslash_u_are_accepted(
     client: FlaskClient, alice: dict[str, str], literal: bytes
 ) -> None:
-    resp = client.post(
-        f"/v1/vm/{VM}", data=_body(literal), headers=alice, content_type="application/json"
-    )
+    resp = _register(client, alice, _body(literal))
     assert resp.status_code == 201, resp.json
 
 
 def test_utf16_body_without_surrogates_is_accepted(
     client: FlaskClient, alice: dict[str, str]
 ) -> None:
-    body = json.dumps(sev_registration()).encode("utf-16")
-    resp = client.post(f"/v1/vm/{VM}", data=body, headers=alice, content_type="application/json")
+    resp = _register(client, alice, json.dumps(sev_registration()).encode("utf-16"))
     assert resp.status_code == 201, resp.json
 
 
