@@ -233,9 +233,12 @@ class Gunicorn:
 
 
 @contextmanager
-def serve(env: dict[str, str], gunicorn: Gunicorn, tree: Path) -> Iterator[tuple[str, int]]:
-    """``attestd serve`` of source ``tree`` with the ``gunicorn`` configuration on a free
-    port (the access log is formatted as in production and thrown away)."""
+def serve(
+    env: dict[str, str], gunicorn: Gunicorn, tree: Path, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
+    """``attestd serve`` of source ``tree`` with the ``gunicorn`` configuration (and
+    ``extra`` gunicorn options) on a free port (the access log is formatted as in
+    production and thrown away)."""
     import socket
 
     with socket.socket() as sock:
@@ -252,6 +255,7 @@ def serve(env: dict[str, str], gunicorn: Gunicorn, tree: Path) -> Iterator[tuple
             *gunicorn.serve_args(),
             "--access-logfile",
             "/dev/null",
+            *extra,
         ],
         env=env,
         cwd=tree,

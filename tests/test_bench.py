@@ -89,3 +89,10 @@ def test_pair_profile_through_wsgi_calls() -> None:
     out = _run("bench/profile_pair.py", "--pairs", "3", "--top", "5", "--wsgi", "--sort", "tottime")
     assert "server CPU per pair (in process, no HTTP, WSGI calls)" in out
     assert "Ordered by: internal time" in out
+
+
+def test_service_profile_through_gunicorn() -> None:
+    out = _run("bench/profile_service.py", "--pairs", "2", "--top", "3")
+    assert "worker CPU per pair through gunicorn (not profiled)" in out
+    assert "worker CPU per pair through gunicorn (profiled)" in out
+    assert "gunicorn" in out.split("by where it is spent", 1)[1]
