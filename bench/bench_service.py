@@ -195,6 +195,43 @@ def prefill(url: str, count: int) -> None:
     engine.dispose()
 
 
+def service_env(tree: Path, data: Path, anchors: Path, database_url: str | None) -> dict[str, str]:
+    """The environment of an ``attestd`` command of source ``tree`` on ``data`` (SQLite
+    there unless ``database_url``)."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(tree),
+        ATTESTD_DATA_DIR=str(data),
+        ATTESTD_TRUST_ANCHORS_DIR=str(anchors),
+        ATTESTD_KDS_OFFLINE="1",
+        ATTESTD_CONFIG="",
+        ATTESTD_LOG_LEVEL="WARNING",
+        # the load generator is one anonymous "host" starting launches as fast as it
+        # can: the safe defaults (host tokens, launch-flood bounds) are off
+        ATTESTD_REQUIRE_HOST_TOKEN="0",
+        ATTESTD_HOST_LAUNCH_RATE="0",
+        ATTESTD_MAX_PENDING_LAUNCHES="0",
+    )
+    if database_url is None:
+        env.pop("ATTESTD_DATABASE_URL", None)
+    else:
+        env["ATTESTD_DATABASE_URL"] = database_url
+    return env
+
+
+def create_owner(env: dict[str, str], tree: Path) -> dict[str, str]:
+    """Create owner ``bench`` with ``attestd owner create``; its Authorization header."""
+    created = subprocess.run(
+        [sys.executable, "-m", "attestd.cli", "owner", "create", "bench"],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
+
+
 @dataclass(frozen=True)
 class Gunicorn:
     """One gunicorn configuration: worker class, workers, threads per worker."""
@@ -465,36 +502,14 @@ def main() -> int:
                 for tree_name, tree in trees:
                     data = root / f"{tree_name}-{config.label.replace(':', '-')}-{backend}"
                     data.mkdir()
-                    env = dict(
-                        os.environ,
-                        PYTHONPATH=str(tree),
-                        ATTESTD_DATA_DIR=str(data),
-                        ATTESTD_TRUST_ANCHORS_DIR=str(anchors),
-                        ATTESTD_KDS_OFFLINE="1",
-                        ATTESTD_CONFIG="",
-                        ATTESTD_LOG_LEVEL="WARNING",
-                        # the load generator is one anonymous "host" starting launches as
-                        # fast as it can: the safe defaults (host tokens, launch-flood
-                        # bounds) are off
-                        ATTESTD_REQUIRE_HOST_TOKEN="0",
-                        ATTESTD_HOST_LAUNCH_RATE="0",
-                        ATTESTD_MAX_PENDING_LAUNCHES="0",
-                    )
+                    url = None
                     if backend == "postgresql":
                         pg = pg or PgServer.start()
-                        env["ATTESTD_DATABASE_URL"] = pg.create_database()
+                        url = pg.create_database()
+                    env = service_env(tree, data, anchors, url)
+                    if url is not None:
                         env["ATTESTD_POOL_SIZE"] = str(config.threads)
-                    else:
-                        env.pop("ATTESTD_DATABASE_URL", None)
-                    created = subprocess.run(
-                        [sys.executable, "-m", "attestd.cli", "owner", "create", "bench"],
-                        env=env,
-                        cwd=tree,
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    owner = {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
+                    owner = create_owner(env, tree)
                     if args.prefill:
                         db_url = env.get(
                             "ATTESTD_DATABASE_URL", f"sqlite:///{data / 'attestd.sqlite3'}"

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import pstats
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -28,7 +26,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attestd.sim.platform import SimulatedPlatform
-from bench.bench_service import ROOT, Gunicorn, cpu_seconds, run_level, serve
+from bench.bench_service import (
+    ROOT,
+    Gunicorn,
+    cpu_seconds,
+    create_owner,
+    run_level,
+    serve,
+    service_env,
+)
 from tests.pgserver import PgServer
 
 HOOKS = """import cProfile, os
@@ -90,33 +96,13 @@ def main() -> int:
         for profiled in (False, True):
             data = root / f"data-{profiled}"
             data.mkdir()
-            env = dict(
-                os.environ,
-                PYTHONPATH=str(ROOT),
-                ATTESTD_DATA_DIR=str(data),
-                ATTESTD_TRUST_ANCHORS_DIR=str(anchors),
-                ATTESTD_KDS_OFFLINE="1",
-                ATTESTD_CONFIG="",
-                ATTESTD_LOG_LEVEL="WARNING",
-                ATTESTD_REQUIRE_HOST_TOKEN="0",
-                ATTESTD_HOST_LAUNCH_RATE="0",
-                ATTESTD_MAX_PENDING_LAUNCHES="0",
-                ATTESTD_BENCH_PROFILE=str(out),
-            )
+            url = None
             if args.backend == "postgresql":
                 pg = pg or PgServer.start()
-                env["ATTESTD_DATABASE_URL"] = pg.create_database()
-            else:
-                env.pop("ATTESTD_DATABASE_URL", None)
-            created = subprocess.run(
-                [sys.executable, "-m", "attestd.cli", "owner", "create", "bench"],
-                env=env,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            owner = {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
+                url = pg.create_database()
+            env = service_env(ROOT, data, anchors, url)
+            env["ATTESTD_BENCH_PROFILE"] = str(out)
+            owner = create_owner(env, ROOT)
             extra = ("-c", str(hooks)) if profiled else ()
             with serve(env, sync, ROOT, extra) as (url, master):
                 run_level(url, owner, platform, 1, 5, 0, 1)  # warm the caches
