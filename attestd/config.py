@@ -91,8 +91,11 @@ class Settings:
     #: gunicorn defaults for ``attestd serve``.
     bind: str = "127.0.0.1:8080"
     workers: int = 2
-    #: Threads per gunicorn worker (gthread): concurrent requests per worker.
-    threads: int = 8
+    #: Threads per gunicorn worker (gthread): concurrent requests per worker. 4, not
+    #: more: the threads of a worker share one GIL, so each extra thread makes every
+    #: request in that worker wait for the others' CPU (docs/performance.md, "HTTP path
+    #: and gunicorn"); more than 2, so two slow-header connections never hold a worker.
+    threads: int = 4
     #: gunicorn's control socket (``gunicornc``) for this instance; empty disables it.
     #: gunicorn's own default is one per user (``~/.gunicorn/gunicorn.ctl``), which a
     #: second instance of the same user would take over.

@@ -2,16 +2,26 @@
 
 For 1, 16 and 64 concurrent simulated VMs (one client thread per VM, each its
 own registration), it measures pairs per second and the p50/p99 latency of one
-pair (the two HTTP requests; the simulated firmware's own work is excluded from
-the latency), next to the in-process cost of the same cryptography per pair
-(chain verification, new session, measurement check, secret table and packet):
-the floor. It prints the ratio pair latency / floor and the server CPU per pair
-(user + system time of the gunicorn workers over the level, divided by the pairs).
+pair (the two HTTP requests, as the client sees them; the simulated firmware's own
+work between them is excluded from the latency), next to the in-process cost of
+the same cryptography per pair (chain verification, new session, measurement
+check, secret table and packet): the floor. It prints the ratio pair latency /
+floor, the server CPU per pair (user + system time of the gunicorn workers over
+the level, divided by the pairs) and the load generator's CPU per pair.
 
-``--trees before=/path/to/old/checkout,after=.`` runs the same load against the
-service of each source tree in turn (side by side in one run, same machine and
-load generator); ``--prefill N`` first stores N finished launches with their
-events (the "1 M finished launches" case).
+The load generator spreads the VMs over ``--client-processes`` processes (default
+one per 4 VMs), each VM on its own keep-alive ``http.client`` connection: one
+Python process with a thread per VM made every measured latency include waiting
+for the client's own interpreter lock (64 threads doing HTTP and the simulated
+firmware), and ``requests`` cost the shared CPUs several times what
+``http.client`` does.
+
+``--configs 2x8,2x4,sync:4`` runs the same load against each gunicorn
+configuration (gthread workers x threads, or sync workers) in one run;
+``--trees before=/path/to/old/checkout,after=.`` against the service of each
+source tree in turn (side by side in one run, same machine and load generator;
+an old tree needs nothing of this one's server code); ``--prefill N`` first
+stores N finished launches with their events (the "1 M finished launches" case).
 
     .venv/bin/python bench/bench_service.py [--backends sqlite,postgresql] [--pairs 8]
 """
@@ -20,6 +30,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
+import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -30,8 +43,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -180,9 +195,87 @@ def prefill(url: str, count: int) -> None:
     engine.dispose()
 
 
+def service_env(tree: Path, data: Path, anchors: Path, database_url: str | None) -> dict[str, str]:
+    """The environment of an ``attestd`` command of source ``tree`` on ``data`` (SQLite
+    there unless ``database_url``)."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(tree),
+        ATTESTD_DATA_DIR=str(data),
+        ATTESTD_TRUST_ANCHORS_DIR=str(anchors),
+        ATTESTD_KDS_OFFLINE="1",
+        ATTESTD_CONFIG="",
+        ATTESTD_LOG_LEVEL="WARNING",
+        # the load generator is one anonymous "host" starting launches as fast as it
+        # can: the safe defaults (host tokens, launch-flood bounds) are off
+        ATTESTD_REQUIRE_HOST_TOKEN="0",
+        ATTESTD_HOST_LAUNCH_RATE="0",
+        ATTESTD_MAX_PENDING_LAUNCHES="0",
+    )
+    if database_url is None:
+        env.pop("ATTESTD_DATABASE_URL", None)
+    else:
+        env["ATTESTD_DATABASE_URL"] = database_url
+    return env
+
+
+def create_owner(env: dict[str, str], tree: Path) -> dict[str, str]:
+    """Create owner ``bench`` with ``attestd owner create``; its Authorization header."""
+    created = subprocess.run(
+        [sys.executable, "-m", "attestd.cli", "owner", "create", "bench"],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
+
+
+@dataclass(frozen=True)
+class Gunicorn:
+    """One gunicorn configuration: worker class, workers, threads per worker."""
+
+    worker_class: str
+    workers: int
+    threads: int
+
+    @classmethod
+    def parse(cls, text: str) -> Gunicorn:
+        """``2x8`` (gthread, 2 workers x 8 threads), ``gthread:2x8`` or ``sync:4``."""
+        kind, _, size = text.rpartition(":")
+        kind = kind or "gthread"
+        if kind == "sync":
+            return cls("sync", int(size), 1)
+        workers, _, threads = size.partition("x")
+        return cls(kind, int(workers), int(threads or 1))
+
+    @property
+    def label(self) -> str:
+        if self.worker_class == "sync":
+            return f"sync:{self.workers}"
+        return f"{self.worker_class}:{self.workers}x{self.threads}"
+
+    def serve_args(self) -> list[str]:
+        """``attestd serve`` arguments (options after ``--`` override its defaults)."""
+        return [
+            "--workers",
+            str(self.workers),
+            "--",
+            "--worker-class",
+            self.worker_class,
+            "--threads",
+            str(self.threads),
+        ]
+
+
 @contextmanager
-def serve(env: dict[str, str], workers: int, threads: int, tree: Path) -> Iterator[tuple[str, int]]:
-    """``attestd serve`` of source ``tree`` (gunicorn, gthread workers) on a free port."""
+def serve(
+    env: dict[str, str], gunicorn: Gunicorn, tree: Path, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
+    """``attestd serve`` of source ``tree`` with the ``gunicorn`` configuration (and
+    ``extra`` gunicorn options) on a free port (the access log is formatted as in
+    production and thrown away)."""
     import socket
 
     with socket.socket() as sock:
@@ -196,13 +289,10 @@ def serve(env: dict[str, str], workers: int, threads: int, tree: Path) -> Iterat
             "serve",
             "--bind",
             f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--",
-            "--threads",
-            str(threads),
+            *gunicorn.serve_args(),
             "--access-logfile",
             "/dev/null",
+            *extra,
         ],
         env=env,
         cwd=tree,
@@ -227,6 +317,83 @@ def serve(env: dict[str, str], workers: int, threads: int, tree: Path) -> Iterat
         proc.wait(30)
 
 
+class Connection:
+    """One VM's keep-alive HTTP/1.1 connection (``http.client``: a fraction of the
+    client CPU that ``requests`` costs, which the service would otherwise share)."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+        for attempt in (1, 2):
+            try:
+                self.conn.request("POST", path, data, headers)
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # the service closed an idle keep-alive connection: open a new one
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def client_process(
+    url: str,
+    platform: SimulatedPlatform,
+    uuids: list[str],
+    pairs_per_vm: int,
+    start: Any,
+    results: Any,
+) -> None:
+    """One load-generator process: a thread per VM in ``uuids``, each doing
+    ``pairs_per_vm`` pairs; sends (latencies, errors, CPU seconds) to ``results``."""
+    sim_lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(len(uuids) + 1)
+
+    def client(uuid: str) -> None:
+        conn = Connection(url)
+        ready.wait()
+        for _ in range(pairs_per_vm):
+            t0 = time.perf_counter()
+            status, raw = conn.post(f"/v1/vm/{uuid}/launch", launch_body(platform))
+            t1 = time.perf_counter()
+            if status != 200:
+                with lock:
+                    errors.append(raw.decode(errors="replace"))
+                continue
+            grant = json.loads(raw)
+            with sim_lock:
+                _h, measurement = measure(platform, grant, Boot(firmware=FIRMWARE))
+            body = validate_body(platform, grant, measurement, Boot(firmware=FIRMWARE))
+            t2 = time.perf_counter()
+            status, raw = conn.post(f"/v1/vm/{uuid}/validate", body)
+            t3 = time.perf_counter()
+            with lock:
+                if status == 200:
+                    latencies.append((t1 - t0) + (t3 - t2))
+                else:
+                    errors.append(raw.decode(errors="replace"))
+
+    threads = [threading.Thread(target=client, args=(u,)) for u in uuids]
+    for t in threads:
+        t.start()
+    cpu0 = time.process_time()
+    start.wait()  # every process's threads are connected: go
+    ready.wait()
+    for t in threads:
+        t.join()
+    results.put((latencies, errors, time.process_time() - cpu0))
+
+
 def run_level(
     url: str,
     owner: dict[str, str],
@@ -234,51 +401,40 @@ def run_level(
     vms: int,
     pairs_per_vm: int,
     level_id: int,
+    processes: int,
 ) -> dict[str, float]:
-    """``vms`` client threads, each doing ``pairs_per_vm`` launch+validate pairs."""
-    sim_lock = threading.Lock()
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
+    """``vms`` simulated VMs (a client thread each) spread over ``processes`` client
+    processes, each VM doing ``pairs_per_vm`` launch+validate pairs."""
     uuids = [f"00000000-0000-4000-8000-{level_id:04d}{i:08d}" for i in range(vms)]
     for uuid in uuids:
         resp = requests.post(f"{url}/v1/vm/{uuid}", json=registration(), headers=owner, timeout=60)
         assert resp.status_code == 201, resp.text
-    barrier = threading.Barrier(vms + 1)
-
-    def client(uuid: str) -> None:
-        session = requests.Session()
-        barrier.wait()
-        for _ in range(pairs_per_vm):
-            t0 = time.perf_counter()
-            grant = session.post(
-                f"{url}/v1/vm/{uuid}/launch", json=launch_body(platform), timeout=120
-            )
-            t1 = time.perf_counter()
-            if grant.status_code != 200:
-                with lock:
-                    errors.append(grant.text)
-                continue
-            with sim_lock:
-                _h, measurement = measure(platform, grant.json(), Boot(firmware=FIRMWARE))
-            body = validate_body(platform, grant.json(), measurement, Boot(firmware=FIRMWARE))
-            t2 = time.perf_counter()
-            answer = session.post(f"{url}/v1/vm/{uuid}/validate", json=body, timeout=120)
-            t3 = time.perf_counter()
-            with lock:
-                if answer.status_code == 200:
-                    latencies.append((t1 - t0) + (t3 - t2))
-                else:
-                    errors.append(answer.text)
-
-    threads = [threading.Thread(target=client, args=(u,)) for u in uuids]
-    for t in threads:
-        t.start()
-    barrier.wait()
+    ctx = multiprocessing.get_context("fork")
+    processes = max(1, min(processes, vms))
+    start = ctx.Barrier(processes + 1)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=client_process,
+            args=(url, platform, uuids[n::processes], pairs_per_vm, start, results),
+        )
+        for n in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    start.wait()
     started = time.perf_counter()
-    for t in threads:
-        t.join()
+    latencies: list[float] = []
+    errors: list[str] = []
+    client_cpu = 0.0
+    for _ in procs:
+        got, failed, cpu = results.get()
+        latencies += got
+        errors += failed
+        client_cpu += cpu
     wall = time.perf_counter() - started
+    for proc in procs:
+        proc.join()
     if errors:
         raise SystemExit(f"{len(errors)} failed pairs, first: {errors[0][:300]}")
     ordered = sorted(latencies)
@@ -287,6 +443,7 @@ def run_level(
         "pairs_per_s": len(ordered) / wall,
         "p50": statistics.median(ordered),
         "p99": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+        "client_cpu": client_cpu / len(ordered),
     }
 
 
@@ -296,7 +453,19 @@ def main() -> int:
     parser.add_argument("--levels", default="1,16,64")
     parser.add_argument("--pairs", type=int, default=8, help="pairs per VM at each level")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="gunicorn configurations side by side, e.g. 2x8,2x4,3x4,sync:4 "
+        "(default: --workers x --threads, gthread)",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=0,
+        help="load-generator processes the VMs are spread over (default: one per 4 VMs)",
+    )
     parser.add_argument(
         "--trees", default=f"this={ROOT}", help="name=path,...: service source trees to compare"
     )
@@ -304,6 +473,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args()
     trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.trees.split(","))]
+    configs = [
+        Gunicorn.parse(c) for c in (args.configs or f"{args.workers}x{args.threads}").split(",")
+    ]
 
     root = Path(tempfile.mkdtemp(prefix="attestd-bench-"))
     platform = SimulatedPlatform.create(name="bench", rsa_bits=2048)
@@ -316,63 +488,47 @@ def main() -> int:
         f"({1 / floor:.0f} pairs/s on one core)"
     )
     print(f"  of which without chain verification (cached): {cached * 1000:.2f} ms per pair")
-    print(f"gunicorn: {args.workers} workers x {args.threads} threads, {os.cpu_count()} CPUs")
+    print(f"gunicorn: {', '.join(c.label for c in configs)}; {os.cpu_count()} CPUs")
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"prefilled finished launches: {args.prefill}")
     print(
-        f"{'tree':<8} {'backend':<11} {'VMs':>4} {'pairs':>6} {'pairs/s':>8} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'p50/floor':>9} {'CPU ms/pair':>11}"
+        f"{'tree':<8} {'gunicorn':<13} {'backend':<11} {'VMs':>4} {'pairs':>6} {'pairs/s':>8} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'p50/floor':>9} {'CPU ms/pair':>11} {'client ms':>9}"
     )
     pg: PgServer | None = None
     try:
         for backend in args.backends.split(","):
-            for tree_name, tree in trees:
-                data = root / f"{tree_name}-{backend}"
-                data.mkdir()
-                env = dict(
-                    os.environ,
-                    PYTHONPATH=str(tree),
-                    ATTESTD_DATA_DIR=str(data),
-                    ATTESTD_TRUST_ANCHORS_DIR=str(anchors),
-                    ATTESTD_KDS_OFFLINE="1",
-                    ATTESTD_CONFIG="",
-                    ATTESTD_LOG_LEVEL="WARNING",
-                    # the load generator is one anonymous "host" starting launches as fast
-                    # as it can: the safe defaults (host tokens, launch-flood bounds) are off
-                    ATTESTD_REQUIRE_HOST_TOKEN="0",
-                    ATTESTD_HOST_LAUNCH_RATE="0",
-                    ATTESTD_MAX_PENDING_LAUNCHES="0",
-                )
-                if backend == "postgresql":
-                    pg = pg or PgServer.start()
-                    env["ATTESTD_DATABASE_URL"] = pg.create_database()
-                    env["ATTESTD_POOL_SIZE"] = str(args.threads)
-                else:
-                    env.pop("ATTESTD_DATABASE_URL", None)
-                created = subprocess.run(
-                    [sys.executable, "-m", "attestd.cli", "owner", "create", "bench"],
-                    env=env,
-                    cwd=tree,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                owner = {"Authorization": "Bearer " + created.stdout.strip().splitlines()[-1]}
-                if args.prefill:
-                    db_url = env.get(
-                        "ATTESTD_DATABASE_URL", f"sqlite:///{data / 'attestd.sqlite3'}"
-                    )
-                    prefill(db_url, args.prefill)
-                with serve(env, args.workers, args.threads, tree) as (url, master):
-                    for n, level in enumerate(int(v) for v in args.levels.split(",")):
-                        cpu0 = cpu_seconds(master)
-                        r = run_level(url, owner, platform, level, args.pairs, n)
-                        cpu = (cpu_seconds(master) - cpu0) / r["pairs"]
-                        print(
-                            f"{tree_name:<8} {backend:<11} {level:>4} {r['pairs']:>6.0f} "
-                            f"{r['pairs_per_s']:>8.1f} {r['p50'] * 1000:>8.1f} "
-                            f"{r['p99'] * 1000:>8.1f} {r['p50'] / floor:>9.1f} {cpu * 1000:>11.2f}",
-                            flush=True,
+            for config in configs:
+                for tree_name, tree in trees:
+                    data = root / f"{tree_name}-{config.label.replace(':', '-')}-{backend}"
+                    data.mkdir()
+                    url = None
+                    if backend == "postgresql":
+                        pg = pg or PgServer.start()
+                        url = pg.create_database()
+                    env = service_env(tree, data, anchors, url)
+                    if url is not None:
+                        env["ATTESTD_POOL_SIZE"] = str(config.threads)
+                    owner = create_owner(env, tree)
+                    if args.prefill:
+                        db_url = env.get(
+                            "ATTESTD_DATABASE_URL", f"sqlite:///{data / 'attestd.sqlite3'}"
                         )
+                        prefill(db_url, args.prefill)
+                    with serve(env, config, tree) as (url, master):
+                        for n, level in enumerate(int(v) for v in args.levels.split(",")):
+                            processes = args.client_processes or (level + 3) // 4
+                            cpu0 = cpu_seconds(master)
+                            r = run_level(url, owner, platform, level, args.pairs, n, processes)
+                            cpu = (cpu_seconds(master) - cpu0) / r["pairs"]
+                            print(
+                                f"{tree_name:<8} {config.label:<13} {backend:<11} {level:>4} "
+                                f"{r['pairs']:>6.0f} {r['pairs_per_s']:>8.1f} "
+                                f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} "
+                                f"{r['p50'] / floor:>9.1f} {cpu * 1000:>11.2f} "
+                                f"{r['client_cpu'] * 1000:>9.2f}",
+                                flush=True,
+                            )
     finally:
         if pg is not None:
             pg.stop()
@@ -380,6 +536,7 @@ def main() -> int:
             print(f"data directories kept under {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
 

@@ -5,9 +5,13 @@ Runs ``--pairs`` complete launches through the Flask test client of
 database transactions and statements of one pair (``Database.observe``), the
 server CPU per pair (process CPU time minus the simulated firmware's share) and
 the store's share of it, and prints the top functions of a cProfile run by
-cumulative time.
+cumulative time. With ``--wsgi``
+the requests are WSGI calls of the application with a hand-built environ (what
+gunicorn hands it), not the test client, whose environ building and response
+wrapping cost about as much as Flask's own request handling; ``--sort tottime``
+orders the profile by time spent in each function itself.
 
-    .venv/bin/python bench/profile_pair.py [--backend sqlite|postgresql] [--pairs 200]
+    .venv/bin/python bench/profile_pair.py [--backend sqlite|postgresql] [--pairs 200] [--wsgi]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import cProfile
 import hashlib
 import io
+import json
 import os
 import pstats
 import shutil
@@ -50,6 +55,61 @@ def registration() -> dict[str, Any]:
             {"type": "env", "name": "app.env", "values": {"MODE": "bench"}},
         ],
     }
+
+
+class WsgiAnswer:
+    """The parts of a test-client response :func:`one_pair` reads."""
+
+    def __init__(self, status: str, body: bytes) -> None:
+        self.status_code = int(status.split(" ", 1)[0])
+        self.text = body.decode()
+        self.json = json.loads(body)
+
+
+class WsgiClient:
+    """POSTs as direct WSGI calls of ``app`` (the environ a WSGI server builds)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def post(self, path: str, *, json: Any, headers: dict[str, str] | None = None) -> WsgiAnswer:
+        body = _dumps(json).encode()
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "POST",
+            "SCRIPT_NAME": "",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8080",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1:8080",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+        }
+        for name, value in (headers or {}).items():
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+        status: list[str] = []
+
+        def start_response(line: str, _headers: Any, _exc: Any = None) -> None:
+            status.append(line)
+
+        result = self.app(environ, start_response)
+        try:
+            data = b"".join(result)
+        finally:
+            getattr(result, "close", lambda: None)()
+        return WsgiAnswer(status[0], data)
+
+
+_dumps = json.dumps
 
 
 class Counting:
@@ -105,10 +165,18 @@ def one_pair(client: Any, platform: SimulatedPlatform, sim_cpu: list[float]) -> 
     assert answer.status_code == 200, answer.text
 
 
-def profile(settings: Settings, platform: SimulatedPlatform, pairs: int, top: int) -> None:
+def profile(
+    settings: Settings,
+    platform: SimulatedPlatform,
+    pairs: int,
+    top: int,
+    *,
+    wsgi: bool = False,
+    sort: str = "cumulative",
+) -> None:
     """Print statements per pair, server CPU per pair and the cProfile top."""
     app = create_app(settings)
-    client = app.test_client()
+    client: Any = WsgiClient(app) if wsgi else app.test_client()
     services = app.extensions["attestd"].services
     token = services.principals.create_owner("bench")
     created = client.post(
@@ -130,7 +198,8 @@ def profile(settings: Settings, platform: SimulatedPlatform, pairs: int, top: in
     for _ in range(pairs):
         one_pair(client, platform, sim_cpu)
     cpu = (time.process_time() - started - sum(sim_cpu)) / pairs
-    print(f"server CPU per pair (in process, no HTTP): {cpu * 1000:.2f} ms")
+    how = "WSGI calls" if wsgi else "test client"
+    print(f"server CPU per pair (in process, no HTTP, {how}): {cpu * 1000:.2f} ms")
     shares = ", ".join(f"{name} {clock.spent[name] / pairs * 1000:.2f}" for name in STORE_METHODS)
     print(f"  of which storage: {sum(clock.spent.values()) / pairs * 1000:.2f} ms ({shares})")
     profiler = cProfile.Profile()
@@ -139,7 +208,7 @@ def profile(settings: Settings, platform: SimulatedPlatform, pairs: int, top: in
         one_pair(client, platform, sim_cpu)
     profiler.disable()
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
+    pstats.Stats(profiler, stream=out).sort_stats(sort).print_stats(top)
     print(out.getvalue())
     services.store.dispose()
 
@@ -149,6 +218,10 @@ def main() -> int:
     parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgresql"])
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--wsgi", action="store_true", help="direct WSGI calls instead of the test client"
+    )
+    parser.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime"])
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="attestd-profile-"))
     platform = SimulatedPlatform.create(name="bench", rsa_bits=2048)
@@ -170,7 +243,7 @@ def main() -> int:
         if args.backend == "postgresql":
             pg = PgServer.start()
             settings = settings.replace(database_url=pg.create_database())
-        profile(settings, platform, args.pairs, args.top)
+        profile(settings, platform, args.pairs, args.top, wsgi=args.wsgi, sort=args.sort)
     finally:
         if pg is not None:
             pg.stop()

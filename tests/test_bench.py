@@ -66,14 +66,16 @@ def test_service_benchmark_prints_its_table() -> None:
     out = _run(
         "bench/bench_service.py",
         *("--backends", "sqlite", "--levels", "1,2", "--pairs", "2", "--prefill", "50"),
+        *("--configs", "1x2", "--client-processes", "2"),
     )
     rows = [line.split() for line in out.splitlines() if line.startswith("this ")]
-    assert [(row[1], row[2], row[3]) for row in rows] == [
-        ("sqlite", "1", "2"),
-        ("sqlite", "2", "4"),
+    assert [(row[1], row[2], row[3], row[4]) for row in rows] == [
+        ("gthread:1x2", "sqlite", "1", "2"),
+        ("gthread:1x2", "sqlite", "2", "4"),
     ]
     for row in rows:
-        assert all(float(value) >= 0 for value in row[4:]), row
+        assert all(float(value) >= 0 for value in row[5:]), row
+    assert "load average before:" in out
 
 
 def test_pair_profile_prints_statements_and_cpu() -> None:
@@ -81,3 +83,16 @@ def test_pair_profile_prints_statements_and_cpu() -> None:
     assert "database transactions per pair: 4" in out
     assert "database statements per pair: 9" in out  # 8 before the safe release lock
     assert "server CPU per pair" in out
+
+
+def test_pair_profile_through_wsgi_calls() -> None:
+    out = _run("bench/profile_pair.py", "--pairs", "3", "--top", "5", "--wsgi", "--sort", "tottime")
+    assert "server CPU per pair (in process, no HTTP, WSGI calls)" in out
+    assert "Ordered by: internal time" in out
+
+
+def test_service_profile_through_gunicorn() -> None:
+    out = _run("bench/profile_service.py", "--pairs", "2", "--top", "3")
+    assert "worker CPU per pair through gunicorn (not profiled)" in out
+    assert "worker CPU per pair through gunicorn (profiled)" in out
+    assert "gunicorn" in out.split("by where it is spent", 1)[1]

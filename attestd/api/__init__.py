@@ -17,6 +17,9 @@ from attestd.service.factory import build_services
 
 logger = logging.getLogger(__name__)
 
+#: WSGI environ key of the request's start (``time.perf_counter()``)
+_STARTED = "attestd.started"
+
 
 def create_app(settings: Settings | None = None, *, clock: Clock = time.time) -> Flask:
     """The WSGI application (gunicorn: ``attestd.wsgi:app``)."""
@@ -59,17 +62,24 @@ def create_app(settings: Settings | None = None, *, clock: Clock = time.time) ->
         if values is not None and "owner_name" in values:
             g.attestd_base_owner = values.pop("owner_name")
 
-    @app.before_request
-    def _start_timer() -> None:
-        g.attestd_started = time.perf_counter()
+    wsgi_app = app.wsgi_app
+
+    def _timed(environ: dict[str, Any], start_response: Any) -> Any:
+        # the request's start, for /metrics; in the environ rather than a before_request
+        # hook writing ``g``: one dict store instead of a hook call and a proxy lookup
+        environ[_STARTED] = time.perf_counter()
+        return wsgi_app(environ, start_response)
+
+    app.wsgi_app = _timed  # type: ignore[method-assign]
 
     @app.after_request
     def _observe(response: Response) -> Response:
-        started = g.get("attestd_started")
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        started = req.environ.get(_STARTED)
         if started is not None:
-            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            rule = req.url_rule.rule if req.url_rule is not None else "unmatched"
             app.extensions["attestd"].metrics.observe(
-                rule, request.method, response.status_code, time.perf_counter() - started
+                rule, req.method, response.status_code, time.perf_counter() - started
             )
         response.headers.setdefault("Cache-Control", "no-store")
         return response

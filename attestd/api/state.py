@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from marshmallow import Schema
 
 from attestd.config import Settings
@@ -114,6 +115,35 @@ def current_owner() -> Principal:
     return owner
 
 
+#: A JSON ``\\u`` escape of a UTF-16 surrogate (D800-DFFF): the only way a body that
+#: decodes as strict UTF-8 can carry a lone surrogate after parsing.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON document ``raw`` (UTF-8, or UTF-16/32 as :func:`json.loads` detects it),
+    refused with :class:`ParseError` if it does not parse or if any string in it holds
+    a lone surrogate (those parse but cannot be stored or sent to a guest as UTF-8).
+
+    A UTF-8 body is decoded strictly (surrogates encoded as bytes are refused there),
+    and only a text with a surrogate escape is serialised again to look for a lone one:
+    the common body is parsed once and never re-encoded.
+    """
+    try:
+        encoding = json.detect_encoding(raw)
+        if encoding in ("utf-8", "utf-8-sig"):
+            text = raw.decode(encoding)
+            body = json.loads(text)
+            if _SURROGATE_ESCAPE.search(text) is None:
+                return body
+        else:
+            body = json.loads(raw)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeError):
+        raise ParseError("the request body must be a UTF-8 JSON document") from None
+    return body
+
+
 def load_json(schema: Schema) -> Any:
     """Parse and validate the JSON body with ``schema``."""
     if not _is_json(request.mimetype):
@@ -124,15 +154,21 @@ def load_json(schema: Schema) -> Any:
     raw = request.get_data(cache=True)
     if len(raw) > limit:
         raise _too_large(limit)
-    try:
-        body = json.loads(raw)
-        # lone surrogates parse but cannot be stored or sent to the guest as UTF-8
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError, UnicodeError):
-        raise ParseError("the request body must be a UTF-8 JSON document") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise ParseError("the request body must be a JSON object")
     return schema.load(body)
+
+
+#: What :func:`flask.jsonify` writes outside debug mode (sorted keys, compact, ASCII),
+#: built once instead of per response
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def json_response(data: Any) -> Response:
+    """A 200 JSON response, byte for byte what :func:`flask.jsonify` gives for plain JSON
+    values, without its per-call provider lookup and encoder construction."""
+    return Response(_ENCODER.encode(data) + "\n", mimetype="application/json")
 
 
 def _is_json(mimetype: str) -> bool:

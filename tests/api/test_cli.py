@@ -119,3 +119,15 @@ def test_log_filter_redacts_tokens() -> None:
     text = record.getMessage()
     assert "abcdefghijklmnop" not in text and "SBkzCI1" not in text
     assert "Bearer [redacted]" in text and "ato_[redacted]" in text
+
+
+def test_serve_defaults_to_gthread_with_four_threads() -> None:
+    """2 workers x 4 gthread threads: fewer threads per GIL than the 8 of before
+    (latency tail), more than 2 (two slow-header connections never hold a worker)."""
+    from attestd.commands.server import gunicorn_argv
+
+    settings = Settings()
+    argv = gunicorn_argv(settings, "127.0.0.1:1", settings.workers, [])
+    assert argv[argv.index("--worker-class") + 1] == "gthread"
+    assert argv[argv.index("--threads") + 1] == "4"
+    assert argv[argv.index("--workers") + 1] == "2"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from attestd.api.schemas import (
     LaunchRequestSchema,
@@ -11,7 +11,7 @@ from attestd.api.schemas import (
     ValidateRequestSchema,
     vm_uuid,
 )
-from attestd.api.state import base_owner_id, bearer_token, load_json, state
+from attestd.api.state import base_owner_id, bearer_token, json_response, load_json, state
 from attestd.errors import AttestdError
 from attestd.service.launches import ValidateRequest
 
@@ -46,7 +46,7 @@ def launch(uuid: str) -> Response:
         st.metrics.outcome("launch", exc.code)
         raise
     st.metrics.outcome("launch", "started")
-    return jsonify(
+    return json_response(
         _LAUNCH_SESSION.dump(
             {
                 "launch_id": session.launch_id,
@@ -74,6 +74,6 @@ def validate(uuid: str) -> Response:
         st.metrics.outcome("validate", exc.code)
         raise
     st.metrics.outcome("validate", "released")
-    return jsonify(
+    return json_response(
         _LAUNCH_SECRET.dump({"secret_header": secret.header, "secret_table": secret.ciphertext})
     )
