@@ -112,7 +112,11 @@ def test_packet_mac_covers_ciphertext_and_measure() -> None:
         (KEYS, MEASURE, LaunchSecret(packet.header, flipped)),
         (KEYS, b"\x31" + MEASURE[1:], packet),
         (TransportKeys(KEYS.tek, b"\x21" * 16), MEASURE, packet),
-        (KEYS, MEASURE, LaunchSecret(packet.header[:-1] + b"\x00", packet.ciphertext)),
+        (
+            KEYS,
+            MEASURE,
+            LaunchSecret(packet.header[:-1] + bytes([packet.header[-1] ^ 1]), packet.ciphertext),
+        ),
         (
             KEYS,
             MEASURE,
