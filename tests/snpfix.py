@@ -76,11 +76,15 @@ def snp_anchors_dir(tmp_path_factory: pytest.TempPathFactory, snp_platform: SnpP
     return directory
 
 
+def crl_store(settings: Settings) -> CrlStore:
+    """The offline CRL store of ``settings``' cache (where the service looks)."""
+    return CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
+
+
 def import_crl(settings: Settings, platform: SnpPlatform, crl: bytes | None = None) -> None:
     """Import ``crl`` (by default a current one of ``platform``'s ARK, revoking nothing)
     into the CRL cache of ``settings``, as ``attestd snp crl import`` does."""
-    store = CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
-    store.import_crl(platform.crl() if crl is None else crl, [platform.anchor()])
+    crl_store(settings).import_crl(platform.crl() if crl is None else crl, [platform.anchor()])
 
 
 @pytest.fixture

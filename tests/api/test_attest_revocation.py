@@ -16,7 +16,6 @@ from attestd.api import create_app
 from attestd.config import Settings
 from attestd.sev.snp.certs import SnpCertificate
 from attestd.sim.snp import SnpPlatform
-from attestd.trust.crl import CrlStore
 from tests.servicefix import Clock, make_owner
 from tests.snpfix import (
     SECRET_VALUES,
@@ -24,6 +23,7 @@ from tests.snpfix import (
     Guest,
     attest_body,
     challenge,
+    crl_store,
     import_crl,
     snp_registration,
 )
@@ -66,8 +66,7 @@ def _event(client: FlaskClient, owner: dict[str, str]) -> dict[str, Any]:
 
 def _forget_crl(settings: Settings, platform: SnpPlatform) -> None:
     """Remove the CRL ``snp_settings`` imported: no CRL is available."""
-    store = CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
-    store.path_for(platform.anchor()).unlink()
+    crl_store(settings).path_for(platform.anchor()).unlink()
 
 
 def test_without_a_crl_nothing_is_released_by_default(
