@@ -6,7 +6,9 @@ Each hot statement is still *defined* once in Core (:mod:`attestd.storage.sql`);
 it is compiled once per dialect, and executed with the compiled SQL and parameters
 in the compiled order, through the bind processors of the statement's types (the
 result processors, from the cursor's column types, on the rows), so the records
-read are the ones the Core path reads.
+read are the ones the Core path reads. It reads private attributes of SQLAlchemy's
+compiled statements (``_bind_processors``, ``_result_columns``, ``positiontup``), so
+setup.cfg bounds SQLAlchemy to the minor versions tested (2.0 and 2.1).
 
 Transactions:
 
