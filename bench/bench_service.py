@@ -23,12 +23,19 @@ source tree in turn (side by side in one run, same machine and load generator;
 an old tree needs nothing of this one's server code); ``--prefill N`` first
 stores N finished launches with their events (the "1 M finished launches" case).
 
+``--scheme amd-sev-snp`` measures the SEV-SNP pair instead: ``POST /attest/challenge``
+and ``POST /attest`` of a guest (one key per VM) whose report the software SNP platform
+signs between the two (not counted in the latency), the ARK's CRL imported as an
+operator would; its floor is ``check_report`` plus the accept and the JWE of the payload.
+
     .venv/bin/python bench/bench_service.py [--backends sqlite,postgresql] [--pairs 8]
+    .venv/bin/python bench/bench_service.py --scheme amd-sev-snp
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import http.client
 import json
@@ -52,6 +59,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from attestd.config import Settings
 from attestd.service.payload import secret_table
 from attestd.service.registration import from_stored
 from attestd.sev.certs import SevCertificate
@@ -64,10 +72,21 @@ from attestd.sev.session import (
     start_launch,
     verify_measurement,
 )
+from attestd.sev.snp.certs import SnpCrl
+from attestd.sev.snp.verify import SnpReferencePolicy, accept, check_report, report_data_binding
 from attestd.sim.platform import SimulatedPlatform
+from attestd.sim.snp import ReportRequest, SnpPlatform
 from attestd.trust import load_anchors
 from tests.api.simhost import Boot, launch_body, measure, validate_body
 from tests.pgserver import PgServer
+from tests.snpfix import (
+    GUEST_PIN,
+    PUBLIC_URLS,
+    Guest,
+    attest_body,
+    import_crl,
+    snp_registration,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = os.urandom(64 * 1024)  # plain SEV: the service only needs its hash
@@ -324,18 +343,94 @@ def serve(
         proc.wait(30)
 
 
+SNP_DIGEST = bytes(range(48))  # the launch digest every benchmark SNP VM reports
+
+
+def snp_crypto_floor(platform: SnpPlatform, rounds: int) -> float:
+    """CPU seconds of in-process SEV-SNP service crypto per attestation: ``check_report``
+    (VCEK chain, CRL, signature, TCB, chip id) plus ``accept`` and the payload's JWE."""
+    guest = Guest()
+    crls = {platform.name: SnpCrl.from_der(platform.crl())}
+    policy = SnpReferencePolicy(measurements=[SNP_DIGEST])
+    nonce = base64.b64encode(bytes(32)).decode()
+    raw = platform.report(ReportRequest(report_data_binding(nonce, guest.public), SNP_DIGEST))
+    started = time.process_time()
+    for _ in range(rounds):
+        verified = check_report(raw, (platform.anchor(),), leaf=platform.vcek, crls=crls).verified
+        assert verified is not None
+        accept(verified, policy, nonce=nonce, tee_key=guest.public).encrypt_payload(
+            b"x" * 1024, guest.public
+        )
+    return (time.process_time() - started) / rounds
+
+
+@dataclass
+class Workload:
+    """What one VM of the benchmark registers and what one of its pairs is."""
+
+    scheme: str
+    platform: Any  # SimulatedPlatform (SEV) or SnpPlatform (SEV-SNP)
+
+    def registration(self) -> dict[str, Any]:
+        if self.scheme == "amd-sev":
+            return registration()
+        return snp_registration(SNP_DIGEST)
+
+    def pair(self, conn: Connection, uuid: str, sim_lock: threading.Lock) -> float | str:
+        """One pair on ``conn``: its latency (the two requests), or the failed answer."""
+        if self.scheme == "amd-sev":
+            return self._sev_pair(conn, uuid, sim_lock)
+        return self._snp_pair(conn, uuid, sim_lock)
+
+    def _sev_pair(self, conn: Connection, uuid: str, sim_lock: threading.Lock) -> float | str:
+        t0 = time.perf_counter()
+        status, raw = conn.post(f"/v1/vm/{uuid}/launch", launch_body(self.platform))
+        t1 = time.perf_counter()
+        if status != 200:
+            return raw.decode(errors="replace")
+        grant = json.loads(raw)
+        with sim_lock:
+            _h, measurement = measure(self.platform, grant, Boot(firmware=FIRMWARE))
+        body = validate_body(self.platform, grant, measurement, Boot(firmware=FIRMWARE))
+        t2 = time.perf_counter()
+        status, raw = conn.post(f"/v1/vm/{uuid}/validate", body)
+        t3 = time.perf_counter()
+        return (t1 - t0) + (t3 - t2) if status == 200 else raw.decode(errors="replace")
+
+    def _snp_pair(self, conn: Connection, uuid: str, sim_lock: threading.Lock) -> float | str:
+        guest = conn.guest = getattr(conn, "guest", None) or Guest()
+        t0 = time.perf_counter()
+        status, raw = conn.post(f"/v1/vm/{uuid}/attest/challenge", None)
+        t1 = time.perf_counter()
+        if status != 200:
+            return raw.decode(errors="replace")
+        nonce = json.loads(raw)["nonce"]
+        with sim_lock:
+            body = attest_body(self.platform, guest, nonce, SNP_DIGEST, vm=uuid, owner="bench")
+        t2 = time.perf_counter()
+        status, raw = conn.post(f"/v1/vm/{uuid}/attest", body)
+        t3 = time.perf_counter()
+        if status != 200 or "payload" not in json.loads(raw):
+            return raw.decode(errors="replace")
+        return (t1 - t0) + (t3 - t2)
+
+
 class Connection:
     """One VM's keep-alive HTTP/1.1 connection (``http.client``: a fraction of the
     client CPU that ``requests`` costs, which the service would otherwise share)."""
+
+    guest: Guest | None = None  # the SEV-SNP guest key of the VM on this connection
 
     def __init__(self, url: str) -> None:
         parsed = urlsplit(url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
 
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+    def post(self, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = {"Content-Length": str(len(data))}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         for attempt in (1, 2):
             try:
                 self.conn.request("POST", path, data, headers)
@@ -352,7 +447,7 @@ class Connection:
 
 def client_process(
     url: str,
-    platform: SimulatedPlatform,
+    workload: Workload,
     uuids: list[str],
     pairs_per_vm: int,
     start: Any,
@@ -370,25 +465,12 @@ def client_process(
         conn = Connection(url)
         ready.wait()
         for _ in range(pairs_per_vm):
-            t0 = time.perf_counter()
-            status, raw = conn.post(f"/v1/vm/{uuid}/launch", launch_body(platform))
-            t1 = time.perf_counter()
-            if status != 200:
-                with lock:
-                    errors.append(raw.decode(errors="replace"))
-                continue
-            grant = json.loads(raw)
-            with sim_lock:
-                _h, measurement = measure(platform, grant, Boot(firmware=FIRMWARE))
-            body = validate_body(platform, grant, measurement, Boot(firmware=FIRMWARE))
-            t2 = time.perf_counter()
-            status, raw = conn.post(f"/v1/vm/{uuid}/validate", body)
-            t3 = time.perf_counter()
+            outcome = workload.pair(conn, uuid, sim_lock)
             with lock:
-                if status == 200:
-                    latencies.append((t1 - t0) + (t3 - t2))
+                if isinstance(outcome, float):
+                    latencies.append(outcome)
                 else:
-                    errors.append(raw.decode(errors="replace"))
+                    errors.append(outcome)
 
     threads = [threading.Thread(target=client, args=(u,)) for u in uuids]
     for t in threads:
@@ -404,17 +486,19 @@ def client_process(
 def run_level(
     url: str,
     owner: dict[str, str],
-    platform: SimulatedPlatform,
+    workload: Workload,
     vms: int,
     pairs_per_vm: int,
     level_id: int,
     processes: int,
 ) -> dict[str, float]:
     """``vms`` simulated VMs (a client thread each) spread over ``processes`` client
-    processes, each VM doing ``pairs_per_vm`` launch+validate pairs."""
+    processes, each VM doing ``pairs_per_vm`` pairs of ``workload``."""
     uuids = [f"00000000-0000-4000-8000-{level_id:04d}{i:08d}" for i in range(vms)]
     for uuid in uuids:
-        resp = requests.post(f"{url}/v1/vm/{uuid}", json=registration(), headers=owner, timeout=60)
+        resp = requests.post(
+            f"{url}/v1/vm/{uuid}", json=workload.registration(), headers=owner, timeout=60
+        )
         assert resp.status_code == 201, resp.text
     ctx = multiprocessing.get_context("fork")
     processes = max(1, min(processes, vms))
@@ -423,7 +507,7 @@ def run_level(
     procs = [
         ctx.Process(
             target=client_process,
-            args=(url, platform, uuids[n::processes], pairs_per_vm, start, results),
+            args=(url, workload, uuids[n::processes], pairs_per_vm, start, results),
         )
         for n in range(processes)
     ]
@@ -478,6 +562,12 @@ def main() -> int:
     )
     parser.add_argument("--prefill", type=int, default=0, help="finished launches stored first")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
+    parser.add_argument(
+        "--scheme",
+        choices=["amd-sev", "amd-sev-snp"],
+        default="amd-sev",
+        help="launch+validate (SEV) or challenge+attest (SEV-SNP) pairs",
+    )
     args = parser.parse_args()
     trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.trees.split(","))]
     configs = [
@@ -485,16 +575,23 @@ def main() -> int:
     ]
 
     root = Path(tempfile.mkdtemp(prefix="attestd-bench-"))
-    platform = SimulatedPlatform.create(name="bench", rsa_bits=2048)
     anchors = root / "anchors"
-    platform.write_trust_anchor(anchors)
-    floor = crypto_floor(platform, anchors, 50)
-    cached = crypto_floor(platform, anchors, 50, chain=False)
+    if args.scheme == "amd-sev":
+        platform: Any = SimulatedPlatform.create(name="bench", rsa_bits=2048)
+        platform.write_trust_anchor(anchors)
+        floor = crypto_floor(platform, anchors, 50)
+        cached = crypto_floor(platform, anchors, 50, chain=False)
+    else:
+        platform = SnpPlatform.create(name="bench-snp")
+        platform.write_anchor(anchors)
+        floor = snp_crypto_floor(platform, 50)
+    workload = Workload(args.scheme, platform)
     print(
-        f"in-process crypto floor: {floor * 1000:.2f} ms CPU per pair "
+        f"{args.scheme}: in-process crypto floor: {floor * 1000:.2f} ms CPU per pair "
         f"({1 / floor:.0f} pairs/s on one core)"
     )
-    print(f"  of which without chain verification (cached): {cached * 1000:.2f} ms per pair")
+    if args.scheme == "amd-sev":
+        print(f"  of which without chain verification (cached): {cached * 1000:.2f} ms per pair")
     print(f"gunicorn: {', '.join(c.label for c in configs)}; {os.cpu_count()} CPUs")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"prefilled finished launches: {args.prefill}")
@@ -514,6 +611,10 @@ def main() -> int:
                         pg = pg or PgServer.start()
                         url = pg.create_database()
                     env = service_env(tree, data, anchors, url)
+                    if args.scheme == "amd-sev-snp":
+                        env["ATTESTD_PUBLIC_URLS"] = ",".join(PUBLIC_URLS)
+                        env["ATTESTD_GUEST_PIN"] = GUEST_PIN
+                        import_crl(Settings(data_dir=data), platform)
                     if url is not None:
                         env["ATTESTD_POOL_SIZE"] = str(config.threads)
                     owner = create_owner(env, tree)
@@ -526,7 +627,7 @@ def main() -> int:
                         for n, level in enumerate(int(v) for v in args.levels.split(",")):
                             processes = args.client_processes or (level + 3) // 4
                             cpu0 = cpu_seconds(master)
-                            r = run_level(url, owner, platform, level, args.pairs, n, processes)
+                            r = run_level(url, owner, workload, level, args.pairs, n, processes)
                             cpu = (cpu_seconds(master) - cpu0) / r["pairs"]
                             print(
                                 f"{tree_name:<8} {config.label:<13} {backend:<11} {level:>4} "

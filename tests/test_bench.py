@@ -78,6 +78,21 @@ def test_service_benchmark_prints_its_table() -> None:
     assert "load average before:" in out
 
 
+def test_service_benchmark_of_snp_attestations() -> None:
+    """bench_service --scheme amd-sev-snp: challenge+attest pairs through gunicorn (each
+    must be released, or the benchmark exits non-zero)."""
+    out = _run(
+        "bench/bench_service.py",
+        *("--scheme", "amd-sev-snp", "--backends", "sqlite", "--levels", "2", "--pairs", "2"),
+        *("--configs", "1x2"),
+    )
+    assert "amd-sev-snp: in-process crypto floor" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("this ")]
+    assert [(row[1], row[2], row[3], row[4]) for row in rows] == [
+        ("gthread:1x2", "sqlite", "2", "4")
+    ]
+
+
 def test_pair_profile_prints_statements_and_cpu() -> None:
     out = _run("bench/profile_pair.py", "--pairs", "3", "--top", "5")
     assert "database transactions per pair: 4" in out
