@@ -649,7 +649,8 @@ class Database(ChallengeTables):
     def vm(self, owner_id: int, uuid: str) -> VmRecord | None:
         """The owner's VM registered under ``uuid``."""
         params = {"b_owner": owner_id, "b_uuid": uuid}
-        row = self._run(lambda conn: conn.execute(_VM_OF_OWNER, params).first())
+        of_owner = self._fast.compiled(_FAST_VM_OF_OWNER)
+        row = self._fast.read(lambda s: s.first(of_owner, params))
         return None if row is None else self._vm(row)
 
     @staticmethod
@@ -663,8 +664,8 @@ class Database(ChallengeTables):
     def sole_vm(self, uuid: str) -> VmRecord | None:
         """The VM ``uuid`` of whichever owner has it, for a caller that names no owner;
         :class:`OwnerRequired` when several owners have it."""
-        rows = self._run(lambda conn: list(conn.execute(_VMS_BY_UUID, {"b_uuid": uuid})))
-        row = self._sole(uuid, rows)
+        by_uuid = self._fast.compiled(_FAST_VMS_BY_UUID)
+        row = self._sole(uuid, self._fast.read(lambda s: s.rows(by_uuid, {"b_uuid": uuid})))
         return None if row is None else self._vm(row)
 
     def list_vms(

@@ -4,6 +4,10 @@ A mixin of :class:`attestd.storage.sql.Database` (kept apart from the SEV tables
 As there, each change that must be atomic across service nodes is one conditional
 ``UPDATE`` whose row count decides: a nonce is claimed by exactly one attest, and a
 release spends the budget only on the registration revision it was decided on.
+
+The statements of a challenge+attest pair run on the fast path
+(:mod:`attestd.storage.sql_fast`), built once with bound parameters, as the SEV
+launch's do.
 """
 
 from __future__ import annotations
@@ -11,29 +15,65 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 
 from attestd.storage import tables as t
 from attestd.storage.ports import ChallengeRecord, Event, VmRecord
+from attestd.storage.sql_fast import FastPath, Session, Statement
 
 T = TypeVar("T")
 _C = t.attest_challenges
+_CHALLENGE_KEYS = ("nonce_sha256", "vm_id", "created_at", "expires_at", "used_at")
+
+# add_challenge: lock the VM row, purge its used and expired challenges, count the rest
+_LOCK_VM = Statement(select(t.vms.c.id).where(t.vms.c.id == bindparam("b_vm_id")).with_for_update())
+_PURGE_CHALLENGES = Statement(
+    delete(_C).where(
+        and_(
+            _C.c.vm_id == bindparam("b_vm_id"),
+            or_(_C.c.used_at.is_not(None), _C.c.expires_at <= bindparam("b_now")),
+        )
+    )
+)
+_COUNT_CHALLENGES = Statement(
+    select(func.count().label("live")).select_from(_C).where(_C.c.vm_id == bindparam("b_vm_id"))
+)
+_INSERT_CHALLENGE = Statement(insert(_C), _CHALLENGE_KEYS)
+# claim_challenge: the VM's unused challenge, marked used and read back (RETURNING)
+_CLAIM_CHALLENGE = Statement(
+    update(_C)
+    .where(
+        and_(
+            _C.c.nonce_sha256 == bindparam("b_nonce"),
+            _C.c.vm_id == bindparam("b_vm_id"),
+            _C.c.used_at.is_(None),
+        )
+    )
+    .values(used_at=bindparam("b_now"))
+    .returning(*_C.c)
+)
 
 
 def _challenge(row: Any) -> ChallengeRecord:
+    # float(): SQLite's RETURNING gives a REAL column's integral value as an int
     return ChallengeRecord(
         nonce_sha256=row.nonce_sha256,
         vm_id=row.vm_id,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        used_at=row.used_at,
+        created_at=float(row.created_at),
+        expires_at=float(row.expires_at),
+        used_at=None if row.used_at is None else float(row.used_at),
     )
 
 
 class ChallengeTables:
     """:class:`~attestd.storage.ports.ChallengeRepository` over SQLAlchemy Core."""
 
+    _fast: FastPath  # provided by Database
+
     def _run(self, fn: Callable[[Connection], T]) -> T:  # provided by Database
+        raise NotImplementedError
+
+    def _fast_event(self, s: Session, event: Event) -> None:  # provided by Database
         raise NotImplementedError
 
     def add_challenge(self, challenge: ChallengeRecord, *, limit: int, now: float) -> bool:
@@ -46,33 +86,27 @@ class ChallengeTables:
         are purged here, off the attest path.
         """
 
-        def txn(conn: Connection) -> bool:
-            conn.execute(select(t.vms.c.id).where(t.vms.c.id == challenge.vm_id).with_for_update())
-            conn.execute(
-                delete(_C).where(
-                    and_(
-                        _C.c.vm_id == challenge.vm_id,
-                        or_(_C.c.used_at.is_not(None), _C.c.expires_at <= now),
-                    )
-                )
-            )
-            live = conn.execute(
-                select(func.count()).select_from(_C).where(_C.c.vm_id == challenge.vm_id)
-            ).scalar_one()
-            if live >= limit:
+        fast = self._fast
+        params = {"b_vm_id": challenge.vm_id, "b_now": now}
+
+        def txn(s: Session) -> bool:
+            s.rows(fast.compiled(_LOCK_VM), params)
+            s.run(fast.compiled(_PURGE_CHALLENGES), params)
+            if s.first(fast.compiled(_COUNT_CHALLENGES), params).live >= limit:
                 return False
-            conn.execute(
-                insert(_C).values(
-                    nonce_sha256=challenge.nonce_sha256,
-                    vm_id=challenge.vm_id,
-                    created_at=challenge.created_at,
-                    expires_at=challenge.expires_at,
-                    used_at=None,
-                )
+            s.run(
+                fast.compiled(_INSERT_CHALLENGE),
+                {
+                    "nonce_sha256": challenge.nonce_sha256,
+                    "vm_id": challenge.vm_id,
+                    "created_at": challenge.created_at,
+                    "expires_at": challenge.expires_at,
+                    "used_at": None,
+                },
             )
             return True
 
-        return self._run(txn)
+        return fast.write(txn)
 
     def challenge(self, nonce_sha256: str) -> ChallengeRecord | None:
         """A challenge by the SHA-256 of its nonce."""
@@ -85,39 +119,25 @@ class ChallengeTables:
 
     def claim_challenge(self, nonce_sha256: str, vm_id: int, now: float) -> ChallengeRecord | None:
         """Mark the VM's unused challenge used; None when another attest claimed it first."""
-        from attestd.storage.sql import _rowcount
-
-        def txn(conn: Connection) -> ChallengeRecord | None:
-            claimed = conn.execute(
-                update(_C)
-                .where(
-                    and_(
-                        _C.c.nonce_sha256 == nonce_sha256,
-                        _C.c.vm_id == vm_id,
-                        _C.c.used_at.is_(None),
-                    )
-                )
-                .values(used_at=now)
-            )
-            if _rowcount(claimed) != 1:
-                return None
-            row = conn.execute(select(_C).where(_C.c.nonce_sha256 == nonce_sha256)).first()
-            return None if row is None else _challenge(row)
-
-        return self._run(txn)
+        claim = self._fast.compiled(_CLAIM_CHALLENGE)
+        params = {"b_nonce": nonce_sha256, "b_vm_id": vm_id, "b_now": now}
+        row = self._fast.write(lambda s: s.first(claim, params))
+        return None if row is None else _challenge(row)
 
     def spend_attestation(self, vm: VmRecord, *, event: Event) -> bool:
         """Spend one release of the budget on ``vm``'s revision, with its event; False if not.
 
         The same conditional ``UPDATE`` as :meth:`Database.begin_launch` spends a launch.
         """
-        from attestd.storage.sql import _SPEND_LAUNCH, _insert_event, _rowcount
+        from attestd.storage.sql import _FAST_SPEND_LAUNCH
 
-        def txn(conn: Connection) -> bool:
-            spent = conn.execute(_SPEND_LAUNCH, {"b_vm_id": vm.id, "b_revision": vm.revision})
-            if _rowcount(spent) != 1:
+        spend = self._fast.compiled(_FAST_SPEND_LAUNCH)
+        params = {"b_vm_id": vm.id, "b_revision": vm.revision}
+
+        def txn(s: Session) -> bool:
+            if s.run(spend, params) != 1:
                 return False
-            _insert_event(conn, event)
+            self._fast_event(s, event)
             return True
 
-        return self._run(txn)
+        return self._fast.write(txn)

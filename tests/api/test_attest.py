@@ -81,6 +81,42 @@ def test_attest_releases_exactly_the_registered_secrets(
     assert "pass-of-data" not in shown.get_data(as_text=True)
 
 
+def test_a_challenge_attest_pair_makes_six_transactions_and_ten_statements(
+    snp_app: Flask,
+    client: FlaskClient,
+    owner: dict[str, str],
+    snp_platform: SnpPlatform,
+    digest: bytes,
+) -> None:
+    """The SNP pair's statements (on the fast path, as the SEV pair's): the claim reads the
+    challenge it marks used (RETURNING) instead of a second SELECT."""
+    register(client, owner, snp_registration(digest))
+    guest = Guest()
+    seen: list[str] = []
+    store = snp_app.extensions["attestd"].services.store
+    with store.observe(lambda sql, _params: seen.append(sql.split()[0].upper())):
+        nonce = challenge(client)
+        body = attest_body(snp_platform, guest, nonce, digest)
+        resp = client.post(f"/v1/vm/{SNP_VM}/attest", json=body)
+    assert resp.status_code == 200, resp.json
+    work = [s for s in seen if s != "BEGIN"]
+    # challenge: the VM; VM row lock + purge + count + insert. attest: the VM; claim; the
+    # VM again (a PUT before the claim wins); budget + event
+    assert seen.count("BEGIN") == 6, seen
+    assert work == [
+        "SELECT",
+        "SELECT",
+        "DELETE",
+        "SELECT",
+        "INSERT",
+        "SELECT",
+        "UPDATE",
+        "SELECT",
+        "UPDATE",
+        "INSERT",
+    ], work
+
+
 def test_cert_table_and_computed_digests_from_uploaded_firmware(
     client: FlaskClient, owner: dict[str, str], snp_platform: SnpPlatform, ovmf: bytes
 ) -> None:
