@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
+import threading
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -68,6 +70,42 @@ _MAX_TABLE_ENTRIES = 64
 def pss_sha384() -> padding.PSS:
     """RSA-PSS with SHA-384, MGF1-SHA-384 and a 48-byte salt: how AMD signs SNP certificates."""
     return padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=_PSS_SALT)
+
+
+#: Results of RSA-PSS SHA-384 verifications already made, by the SHA-256 of the issuer's
+#: public key (SubjectPublicKeyInfo), of the signed bytes and of the signature: every
+#: attestation checks the same ARK, ASK, CRL and (per chip) VCEK signatures again. The
+#: same key and bytes give the same answer, so a hit is what the verification would say;
+#: bounded (cleared when full).
+_PSS_RESULTS: dict[tuple[bytes, bytes, bytes], bool] = {}
+_PSS_RESULTS_MAX = 1024
+_PSS_LOCK = threading.Lock()
+
+
+def pss_sha384_verifies(issuer: SnpCertificate, tbs: bytes, signature: bytes) -> bool:
+    """True if ``issuer``'s RSA key made ``signature`` (RSA-PSS SHA-384) over ``tbs``;
+    each distinct (issuer, bytes, signature) is verified once per process."""
+    spki = issuer.rsa_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key = (
+        hashlib.sha256(spki).digest(),
+        hashlib.sha256(tbs).digest(),
+        hashlib.sha256(signature).digest(),
+    )
+    found = _PSS_RESULTS.get(key)
+    if found is not None:
+        return found
+    try:
+        issuer.rsa_key().verify(signature, tbs, pss_sha384(), hashes.SHA384())
+        found = True
+    except (InvalidSignature, ValueError):
+        found = False
+    with _PSS_LOCK:
+        if len(_PSS_RESULTS) >= _PSS_RESULTS_MAX:
+            _PSS_RESULTS.clear()
+        _PSS_RESULTS[key] = found
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +190,7 @@ class SnpCertificate:
             or not issuer.is_rsa
         ):
             return False
-        try:
-            issuer.rsa_key().verify(self.signature, self.tbs, pss_sha384(), hashes.SHA384())
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        return pss_sha384_verifies(issuer, self.tbs, self.signature)
 
     # ------------------------------------------------------------- AMD extensions
 
@@ -577,11 +611,7 @@ class SnpCrl:
             or not ark.is_rsa
         ):
             return False
-        try:
-            ark.rsa_key().verify(self.signature, self.tbs, pss_sha384(), hashes.SHA384())
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        return pss_sha384_verifies(ark, self.tbs, self.signature)
 
     def fresh_at(self, at: datetime.datetime) -> bool:
         """thisUpdate <= at < nextUpdate (a CRL without nextUpdate is never fresh)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 import warnings
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attestd.errors import ChainInvalid, ParseError
-from attestd.sev.snp import _der
+from attestd.sev.snp import _der, certs
 from attestd.sev.snp.certs import (
     GUID_ARK,
     GUID_VCEK,
@@ -147,6 +148,36 @@ def test_turin_vcek_fmc_and_8_byte_hwid() -> None:
     turin = builtin_snp_anchors()[2]
     assert vcek.is_signed_by(turin.ask)
     assert not vcek.is_signed_by(builtin_snp_anchors()[0].ask)
+
+
+def test_a_signature_is_verified_once_and_remembered_exactly() -> None:
+    """The real Turin VCEK and ASK: a repeated check is answered from the results already
+    made, and a result stands only for the same key, the same bytes and the same signature
+    (a flipped signature byte, another key in the same certificate, the wrong ASK)."""
+    milan, genoa, turin = builtin_snp_anchors()
+    vcek = SnpCertificate.from_der((SNP / "vcek_turin.der").read_bytes())
+    certs._PSS_RESULTS.clear()
+    assert vcek.is_signed_by(turin.ask)
+    assert len(certs._PSS_RESULTS) == 1
+    assert vcek.is_signed_by(turin.ask)
+    assert len(certs._PSS_RESULTS) == 1  # remembered: not verified again
+    flipped = bytearray(vcek.signature)
+    flipped[len(flipped) // 2] ^= 0x01
+    assert not dataclasses.replace(vcek, signature=bytes(flipped)).is_signed_by(turin.ask)
+    assert not vcek.is_signed_by(milan.ask)
+    other_key = dataclasses.replace(turin.ask, public_key=genoa.ask.public_key)
+    assert not vcek.is_signed_by(other_key)  # the same certificate DER, another key
+    assert vcek.is_signed_by(turin.ask)
+    assert len(certs._PSS_RESULTS) == 4
+
+
+def test_remembered_signature_results_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(certs, "_PSS_RESULTS_MAX", 2)
+    certs._PSS_RESULTS.clear()
+    vcek = SnpCertificate.from_der((SNP / "vcek_turin.der").read_bytes())
+    for anchor in builtin_snp_anchors():
+        vcek.is_signed_by(anchor.ask)
+    assert 1 <= len(certs._PSS_RESULTS) <= 2
 
 
 def test_hwid_raw_and_octet_string_encodings() -> None:
