@@ -140,15 +140,12 @@ class SnpCertificate:
 
     @classmethod
     def from_der(cls, der: bytes, *, force_fallback: bool = False) -> SnpCertificate:
-        """Parse a DER certificate (with ``cryptography``, else the fallback reader)."""
-        if force_fallback:
-            return _from_der_reader(der)
-        try:
-            return _from_cryptography(der)
-        except ParseError:
-            raise
-        except Exception:  # refused: serial 0 (announced), X.509 version, other strictness
-            return _from_der_reader(der)  # the DER reader decides; it raises only ParseError
+        """Parse a DER certificate (with ``cryptography``, else the fallback reader).
+
+        The certificates of the last 256 distinct inputs are kept: every attestation of a
+        chip presents (or the store gives) the same VCEK, and a certificate is immutable.
+        """
+        return _parse_certificate(bytes(der), force_fallback)
 
     def valid_at(self, at: datetime.datetime) -> bool:
         """True if ``at`` lies in the validity period (notBefore <= at <= notAfter)."""
@@ -271,6 +268,18 @@ class SnpCertificate:
             "hw-id": None if hw is None else hw.hex(),
             "csp-id": self.csp_id,
         }
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_certificate(der: bytes, force_fallback: bool) -> SnpCertificate:
+    if force_fallback:
+        return _from_der_reader(der)
+    try:
+        return _from_cryptography(der)
+    except ParseError:
+        raise
+    except Exception:  # refused: serial 0 (announced), X.509 version, other strictness
+        return _from_der_reader(der)  # the DER reader decides; it raises only ParseError
 
 
 def _public_key(spki: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:

@@ -100,11 +100,26 @@ def test_fallback_is_taken_when_cryptography_refuses(monkeypatch: pytest.MonkeyP
         raise ValueError("serial number 0 is not allowed")
 
     monkeypatch.setattr(x509, "load_der_x509_certificate", refuse)
-    cert = SnpCertificate.from_der(der)
+    certs._parse_certificate.cache_clear()  # parse anew, not the certificate kept before
+    try:
+        cert = SnpCertificate.from_der(der)
+    finally:
+        certs._parse_certificate.cache_clear()
     assert cert.fallback
     milan = builtin_snp_anchors()[0]
     assert cert.is_signed_by(milan.ask)
     assert cert.product_name == "Milan-B0"
+
+
+def test_the_same_der_is_parsed_once() -> None:
+    der = (SNP / "vcek_milan.der").read_bytes()
+    first = SnpCertificate.from_der(der)
+    assert SnpCertificate.from_der(bytearray(der)) is first
+    flipped = bytearray(der)
+    flipped[-1] ^= 0x01  # in the signature
+    other = SnpCertificate.from_der(bytes(flipped))
+    assert other is not first and other.signature != first.signature
+    assert not other.is_signed_by(builtin_snp_anchors()[0].ask)
 
 
 def test_cryptography_still_warns_about_serial_zero() -> None:
