@@ -142,10 +142,14 @@ class SnpCertificate:
     def from_der(cls, der: bytes, *, force_fallback: bool = False) -> SnpCertificate:
         """Parse a DER certificate (with ``cryptography``, else the fallback reader).
 
-        The certificates of the last 256 distinct inputs are kept: every attestation of a
-        chip presents (or the store gives) the same VCEK, and a certificate is immutable.
+        The certificates of the last 256 distinct inputs of at most 8 KiB are kept (AMD's
+        are under 2 KiB): every attestation of a chip presents (or the store gives) the
+        same VCEK, and a certificate is immutable.
         """
-        return _parse_certificate(bytes(der), force_fallback)
+        data = bytes(der)
+        if len(data) <= _KEPT_DER_SIZE:
+            return _parse_certificate(data, force_fallback)
+        return _parse_certificate.__wrapped__(data, force_fallback)
 
     def valid_at(self, at: datetime.datetime) -> bool:
         """True if ``at`` lies in the validity period (notBefore <= at <= notAfter)."""
@@ -268,6 +272,9 @@ class SnpCertificate:
             "hw-id": None if hw is None else hw.hex(),
             "csp-id": self.csp_id,
         }
+
+
+_KEPT_DER_SIZE = 8192
 
 
 @functools.lru_cache(maxsize=256)

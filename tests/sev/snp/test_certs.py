@@ -122,6 +122,12 @@ def test_the_same_der_is_parsed_once() -> None:
     assert not other.is_signed_by(builtin_snp_anchors()[0].ask)
 
 
+def test_only_certificates_of_at_most_8_kib_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    der = (SNP / "vcek_milan.der").read_bytes()
+    monkeypatch.setattr(certs, "_KEPT_DER_SIZE", len(der) - 1)
+    assert SnpCertificate.from_der(der) is not SnpCertificate.from_der(der)
+
+
 def test_cryptography_still_warns_about_serial_zero() -> None:
     """Why the fallback exists (if this starts failing, cryptography refuses: fallback path)."""
     der = (SNP / "vcek_milan.der").read_bytes()
