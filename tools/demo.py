@@ -1,4 +1,4 @@
-"""``bash tools/demo``: the whole attestd story on the SEV simulator, then torn down.
+"""``bash tools/demo``: the whole attestd story on the SEV or SEV-SNP simulator, then torn down.
 
 Run as root on a Debian machine prepared by ``tools/setup --dev``. Everything lives in
 one temporary directory and a private mount namespace; nothing on the host changes
@@ -20,6 +20,15 @@ running. Steps:
 9. a second ``virsh start``: the disks are opened, not formatted again;
 10. the owner accepts another firmware only (``PUT``): ``virsh start`` is refused, the
     events API says why, nothing is released and the guest never runs.
+
+``--scheme amd-sev-snp`` (:class:`SnpDemo`) tells the same story on the simulated SEV-SNP
+platform: ``attestd-sim snp init``, its anchor and CRL (step 2); the service over HTTPS,
+guests trusting its key pin (3); the owner registers the policy, the launch digest of
+``attestd digest --mode snp`` and the two volumes, and reads the HOST_DATA of the initdata
+the service made (5); ``prepare-domain --scheme amd-sev-snp --simulate`` (7); each ``virsh
+start`` makes the hook start the domain's simulated PSP, and the guest's ``attestd-guest
+snp-bootstrap`` attests over QEMU's user-mode network (8, 9); after the owner accepts
+another launch digest only, the guest runs but gets nothing and the events API says why (10).
 
 Exit status 0 when every step passed, 1 otherwise (the failing step is named).
 """
