@@ -5,11 +5,16 @@ attestd-guest."""
 from __future__ import annotations
 
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import tools.demo
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,3 +94,33 @@ def test_snp_demo_runs_every_step_and_tears_down() -> None:
     assert "demo: all steps passed" in out
     assert "owner-chosen passphrase" not in out + done.stderr
     assert_torn_down(out)
+
+
+def test_snp_demo_names_the_failing_step_and_tears_down(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A step that fails (here the owner's ``attestd digest``: the OVMF image is missing)
+    ends the demo with status 1, names the step, prints no traceback and stops the service."""
+    monkeypatch.setattr(tools.demo, "OVMF", tmp_path / "missing-OVMF.fd")
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert tools.demo.main(["--scheme", "amd-sev-snp"]) == 1
+    finally:  # main() installs its own handlers for the demo's process
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    captured = capsys.readouterr()
+    root = re.search(r"demo: logs kept in (\S+)", captured.err)
+    assert root is not None, captured.err
+    try:
+        assert "[ 5/10] owner registers SEV-SNP VM" in captured.out
+        assert "[ 6/10]" not in captured.out
+        assert "demo: FAILED: step 5 (owner registers SEV-SNP VM" in captured.err
+        assert "missing-OVMF.fd" in captured.err
+        assert "Traceback" not in captured.out + captured.err
+        assert "tearing down (libvirtd, service)" in captured.out
+        port = re.search(r"https://127\.0\.0\.1:(\d+)/v1 \(SQLite", captured.out)
+        assert port is not None, captured.out
+        with pytest.raises(ConnectionRefusedError):  # the service is stopped
+            socket.create_connection(("127.0.0.1", int(port[1])), timeout=5).close()
+    finally:
+        shutil.rmtree(root[1], ignore_errors=True)
