@@ -192,6 +192,19 @@ class Demo:
             ],
         }  # fmt: skip
 
+    def guest_image(self, step: str) -> tuple[guestimage.Kernel, Path]:
+        """The guest's kernel and initramfs, the agent and ``step`` in ``work``, two disks."""
+        self.work.mkdir()
+        kernel = guestimage.ensure_kernel()
+        initrd = guestimage.build_initramfs(kernel, self.root / "initrd.cpio")
+        guestimage.build_zipapp(self.work / "attestd-guest.pyz")
+        (self.work / "step.sh").write_text(step)
+        for name in ("data", "scratch"):
+            with (self.root / f"{name}.img").open("wb") as fh:
+                fh.truncate(48 << 20)
+        say(f"kernel {kernel.vmlinuz}, two blank 48 MiB disks: data, scratch")
+        return kernel, initrd
+
     def start_service(self, port: int, *gunicorn: str) -> None:
         """``attestd serve`` on ``port`` (with ``gunicorn`` options); wait for ``/healthz``."""
         scheme = "https" if gunicorn else "http"
@@ -245,15 +258,7 @@ class Demo:
         print("attestd demo: a confidential VM's launch on the SEV simulator, end to end")
         print(f"        working directory {self.root}")
         with self.stage("guest image: Debian kernel, busybox initramfs, attestd-guest zipapp"):
-            self.work.mkdir()
-            kernel = guestimage.ensure_kernel()
-            initrd = guestimage.build_initramfs(kernel, self.root / "initrd.cpio")
-            guestimage.build_zipapp(self.work / "attestd-guest.pyz")
-            (self.work / "step.sh").write_text(STEP)
-            for name in ("data", "scratch"):
-                with (self.root / f"{name}.img").open("wb") as fh:
-                    fh.truncate(48 << 20)
-            say(f"kernel {kernel.vmlinuz}, two blank 48 MiB disks: data, scratch")
+            kernel, initrd = self.guest_image(STEP)
 
         with self.stage("simulated SEV platform: attestd-sim init, trust anchor for the service"):
             sim = self.root / "sim"
@@ -471,15 +476,7 @@ class SnpDemo(Demo):
         print("attestd demo: a confidential VM's launch on the SEV-SNP simulator, end to end")
         print(f"        working directory {self.root}")
         with self.stage("guest image: Debian kernel, busybox initramfs, attestd-guest zipapp"):
-            self.work.mkdir()
-            kernel = guestimage.ensure_kernel()
-            initrd = guestimage.build_initramfs(kernel, self.root / "initrd.cpio")
-            guestimage.build_zipapp(self.work / "attestd-guest.pyz")
-            (self.work / "step.sh").write_text(SNP_STEP)
-            for name in ("data", "scratch"):
-                with (self.root / f"{name}.img").open("wb") as fh:
-                    fh.truncate(48 << 20)
-            say(f"kernel {kernel.vmlinuz}, two blank 48 MiB disks: data, scratch")
+            kernel, initrd = self.guest_image(SNP_STEP)
 
         sim = self.root / "sim"
         with self.stage("simulated SEV-SNP platform: attestd-sim snp init, anchor and CRL"):
