@@ -25,7 +25,7 @@ from attestd.sev.snp.verify import SnpReferencePolicy, report_data_binding
 from attestd.sim.snp import ReportRequest
 from tests.guest.snpfake import FakeTsmKernel, StubServer, StubService
 from tests.sev.snp.vectors import sim_platform
-from tests.tlscert import self_signed
+from tools.tlscert import self_signed
 
 VM = "5d1e7bd2-9a64-4a4f-9f55-1f7d3c4d5e6f"
 MEASUREMENT = b"M" * 48

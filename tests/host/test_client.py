@@ -21,7 +21,7 @@ from attestd.errors import LaunchError
 from attestd.host.client import LaunchReport, ServiceClient
 from attestd.host.config import HostSettings, parse_settings
 from attestd.host.platform import PlatformData
-from tests.tlscert import self_signed
+from tools.tlscert import self_signed
 
 VM = uuid.UUID("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
 BASE = "https://attest.example/v1"

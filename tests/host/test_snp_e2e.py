@@ -43,9 +43,9 @@ from attestd.sim.snp import SnpPlatform
 from tests.conftest import PROJECT_ROOT
 from tests.host.conftest import VENV_BIN, host_settings
 from tests.snpfix import import_crl
-from tests.tlscert import self_signed
 from tools import guestimage
 from tools.libvirtd import Libvirtd
+from tools.tlscert import self_signed
 
 pytestmark = pytest.mark.slow
 OVMF = PROJECT_ROOT / "tests" / "data" / "ovmf" / "OVMF.amdsev.fd"

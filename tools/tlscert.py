@@ -1,4 +1,4 @@
-"""A fresh self-signed certificate for a test HTTPS server on 127.0.0.1."""
+"""A fresh self-signed certificate for an HTTPS server on 127.0.0.1 (tests, tools/demo.py)."""
 
 from __future__ import annotations
 
