@@ -189,21 +189,13 @@ class Attestations:
     def crls(self) -> CrlStore:
         """The CRL store (next to the VCEKs; AMD KDS unless ``kds_offline``)."""
         if self._crls is None:
-            self._crls = CrlStore(
-                self.settings.effective_cek_cache_dir / "vcek",
-                base_url=self.settings.kds_url,
-                offline=self.settings.kds_offline,
-            )
+            self._crls = CrlStore.from_settings(self.settings)
         return self._crls
 
     def vceks(self) -> VcekStore:
-        """The VCEK store (``<cek cache>/vcek``, AMD KDS unless ``kds_offline``)."""
+        """The VCEK store (``vcek_store_dir``, AMD KDS unless ``kds_offline``)."""
         if self._vceks is None:
-            self._vceks = VcekStore(
-                self.settings.effective_cek_cache_dir / "vcek",
-                base_url=self.settings.kds_url,
-                offline=self.settings.kds_offline,
-            )
+            self._vceks = VcekStore.from_settings(self.settings)
         return self._vceks
 
     def _leaf(self, req: AttestRequest) -> bytes | None:
