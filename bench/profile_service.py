@@ -29,6 +29,7 @@ from attestd.sim.platform import SimulatedPlatform
 from bench.bench_service import (
     ROOT,
     Gunicorn,
+    Workload,
     cpu_seconds,
     create_owner,
     run_level,
@@ -85,6 +86,7 @@ def main() -> int:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="attestd-profile-service-"))
     platform = SimulatedPlatform.create(name="bench", rsa_bits=2048)
+    workload = Workload("amd-sev", platform)
     anchors = root / "anchors"
     platform.write_trust_anchor(anchors)
     hooks = root / "profile_hooks.py"
@@ -105,9 +107,9 @@ def main() -> int:
             owner = create_owner(env, ROOT)
             extra = ("-c", str(hooks)) if profiled else ()
             with serve(env, sync, ROOT, extra) as (url, master):
-                run_level(url, owner, platform, 1, 5, 0, 1)  # warm the caches
+                run_level(url, owner, workload, 1, 5, 0, 1)  # warm the caches
                 cpu0 = cpu_seconds(master)
-                result = run_level(url, owner, platform, 1, args.pairs, 1, 1)
+                result = run_level(url, owner, workload, 1, args.pairs, 1, 1)
                 cpu = (cpu_seconds(master) - cpu0) / result["pairs"]
             what = "profiled" if profiled else "not profiled"
             print(f"worker CPU per pair through gunicorn ({what}): {cpu * 1000:.2f} ms")
