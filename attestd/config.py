@@ -123,6 +123,12 @@ class Settings:
         return self.cek_cache_dir or self.data_dir / "cek"
 
     @property
+    def vcek_store_dir(self) -> Path:
+        """The VCEK store's directory (``<cek cache>/vcek``): SEV-SNP VCEKs and the CRLs
+        of the SNP trust anchors (docs/operator.md, "VCEKs" and "CRLs")."""
+        return self.effective_cek_cache_dir / "vcek"
+
+    @property
     def effective_storage_key_file(self) -> Path:
         """The configured key file, a systemd credential, or the dev key in the data dir."""
         if self.storage_key_file is not None:

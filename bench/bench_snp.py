@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
             public_urls=("https://attest.example/v1",),
             guest_pin="sha256//" + base64.b64encode(bytes(32)).decode(),
         )
-        crl_store = CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
+        crl_store = CrlStore.from_settings(settings)  # kds_offline
         crl_store.import_crl(platform.crl(), anchors)  # the service checks the ASK's revocation
         app = create_app(settings)
         client = app.test_client()

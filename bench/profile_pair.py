@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import hashlib
 import io
 import json
-import os
 import pstats
 import shutil
 import sys
@@ -36,25 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from attestd.api import create_app
 from attestd.config import Settings
 from attestd.sim.platform import SimulatedPlatform
+from bench.bench_service import FIRMWARE, registration
 from tests.api.simhost import Boot, launch_body, measure, validate_body
 from tests.pgserver import PgServer
 
-FIRMWARE = os.urandom(64 * 1024)
 VM = "6f1d3a2c-9b8e-4f7a-8c6d-5e4b3a291807"
-
-
-def registration() -> dict[str, Any]:
-    """The VM's registration (plain SEV, three secrets)."""
-    return {
-        "scheme": "amd-sev",
-        "policy": 1,
-        "firmware-hashes": [hashlib.sha256(FIRMWARE).hexdigest()],
-        "secrets": [
-            {"type": "luks-passphrase", "passphrase": "bench-root"},
-            {"type": "volume", "name": "data", "device": "virtio:data", "generate": True},
-            {"type": "env", "name": "app.env", "values": {"MODE": "bench"}},
-        ],
-    }
 
 
 class WsgiAnswer:

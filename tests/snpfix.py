@@ -78,7 +78,7 @@ def snp_anchors_dir(tmp_path_factory: pytest.TempPathFactory, snp_platform: SnpP
 
 def crl_store(settings: Settings) -> CrlStore:
     """The offline CRL store of ``settings``' cache (where the service looks)."""
-    return CrlStore(settings.effective_cek_cache_dir / "vcek", base_url="", offline=True)
+    return CrlStore.from_settings(settings, offline=True)
 
 
 def import_crl(settings: Settings, platform: SnpPlatform, crl: bytes | None = None) -> None:

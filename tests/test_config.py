@@ -1,4 +1,5 @@
-"""Settings of SNP initdata: public_urls, guest_ca_file, guest_pin (file and environment)."""
+"""Settings: SNP initdata (public_urls, guest_ca_file, guest_pin; file and environment) and
+the cache directories derived from data_dir."""
 
 from __future__ import annotations
 
@@ -55,3 +56,12 @@ def test_guest_ca_file_is_read_and_checked(tmp_path: Path, testdata: Path) -> No
     trust = GuestTrust.from_settings(settings)
     assert trust.ca_pem == pem and trust.missing() is None
     assert GuestTrust().missing() == "public_urls (ATTESTD_PUBLIC_URLS)"
+
+
+def test_cek_cache_and_vcek_store_directories(tmp_path: Path) -> None:
+    """docs/operator.md: VCEKs and CRLs live in ``<data_dir>/cek/vcek`` (below the CEK cache)."""
+    settings = config.Settings(data_dir=tmp_path)
+    assert settings.effective_cek_cache_dir == tmp_path / "cek"
+    assert settings.vcek_store_dir == tmp_path / "cek" / "vcek"
+    moved = settings.replace(cek_cache_dir=tmp_path / "elsewhere")
+    assert moved.vcek_store_dir == tmp_path / "elsewhere" / "vcek"

@@ -1,8 +1,11 @@
-"""Paths the documentation tells readers to use exist in the repository."""
+"""Paths the documentation tells readers to use exist in the repository; its Python examples
+are formatted as the code is (``ruff format``)."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import PROJECT_ROOT
@@ -16,6 +19,32 @@ def test_repository_paths_in_docs_exist() -> None:
             if not (PROJECT_ROOT / path).exists():
                 missing.append(f"{doc.name}: {path}")
     assert not missing, missing
+
+
+def test_python_blocks_in_docs_are_ruff_formatted() -> None:
+    """Every fenced ``python`` block of README.md and docs/ as ``ruff format`` (ruff.toml) writes
+    it; a block that does not parse fails too (exit status 2)."""
+    ruff = Path(sys.executable).parent / "ruff"
+    drifted = []
+    blocks = 0
+    for doc in [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        for block in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+            blocks += 1
+            line = text.count("\n", 0, block.start()) + 1
+            name = f"{doc.relative_to(PROJECT_ROOT)}:{line}.py"
+            result = subprocess.run(
+                [str(ruff), "format", "--diff", "--stdin-filename", name, "-"],
+                input=block.group(1),
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                drifted.append(result.stdout + result.stderr)
+    assert blocks, "no python blocks found: the pattern no longer matches the docs"
+    assert not drifted, "\n".join(drifted)
 
 
 def test_guest_owner_guide_points_debian_12_at_the_test_ovmf() -> None:

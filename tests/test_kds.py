@@ -13,6 +13,7 @@ import responses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attestd.config import Settings
 from attestd.errors import CekRequired, CekUnavailable, ParseError
 from attestd.sev.chain import PlatformChain, builtin_anchors, verify_chain
 from attestd.trust.kds import CekStore, KdsGate, chip_id_hex, parse_chip_id, parse_signed_cek
@@ -117,6 +118,17 @@ def test_timeout_is_passed_to_requests(tmp_path: Path) -> None:
 
 
 @responses.activate
+@responses.activate
+def test_from_settings_uses_the_cek_cache_and_kds_settings(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, kds_url="https://kds.test/", kds_offline=True)
+    with pytest.raises(CekRequired, match="offline"):
+        CekStore.from_settings(settings).get(CHIP_ID)  # no request: ``responses`` refuses
+    responses.get(f"https://kds.test/cek/id/{CHIP_HEX.upper()}", body=SIGNED_CEK)
+    CekStore.from_settings(settings, offline=False).get(CHIP_ID)
+    assert (tmp_path / "cek" / f"{CHIP_HEX.upper()}.cek").read_bytes() == SIGNED_CEK
+    assert CekStore.from_settings(settings).get(CHIP_ID).pack() == SIGNED_CEK
+
+
 def test_offline_never_touches_the_network(tmp_path: Path) -> None:
     cek_store = store(tmp_path, offline=True)
     with pytest.raises(CekRequired, match="offline"):

@@ -350,10 +350,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _vcek_store() -> VcekStore:
-    settings = config.load()
-    return VcekStore(
-        settings.effective_cek_cache_dir / "vcek", base_url=settings.kds_url, offline=False
-    )
+    """The service's VCEK store; these commands ask AMD KDS even if ``kds_offline``."""
+    return VcekStore.from_settings(config.load(), offline=False)
 
 
 def run_vcek_fetch(args: argparse.Namespace) -> int:
@@ -377,9 +375,8 @@ def run_vcek_import(args: argparse.Namespace) -> int:
 
 
 def _crl_store(settings: config.Settings) -> CrlStore:
-    return CrlStore(
-        settings.effective_cek_cache_dir / "vcek", base_url=settings.kds_url, offline=False
-    )
+    """The service's CRL store; these commands ask AMD KDS even if ``kds_offline``."""
+    return CrlStore.from_settings(settings, offline=False)
 
 
 def run_crl_import(args: argparse.Namespace) -> int:

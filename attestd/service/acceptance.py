@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from attestd.errors import AttestdError
 from attestd.service.registration import Registration
+from attestd.service.snp_registration import SnpRegistration
 from attestd.sev.measure.digest import LaunchInputs, SevMode
 from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.measure.vmsa import VmsaFlavour
@@ -68,8 +69,9 @@ class Candidate:
     label: str
 
 
-def kernel_hashes(reg: Registration) -> KernelHashes | None:
-    """The registered kernel/initrd/cmdline hashes (None: kernel hashes off)."""
+def kernel_hashes(reg: Registration | SnpRegistration) -> KernelHashes | None:
+    """The registered kernel/initrd/cmdline hashes of an SEV or SEV-SNP registration
+    (None: kernel hashes off)."""
     if reg.kernel_hash is None:
         return None
     empty = KernelHashes.from_content(b"", None, None)

@@ -53,6 +53,7 @@ from attestd.errors import (
     RegistrationChanged,
     Unsupported,
 )
+from attestd.service.acceptance import kernel_hashes
 from attestd.service.cache import Lru
 from attestd.service.clock import Clock
 from attestd.service.initdata import expected_host_data
@@ -60,7 +61,6 @@ from attestd.service.payload import payload_document
 from attestd.service.snp_registration import SnpRegistration, is_snp
 from attestd.service.vms import Vms
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests
-from attestd.sev.measure.sev_hashes import KernelHashes
 from attestd.sev.snp.certs import SnpAnchor, SnpCrl
 from attestd.sev.snp.report import AttestationReport, SigningKey
 from attestd.sev.snp.verify import accept, check_report, tee_pubkey
@@ -108,21 +108,9 @@ def nonce_sha256(nonce: str) -> str:
     return hashlib.sha256(nonce.encode("utf-8")).hexdigest()
 
 
-def snp_kernel_hashes(reg: SnpRegistration) -> KernelHashes | None:
-    """The registered kernel/initrd/cmdline hashes (None: kernel hashes off)."""
-    if reg.kernel_hash is None:
-        return None
-    empty = KernelHashes.from_content(b"", None, None)
-    return KernelHashes(
-        kernel=bytes.fromhex(reg.kernel_hash),
-        initrd=bytes.fromhex(reg.initrd_hash) if reg.initrd_hash else empty.initrd,
-        cmdline=bytes.fromhex(reg.cmdline_hash) if reg.cmdline_hash else empty.cmdline,
-    )
-
-
 def snp_inputs(reg: SnpRegistration) -> list[LaunchInputs]:
     """The launch inputs whose SNP digests the owner accepts (one per vCPU type)."""
-    hashes = snp_kernel_hashes(reg)
+    hashes = kernel_hashes(reg)
     return [
         LaunchInputs(
             SevMode.SEV_SNP,
@@ -189,21 +177,13 @@ class Attestations:
     def crls(self) -> CrlStore:
         """The CRL store (next to the VCEKs; AMD KDS unless ``kds_offline``)."""
         if self._crls is None:
-            self._crls = CrlStore(
-                self.settings.effective_cek_cache_dir / "vcek",
-                base_url=self.settings.kds_url,
-                offline=self.settings.kds_offline,
-            )
+            self._crls = CrlStore.from_settings(self.settings)
         return self._crls
 
     def vceks(self) -> VcekStore:
-        """The VCEK store (``<cek cache>/vcek``, AMD KDS unless ``kds_offline``)."""
+        """The VCEK store (``vcek_store_dir``, AMD KDS unless ``kds_offline``)."""
         if self._vceks is None:
-            self._vceks = VcekStore(
-                self.settings.effective_cek_cache_dir / "vcek",
-                base_url=self.settings.kds_url,
-                offline=self.settings.kds_offline,
-            )
+            self._vceks = VcekStore.from_settings(self.settings)
         return self._vceks
 
     def _leaf(self, req: AttestRequest) -> bytes | None:

@@ -215,12 +215,7 @@ class Launches:
             return SevCertificate.unpack(cek)
         if cpu_id is None:
             raise CekRequired("give the signed CEK (cek) or the chip id (cpu-id)")
-        store = CekStore(
-            self.settings.effective_cek_cache_dir,
-            base_url=self.settings.kds_url,
-            offline=self.settings.kds_offline,
-        )
-        return self.kds.get(store, cpu_id)
+        return self.kds.get(CekStore.from_settings(self.settings), cpu_id)
 
     def _verify(
         self, chain: PlatformChain, cek: SevCertificate, pinned: SevCertificate | None

@@ -17,6 +17,7 @@ from typing import ClassVar, Self
 from uuid import UUID
 
 from attestd.errors import AttestationFailed, ParseError, SecretTooLarge, Unsupported
+from attestd.sev._binary import unpack_exact
 from attestd.sev._crypto import aes_ctr as _aes_ctr
 from attestd.sev._crypto import hmac_sha256
 from attestd.sev.session import (
@@ -122,9 +123,7 @@ class SecretHeader:
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
         """Decode exactly 52 bytes."""
-        if len(buf) != cls.STRUCT.size:
-            raise ParseError(f"secret header must be {cls.STRUCT.size} bytes, got {len(buf)}")
-        return cls(*cls.STRUCT.unpack(buf))
+        return cls(*unpack_exact(cls.STRUCT, buf, "secret header"))
 
     def pack(self) -> bytes:
         """Encode to 52 bytes."""

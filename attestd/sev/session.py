@@ -24,6 +24,7 @@ from typing import ClassVar, Self
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestd.errors import AttestationFailed, MeasurementMismatch, ParseError
+from attestd.sev._binary import unpack_exact
 from attestd.sev._crypto import aes_ctr as _aes_ctr
 from attestd.sev._crypto import hmac_sha256 as _hmac
 from attestd.sev.certs import ecdh_cert_for_godh
@@ -91,9 +92,7 @@ class SessionBlob:
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
         """Decode exactly 0x80 bytes."""
-        if len(buf) != cls.STRUCT.size:
-            raise ParseError(f"session blob must be {cls.STRUCT.size} bytes, got {len(buf)}")
-        return cls(*cls.STRUCT.unpack(buf))
+        return cls(*unpack_exact(cls.STRUCT, buf, "session blob"))
 
     def pack(self) -> bytes:
         """Encode to 0x80 bytes."""
@@ -227,9 +226,7 @@ class LaunchMeasurement:
     @classmethod
     def unpack(cls, buf: bytes) -> Self:
         """Decode exactly 48 bytes."""
-        if len(buf) != cls.STRUCT.size:
-            raise ParseError(f"launch measurement must be {cls.STRUCT.size} bytes, got {len(buf)}")
-        return cls(*cls.STRUCT.unpack(buf))
+        return cls(*unpack_exact(cls.STRUCT, buf, "launch measurement"))
 
     def pack(self) -> bytes:
         """Encode to 48 bytes."""

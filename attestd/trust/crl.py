@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -31,6 +32,9 @@ from attestd.files import write_public
 from attestd.sev.snp.certs import SnpAnchor, SnpCrl
 from attestd.sev.snp.report import Generation
 from attestd.trust.kds import kds_download
+
+if TYPE_CHECKING:
+    from attestd.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,17 @@ class CrlStore:
         self._memo: dict[str, tuple[tuple[int, int], SnpCrl]] = {}
         self._inflight: dict[str, Future[SnpCrl]] = {}
         self._failed: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, offline: bool | None = None) -> CrlStore:
+        """The store of ``settings``: :attr:`~attestd.config.Settings.vcek_store_dir`,
+        ``kds_url``, and ``kds_offline`` unless ``offline`` is given (the CLI's KDS
+        commands ask KDS even when the service is offline)."""
+        return cls(
+            settings.vcek_store_dir,
+            base_url=settings.kds_url,
+            offline=settings.kds_offline if offline is None else offline,
+        )
 
     def path_for(self, anchor: SnpAnchor) -> Path:
         """The cache file of an anchor's CRL."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -26,6 +27,9 @@ from attestd.errors import CekRequired, CekUnavailable, ParseError
 from attestd.files import write_public
 from attestd.ratelimit import TokenBuckets
 from attestd.sev.certs import AMD_KDS_URL, CHIP_ID_SIZE, SEV_CERT_SIZE, SevCertificate, Usage
+
+if TYPE_CHECKING:
+    from attestd.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +127,16 @@ class CekStore:
         self.base_url = base_url.rstrip("/")
         self.offline = offline
         self.timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, offline: bool | None = None) -> CekStore:
+        """The store of ``settings``: ``effective_cek_cache_dir``, ``kds_url``, and
+        ``kds_offline`` unless ``offline`` is given."""
+        return cls(
+            settings.effective_cek_cache_dir,
+            base_url=settings.kds_url,
+            offline=settings.kds_offline if offline is None else offline,
+        )
 
     def path_for(self, chip_id: bytes) -> Path:
         """The cache file of a chip's CEK."""

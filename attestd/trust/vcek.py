@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -27,6 +28,9 @@ from attestd.files import write_public
 from attestd.sev.snp.certs import SnpCertificate
 from attestd.sev.snp.report import AttestationReport, Generation, TcbVersion
 from attestd.trust.kds import kds_download
+
+if TYPE_CHECKING:
+    from attestd.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +108,17 @@ class VcekStore:
         self._lock = threading.Lock()
         self._flights: dict[VcekKey, threading.Lock] = {}
         self._failed: dict[VcekKey, tuple[float, str]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, offline: bool | None = None) -> VcekStore:
+        """The store of ``settings``: :attr:`~attestd.config.Settings.vcek_store_dir`,
+        ``kds_url``, and ``kds_offline`` unless ``offline`` is given (the CLI's KDS
+        commands ask KDS even when the service is offline)."""
+        return cls(
+            settings.vcek_store_dir,
+            base_url=settings.kds_url,
+            offline=settings.kds_offline if offline is None else offline,
+        )
 
     def cached(self, key: VcekKey) -> bytes | None:
         """The cached VCEK DER, or None."""

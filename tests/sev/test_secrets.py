@@ -189,3 +189,12 @@ def test_table_round_trips(items: list[tuple[UUID, bytes]]) -> None:
     table = build_secret_table(entries)
     assert len(table) % 16 == 0
     assert parse_secret_table(table) == entries
+
+
+def test_truncated_or_extended_secret_header_names_the_size() -> None:
+    """The exact-length check of attestd.sev._binary, with its one message."""
+    for data in (bytes(51), bytes(53), b""):
+        with pytest.raises(
+            ParseError, match=f"^secret header: expected 52 bytes, got {len(data)}$"
+        ):
+            SecretHeader.unpack(data)

@@ -18,6 +18,7 @@ from attestd.sev.certs import SEV_CERT_SIZE, Algorithm, SevCertificate, Usage
 from attestd.sev.kdf import kdf
 from attestd.sev.session import (
     SESSION_SIZE,
+    LaunchMeasurement,
     SessionBlob,
     TransportKeys,
     generate_godh_key,
@@ -175,6 +176,20 @@ def test_session_blob_parser_raises_only_parse_error(data: bytes) -> None:
         assert len(data) != SESSION_SIZE
     else:
         assert blob.pack() == data
+
+
+@pytest.mark.parametrize(
+    ("layout", "what", "size"),
+    [(SessionBlob, "session blob", SESSION_SIZE), (LaunchMeasurement, "launch measurement", 48)],
+)
+def test_truncated_or_extended_layouts_name_what_and_the_size(
+    layout: type[SessionBlob | LaunchMeasurement], what: str, size: int
+) -> None:
+    """The exact-length check of attestd.sev._binary, with its one message."""
+    for data in (bytes(size - 1), bytes(size + 1), b""):
+        with pytest.raises(ParseError, match=f"^{what}: expected {size} bytes, got {len(data)}$"):
+            layout.unpack(data)
+    assert layout.unpack(bytes(size)).pack() == bytes(size)
 
 
 def test_start_launch_end_to_end_with_the_firmware_side() -> None:

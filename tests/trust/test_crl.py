@@ -13,6 +13,7 @@ import pytest
 import requests
 import responses
 
+from attestd.config import Settings
 from attestd.errors import CekUnavailable, ChainInvalid, Conflict, ParseError
 from attestd.sev.snp.certs import builtin_snp_anchors
 from attestd.sim.snp import SnpPlatform
@@ -103,6 +104,22 @@ def test_kds_failure_leaves_no_crl_and_is_remembered(tmp_path: Path, chip: SnpPl
     assert store.current(chip.anchor(), now()) is None
     assert store.current(chip.anchor(), now()) is None
     assert len(responses.calls) == 1  # the failure is remembered
+
+
+@responses.activate
+def test_from_settings_uses_the_vcek_store_dir_and_kds_settings(
+    tmp_path: Path, chip: SnpPlatform
+) -> None:
+    settings = Settings(data_dir=tmp_path, kds_url=KDS + "/", kds_offline=True)
+    offline = CrlStore.from_settings(settings)
+    assert offline.current(chip.anchor(), now()) is None  # no request: ``responses`` refuses
+    responses.get(CRL_URL, body=chip.crl())
+    online = CrlStore.from_settings(settings, offline=False)  # the CLI's ``crl fetch``
+    online.fetch(chip.anchor())
+    assert online.path_for(chip.anchor()) == settings.vcek_store_dir / "crl-milan.der"
+    assert offline.current(chip.anchor(), now()) is not None
+    assert len(responses.calls) == 1
+    assert CrlStore.from_settings(settings.replace(kds_offline=False)).offline is False
 
 
 def test_offline_and_extra_anchors_use_the_cache_only(tmp_path: Path, chip: SnpPlatform) -> None:

@@ -11,6 +11,7 @@ import pytest
 import requests
 import responses
 
+from attestd.config import Settings
 from attestd.errors import CekRequired, CekUnavailable, ParseError
 from attestd.sev.snp.certs import SnpCertificate
 from attestd.sim.snp import SnpPlatform
@@ -59,6 +60,22 @@ def test_offline_without_a_cached_vcek_then_import(
     assert store.get(key) == chip.vcek
     with pytest.raises(ParseError):
         store.import_vcek(chip.ask)  # not a VCEK
+
+
+@responses.activate
+def test_from_settings_uses_the_vcek_store_dir_and_kds_settings(
+    tmp_path: Path, key: VcekKey, chip: SnpPlatform
+) -> None:
+    settings = Settings(data_dir=tmp_path, kds_url=KDS + "/", kds_offline=True)
+    offline = VcekStore.from_settings(settings)
+    with pytest.raises(CekRequired, match="offline"):
+        offline.get(key)  # no request: ``responses`` would refuse an unregistered URL
+    responses.get(url(key), body=chip.vcek)
+    online = VcekStore.from_settings(settings, offline=False)  # the CLI's ``vcek fetch``
+    assert online.get(key) == chip.vcek
+    assert (settings.vcek_store_dir / key.filename).read_bytes() == chip.vcek
+    assert offline.get(key) == chip.vcek
+    assert VcekStore.from_settings(settings.replace(kds_offline=False)).offline is False
 
 
 @responses.activate
