@@ -118,7 +118,6 @@ def test_timeout_is_passed_to_requests(tmp_path: Path) -> None:
 
 
 @responses.activate
-@responses.activate
 def test_from_settings_uses_the_cek_cache_and_kds_settings(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, kds_url="https://kds.test/", kds_offline=True)
     with pytest.raises(CekRequired, match="offline"):
@@ -129,6 +128,7 @@ def test_from_settings_uses_the_cek_cache_and_kds_settings(tmp_path: Path) -> No
     assert CekStore.from_settings(settings).get(CHIP_ID).pack() == SIGNED_CEK
 
 
+@responses.activate
 def test_offline_never_touches_the_network(tmp_path: Path) -> None:
     cek_store = store(tmp_path, offline=True)
     with pytest.raises(CekRequired, match="offline"):
