@@ -25,8 +25,7 @@ T = TypeVar("T")
 _C = t.attest_challenges
 _CHALLENGE_KEYS = ("nonce_sha256", "vm_id", "created_at", "expires_at", "used_at")
 
-# add_challenge: lock the VM row, purge its used and expired challenges, count the rest
-_LOCK_VM = Statement(select(t.vms.c.id).where(t.vms.c.id == bindparam("b_vm_id")).with_for_update())
+# add_challenge: after the VM row lock, purge its used and expired challenges, count the rest
 _PURGE_CHALLENGES = Statement(
     delete(_C).where(
         and_(
@@ -86,11 +85,13 @@ class ChallengeTables:
         are purged here, off the attest path.
         """
 
+        from attestd.storage.sql import _FAST_VM_REVISION_FOR_UPDATE
+
         fast = self._fast
         params = {"b_vm_id": challenge.vm_id, "b_now": now}
 
         def txn(s: Session) -> bool:
-            s.rows(fast.compiled(_LOCK_VM), params)
+            s.rows(fast.compiled(_FAST_VM_REVISION_FOR_UPDATE), params)  # the VM row lock
             s.run(fast.compiled(_PURGE_CHALLENGES), params)
             if s.first(fast.compiled(_COUNT_CHALLENGES), params).live >= limit:
                 return False
