@@ -398,7 +398,7 @@ class Workload:
         return (t1 - t0) + (t3 - t2) if status == 200 else raw.decode(errors="replace")
 
     def _snp_pair(self, conn: Connection, uuid: str, sim_lock: threading.Lock) -> float | str:
-        guest = conn.guest = getattr(conn, "guest", None) or Guest()
+        guest = conn.guest = conn.guest or Guest()
         t0 = time.perf_counter()
         status, raw = conn.post(f"/v1/vm/{uuid}/attest/challenge", None)
         t1 = time.perf_counter()

@@ -85,7 +85,8 @@ _PSS_LOCK = threading.Lock()
 def pss_sha384_verifies(issuer: SnpCertificate, tbs: bytes, signature: bytes) -> bool:
     """True if ``issuer``'s RSA key made ``signature`` (RSA-PSS SHA-384) over ``tbs``;
     each distinct (issuer, bytes, signature) is verified once per process."""
-    spki = issuer.rsa_key().public_bytes(
+    public_key = issuer.rsa_key()
+    spki = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     key = (
@@ -97,7 +98,7 @@ def pss_sha384_verifies(issuer: SnpCertificate, tbs: bytes, signature: bytes) ->
     if found is not None:
         return found
     try:
-        issuer.rsa_key().verify(signature, tbs, pss_sha384(), hashes.SHA384())
+        public_key.verify(signature, tbs, pss_sha384(), hashes.SHA384())
         found = True
     except (InvalidSignature, ValueError):
         found = False
