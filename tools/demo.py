@@ -334,16 +334,21 @@ class Demo:
               f"{self.root}/libvirtd.log")  # fmt: skip
         print(f"        guest:       {self.work}/console.log, {self.work}/step.log")
 
-    def boot(self, number: int) -> dict[str, Any]:
-        """``virsh start``, wait until the guest powered off, return its facts."""
-        for name in ("step.log", "result.json", "console.log"):
+    def start_guest(self, number: int) -> None:
+        """``virsh start`` of boot ``number`` (the guest's files of the last boot removed),
+        what the host did, then wait until the guest powered off."""
+        for name in ("step.log", "result.json", "agent.err", "console.log"):
             (self.work / name).unlink(missing_ok=True)
         (self.work / "boot").write_text(f"{number}\n")
         started = time.monotonic()
         self.virsh("start", DOMAIN)
         say(f"virsh start {DOMAIN}: Domain '{DOMAIN}' started")
-        self.show_host_log()
+        self.show_host()
         self.wait_shut_off(started)
+
+    def boot(self, number: int) -> dict[str, Any]:
+        """``virsh start``, wait until the guest powered off, return its facts."""
+        self.start_guest(number)
         log = (self.work / "step.log").read_text(errors="replace")
         facts: dict[str, Any] = dict(guestimage.step_facts(log))
         for line in log.splitlines():
@@ -357,7 +362,8 @@ class Demo:
                 say(f"guest mounts: {' '.join(line.split()[:3])}")
         return facts
 
-    def show_host_log(self) -> None:
+    def show_host(self) -> None:
+        """What attestd-qemu did, from the domain's log."""
         log = self.root / "log" / "qemu" / f"{DOMAIN}.log"
         lines = log.read_text(errors="replace").splitlines() if log.exists() else []
         marks = ("holding the first cont", "measurement", "secret injected", "guest running")
@@ -594,14 +600,7 @@ class SnpDemo(Demo):
 
     def snp_boot(self, number: int, *, refused: bool = False) -> dict[str, Any]:
         """``virsh start``, wait until the guest powered off, return its facts."""
-        for name in ("step.log", "result.json", "agent.err", "console.log"):
-            (self.work / name).unlink(missing_ok=True)
-        (self.work / "boot").write_text(f"{number}\n")
-        started = time.monotonic()
-        self.virsh("start", DOMAIN)
-        say(f"virsh start {DOMAIN}: Domain '{DOMAIN}' started")
-        self.show_psp()
-        self.wait_shut_off(started)
+        self.start_guest(number)
         self.psp_stopped()
         step = self.work / "step.log"
         log = step.read_text(errors="replace") if step.exists() else ""
@@ -646,7 +645,7 @@ class SnpDemo(Demo):
                 f"{detail['measurement'][:16]}...")  # fmt: skip
         return last
 
-    def show_psp(self) -> None:
+    def show_host(self) -> None:
         """What the hook's simulated PSP measured, from its log."""
         log = self.root / "state" / f"{self.vm}.psp.log"
         lines = log.read_text(errors="replace").splitlines() if log.exists() else []
