@@ -235,8 +235,17 @@ def test_launch_secret_refusals(platform: SimulatedPlatform) -> None:
         "header length": (packet.header[:-1], packet.ciphertext, "INVALID_LENGTH"),
         "payload length": (packet.header, packet.ciphertext[:-1], "INVALID_LENGTH"),
         "compressed": (b"\x01" + packet.header[1:], packet.ciphertext, "UNSUPPORTED"),
-        "mac": (packet.header[:-1] + b"\x00", packet.ciphertext, "BAD_MEASUREMENT"),
-        "ciphertext": (packet.header, b"\x00" + packet.ciphertext[1:], "BAD_MEASUREMENT"),
+        # one bit flipped: setting a random byte to zero left it unchanged once in 256 runs
+        "mac": (
+            packet.header[:-1] + bytes([packet.header[-1] ^ 1]),
+            packet.ciphertext,
+            "BAD_MEASUREMENT",
+        ),
+        "ciphertext": (
+            packet.header,
+            bytes([packet.ciphertext[0] ^ 1]) + packet.ciphertext[1:],
+            "BAD_MEASUREMENT",
+        ),
     }
     wrong_tik = _seal_launch_secret(TransportKeys(tek, b"\x00" * 16), measure, table)
     cases["tik"] = (wrong_tik.header, wrong_tik.ciphertext, "BAD_MEASUREMENT")
