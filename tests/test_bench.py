@@ -93,6 +93,21 @@ def test_service_benchmark_of_snp_attestations() -> None:
     ]
 
 
+def test_stack_benchmark_prints_each_app() -> None:
+    """bench_stack: gunicorn as ``attestd serve`` runs it around the stand-in apps; every
+    request answered (or the benchmark exits non-zero), figures printed."""
+    out = _run("bench/bench_stack.py", "--levels", "1,2", "--requests", "3", "--workers", "1")
+    rows = [line.split() for line in out.splitlines() if line.startswith("gunicorn ")]
+    assert [(row[1], row[2], row[3]) for row in rows] == [
+        ("bare", "1", "3"),
+        ("bare", "2", "6"),
+        ("flask", "1", "3"),
+        ("flask", "2", "6"),
+    ]
+    for row in rows:
+        assert all(float(value) >= 0 for value in row[4:]), row
+
+
 def test_pair_profile_prints_statements_and_cpu() -> None:
     out = _run("bench/profile_pair.py", "--pairs", "3", "--top", "5")
     assert "database transactions per pair: 4" in out
