@@ -7,7 +7,9 @@ work between them is excluded from the latency), next to the in-process cost of
 the same cryptography per pair (chain verification, new session, measurement
 check, secret table and packet): the floor. It prints the ratio pair latency /
 floor, the server CPU per pair (user + system time of the gunicorn workers over
-the level, divided by the pairs) and the load generator's CPU per pair.
+the level, divided by the pairs), on PostgreSQL the database server's CPU per pair
+(its postmaster's children: the backends and background processes; on SQLite the
+database work is inside the workers' figure) and the load generator's CPU per pair.
 
 The load generator spreads the VMs over ``--client-processes`` processes (default
 one per 4 VMs), each VM on its own keep-alive ``http.client`` connection: one
@@ -597,7 +599,8 @@ def main() -> int:
     print(f"prefilled finished launches: {args.prefill}")
     print(
         f"{'tree':<8} {'gunicorn':<13} {'backend':<11} {'VMs':>4} {'pairs':>6} {'pairs/s':>8} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'p50/floor':>9} {'CPU ms/pair':>11} {'client ms':>9}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'p50/floor':>9} {'CPU ms/pair':>11} {'PG ms/pair':>10} "
+        f"{'client ms':>9}"
     )
     pg: PgServer | None = None
     try:
@@ -607,9 +610,11 @@ def main() -> int:
                     data = root / f"{tree_name}-{config.label.replace(':', '-')}-{backend}"
                     data.mkdir()
                     url = None
+                    postmaster = None
                     if backend == "postgresql":
                         pg = pg or PgServer.start()
                         url = pg.create_database()
+                        postmaster = pg.postmaster_pid()
                     env = service_env(tree, data, anchors, url)
                     if args.scheme == "amd-sev-snp":
                         env["ATTESTD_PUBLIC_URLS"] = ",".join(PUBLIC_URLS)
@@ -627,13 +632,19 @@ def main() -> int:
                         for n, level in enumerate(int(v) for v in args.levels.split(",")):
                             processes = args.client_processes or (level + 3) // 4
                             cpu0 = cpu_seconds(master)
+                            db0 = cpu_seconds(postmaster) if postmaster else 0.0
                             r = run_level(url, owner, workload, level, args.pairs, n, processes)
                             cpu = (cpu_seconds(master) - cpu0) / r["pairs"]
+                            db = (
+                                f"{(cpu_seconds(postmaster) - db0) / r['pairs'] * 1000:.2f}"
+                                if postmaster
+                                else "-"
+                            )
                             print(
                                 f"{tree_name:<8} {config.label:<13} {backend:<11} {level:>4} "
                                 f"{r['pairs']:>6.0f} {r['pairs_per_s']:>8.1f} "
                                 f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} "
-                                f"{r['p50'] / floor:>9.1f} {cpu * 1000:>11.2f} "
+                                f"{r['p50'] / floor:>9.1f} {cpu * 1000:>11.2f} {db:>10} "
                                 f"{r['client_cpu'] * 1000:>9.2f}",
                                 flush=True,
                             )

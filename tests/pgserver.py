@@ -121,6 +121,13 @@ class PgServer:
             log = (root / "log").read_text() if (root / "log").exists() else ""
             raise RuntimeError("pg_ctl start failed: " + result.stderr[-2000:] + log[-2000:])
 
+    def postmaster_pid(self) -> int | None:
+        """The pid of the running postmaster (its children are the backends and the
+        background processes); None for an external server."""
+        if self.external:
+            return None
+        return int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+
     def pause(self) -> None:
         """Stop the server (the database is unavailable) and keep its files."""
         assert not self.external, "an external server is not ours to stop"

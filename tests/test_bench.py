@@ -74,8 +74,24 @@ def test_service_benchmark_prints_its_table() -> None:
         ("gthread:1x2", "sqlite", "2", "4"),
     ]
     for row in rows:
-        assert all(float(value) >= 0 for value in row[5:]), row
+        assert row[10] == "-", row  # SQLite's work is inside the workers' CPU
+        assert all(float(value) >= 0 for value in row[5:10] + row[11:]), row
     assert "load average before:" in out
+
+
+def test_service_benchmark_counts_postgresql_cpu_apart() -> None:
+    """On PostgreSQL the database server's own CPU per pair is printed beside the
+    workers': it is spent on the same CPUs and was counted nowhere before."""
+    out = _run(
+        "bench/bench_service.py",
+        *("--backends", "postgresql", "--levels", "2", "--pairs", "3", "--configs", "1x2"),
+    )
+    (header,) = [line for line in out.splitlines() if line.startswith("tree ")]
+    columns = ["CPU", "ms/pair", "PG", "ms/pair", "client", "ms"]
+    assert header.split("p50/floor", 1)[1].split() == columns
+    (row,) = [line.split() for line in out.splitlines() if line.startswith("this ")]
+    assert (row[1], row[2], row[3], row[4]) == ("gthread:1x2", "postgresql", "2", "6")
+    assert len(row) == 12 and float(row[10]) > 0, row
 
 
 def test_service_benchmark_of_snp_attestations() -> None:
