@@ -63,7 +63,7 @@ from attestd.service.vms import Vms
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests
 from attestd.sev.snp.certs import SnpAnchor, SnpCrl
 from attestd.sev.snp.report import AttestationReport, SigningKey
-from attestd.sev.snp.verify import accept, check_report, tee_pubkey
+from attestd.sev.snp.verify import TeeKey, accept, check_report
 from attestd.storage.ports import (
     ChallengeRecord,
     ChallengeRepository,
@@ -324,7 +324,7 @@ class Attestations:
                         f"POST /v1/vm/{vm.uuid}/initdata) and no host-data in the registration"
                     ],
                 )
-            key = tee_pubkey(req.tee_pubkey)
+            key = TeeKey.parse(req.tee_pubkey)  # checked and converted once per attest
             at = datetime.datetime.fromtimestamp(now, datetime.UTC)
             anchors = self.anchors()
             checked = check_report(
