@@ -82,6 +82,8 @@ from attestd.trust.vcek import VcekKey, VcekStore
 logger = logging.getLogger(__name__)
 
 NONCE_BYTES = 32
+#: HOST_DATA of this many initdata documents is remembered, by their SHA-256
+HOST_DATA_MEMO_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,9 @@ class Attestations:
         self._digests: Lru[tuple[int, str, LaunchInputs], bytes] = Lru(512)
         self._vceks: VcekStore | None = None
         self._crls: CrlStore | None = None
+        # SHA-256 of an initdata document's exact bytes -> its HOST_DATA (a pure function
+        # of those bytes: another document, even of another VM, has another key)
+        self._initdata_host_data: Lru[bytes, bytes] = Lru(HOST_DATA_MEMO_SIZE)
 
     def crls(self) -> CrlStore:
         """The CRL store (next to the VCEKs; AMD KDS unless ``kds_offline``)."""
@@ -259,6 +264,19 @@ class Attestations:
             raise NonceRejected("the nonce expired", reasons=["nonce_expired"])
         return claimed
 
+    def host_data(self, vm: VmRecord, reg: SnpRegistration) -> bytes | None:
+        """:func:`~attestd.service.initdata.expected_host_data`; the HOST_DATA of a stored
+        initdata document (which parses it) is remembered by the SHA-256 of its exact bytes."""
+        if reg.host_data is not None or vm.initdata is None:
+            return expected_host_data(vm, reg)
+        key = hashlib.sha256(vm.initdata).digest()
+        found = self._initdata_host_data.get(key)
+        if found is None:
+            found = expected_host_data(vm, reg)
+            if found is not None:
+                self._initdata_host_data.put(key, found)
+        return found
+
     def _digests_of(
         self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
     ) -> list[bytes]:
@@ -314,7 +332,7 @@ class Attestations:
                     "the VM's attestation budget is exhausted",
                     reasons=[f"max-launches={vm.max_launches}"],
                 )
-            host_data = expected_host_data(vm, reg)
+            host_data = self.host_data(vm, reg)
             if host_data is None:
                 raise PolicyViolation(
                     "nothing binds this VM's HOST_DATA: it has no initdata and its "
