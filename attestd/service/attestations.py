@@ -7,7 +7,8 @@
 1. claims the nonce: the first attest that presents it consumes it, whatever the
    outcome (one conditional ``UPDATE``); concurrent attests with one nonce get one
    answer and :class:`~attestd.errors.NonceRejected` for the others;
-2. reads the registration again (a ``PUT`` that committed before the claim wins);
+2. reads the registration again, in the claim's transaction (a ``PUT`` that committed
+   before the claim wins);
 3. verifies the report (:func:`attestd.sev.snp.verify.check_report`: signature,
    chain to a pinned or configured root with issuer names and validity dates at the
    service's clock, the ASK/ASVK against the ARK's CRL (:mod:`attestd.trust.crl`;
@@ -248,21 +249,21 @@ class Attestations:
     def _event(self, vm: VmRecord, at: float, outcome: Outcome, detail: dict[str, Any]) -> Event:
         return Event(vm.owner_id, vm.uuid, EventKind.ATTEST, at, outcome=outcome, detail=detail)
 
-    def _claim(self, vm: VmRecord, nonce: str, now: float) -> ChallengeRecord:
-        digest = nonce_sha256(nonce)
-        claimed = self.repo.claim_challenge(digest, vm.id, now)
-        if claimed is None:
-            known = self.repo.challenge(digest)
-            if known is None:
+    def _claim(self, vm: VmRecord, nonce: str, now: float) -> VmRecord | None:
+        """Claim ``nonce`` for ``vm``; the VM as it is after the claim (same transaction)."""
+        found = self.repo.claim_challenge(nonce_sha256(nonce), vm, now)
+        claimed = found.challenge
+        if not found.claimed or claimed is None:
+            if claimed is None:
                 raise NonceRejected("unknown nonce", reasons=["nonce_unknown"])
-            if known.vm_id != vm.id:
+            if claimed.vm_id != vm.id:
                 raise NonceRejected(
                     "the nonce was issued for another VM", reasons=["nonce_other_vm"]
                 )
             raise NonceRejected("the nonce was already used", reasons=["nonce_used"])
         if claimed.expires_at <= now:
             raise NonceRejected("the nonce expired", reasons=["nonce_expired"])
-        return claimed
+        return found.vm
 
     def host_data(self, vm: VmRecord, reg: SnpRegistration) -> bytes | None:
         """:func:`~attestd.service.initdata.expected_host_data`; the HOST_DATA of a stored
@@ -317,9 +318,8 @@ class Attestations:
         try:
             if not is_snp(vm.registration):
                 raise self._wrong_scheme(vm)
-            self._claim(vm, req.nonce, now)
-            # read again after the claim: a PUT that committed before it wins
-            current = self.vm_repo.vm(vm.owner_id, uuid)
+            # the VM as read in the claim's transaction: a PUT that committed before it wins
+            current = self._claim(vm, req.nonce, now)
             if current is None or current.id != vm.id:
                 raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
             vm = current
