@@ -137,6 +137,20 @@ def test_pair_profile_through_wsgi_calls() -> None:
     assert "Ordered by: internal time" in out
 
 
+def test_pair_profile_of_the_snp_pair() -> None:
+    """``--scheme amd-sev-snp``: bench_service.py's challenge+attest pair, in process."""
+    out = _run("bench/profile_pair.py", "--scheme", "amd-sev-snp", "--pairs", "3", "--top", "5")
+    assert "database transactions per pair: 5" in out  # 6 before the claim read the VM
+    assert "database statements per pair: 10" in out
+    assert "1 x UPDATE attest_challenges SET" in out
+    assert "server CPU per pair (in process, no HTTP, test client)" in out
+    assert "claim_challenge" in out.split("of which storage", 1)[1]
+    out = _run(
+        "bench/profile_pair.py", "--scheme", "amd-sev-snp", "--pairs", "2", "--top", "3", "--wsgi"
+    )
+    assert "server CPU per pair (in process, no HTTP, WSGI calls)" in out
+
+
 def test_service_profile_through_gunicorn() -> None:
     out = _run("bench/profile_service.py", "--pairs", "2", "--top", "3")
     assert "worker CPU per pair through gunicorn (not profiled)" in out

@@ -7,7 +7,8 @@
 1. claims the nonce: the first attest that presents it consumes it, whatever the
    outcome (one conditional ``UPDATE``); concurrent attests with one nonce get one
    answer and :class:`~attestd.errors.NonceRejected` for the others;
-2. reads the registration again (a ``PUT`` that committed before the claim wins);
+2. reads the registration again, in the claim's transaction (a ``PUT`` that committed
+   before the claim wins);
 3. verifies the report (:func:`attestd.sev.snp.verify.check_report`: signature,
    chain to a pinned or configured root with issuer names and validity dates at the
    service's clock, the ASK/ASVK against the ARK's CRL (:mod:`attestd.trust.crl`;
@@ -63,7 +64,7 @@ from attestd.service.vms import Vms
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests
 from attestd.sev.snp.certs import SnpAnchor, SnpCrl
 from attestd.sev.snp.report import AttestationReport, SigningKey
-from attestd.sev.snp.verify import accept, check_report, tee_pubkey
+from attestd.sev.snp.verify import TeeKey, accept, check_report
 from attestd.storage.ports import (
     ChallengeRecord,
     ChallengeRepository,
@@ -82,6 +83,8 @@ from attestd.trust.vcek import VcekKey, VcekStore
 logger = logging.getLogger(__name__)
 
 NONCE_BYTES = 32
+#: HOST_DATA of this many initdata documents is remembered, by their SHA-256
+HOST_DATA_MEMO_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,9 @@ class Attestations:
         self._digests: Lru[tuple[int, str, LaunchInputs], bytes] = Lru(512)
         self._vceks: VcekStore | None = None
         self._crls: CrlStore | None = None
+        # SHA-256 of an initdata document's exact bytes -> its HOST_DATA (a pure function
+        # of those bytes: another document, even of another VM, has another key)
+        self._initdata_host_data: Lru[bytes, bytes] = Lru(HOST_DATA_MEMO_SIZE)
 
     def crls(self) -> CrlStore:
         """The CRL store (next to the VCEKs; AMD KDS unless ``kds_offline``)."""
@@ -243,21 +249,34 @@ class Attestations:
     def _event(self, vm: VmRecord, at: float, outcome: Outcome, detail: dict[str, Any]) -> Event:
         return Event(vm.owner_id, vm.uuid, EventKind.ATTEST, at, outcome=outcome, detail=detail)
 
-    def _claim(self, vm: VmRecord, nonce: str, now: float) -> ChallengeRecord:
-        digest = nonce_sha256(nonce)
-        claimed = self.repo.claim_challenge(digest, vm.id, now)
-        if claimed is None:
-            known = self.repo.challenge(digest)
-            if known is None:
+    def _claim(self, vm: VmRecord, nonce: str, now: float) -> VmRecord | None:
+        """Claim ``nonce`` for ``vm``; the VM as it is after the claim (same transaction)."""
+        found = self.repo.claim_challenge(nonce_sha256(nonce), vm, now)
+        claimed = found.challenge
+        if not found.claimed or claimed is None:
+            if claimed is None:
                 raise NonceRejected("unknown nonce", reasons=["nonce_unknown"])
-            if known.vm_id != vm.id:
+            if claimed.vm_id != vm.id:
                 raise NonceRejected(
                     "the nonce was issued for another VM", reasons=["nonce_other_vm"]
                 )
             raise NonceRejected("the nonce was already used", reasons=["nonce_used"])
         if claimed.expires_at <= now:
             raise NonceRejected("the nonce expired", reasons=["nonce_expired"])
-        return claimed
+        return found.vm
+
+    def host_data(self, vm: VmRecord, reg: SnpRegistration) -> bytes | None:
+        """:func:`~attestd.service.initdata.expected_host_data`; the HOST_DATA of a stored
+        initdata document (which parses it) is remembered by the SHA-256 of its exact bytes."""
+        if reg.host_data is not None or vm.initdata is None:
+            return expected_host_data(vm, reg)
+        key = hashlib.sha256(vm.initdata).digest()
+        found = self._initdata_host_data.get(key)
+        if found is None:
+            found = expected_host_data(vm, reg)
+            if found is not None:
+                self._initdata_host_data.put(key, found)
+        return found
 
     def _digests_of(
         self, owner_id: int, firmware: str, inputs: Sequence[LaunchInputs]
@@ -299,9 +318,8 @@ class Attestations:
         try:
             if not is_snp(vm.registration):
                 raise self._wrong_scheme(vm)
-            self._claim(vm, req.nonce, now)
-            # read again after the claim: a PUT that committed before it wins
-            current = self.vm_repo.vm(vm.owner_id, uuid)
+            # the VM as read in the claim's transaction: a PUT that committed before it wins
+            current = self._claim(vm, req.nonce, now)
             if current is None or current.id != vm.id:
                 raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
             vm = current
@@ -314,7 +332,7 @@ class Attestations:
                     "the VM's attestation budget is exhausted",
                     reasons=[f"max-launches={vm.max_launches}"],
                 )
-            host_data = expected_host_data(vm, reg)
+            host_data = self.host_data(vm, reg)
             if host_data is None:
                 raise PolicyViolation(
                     "nothing binds this VM's HOST_DATA: it has no initdata and its "
@@ -324,7 +342,7 @@ class Attestations:
                         f"POST /v1/vm/{vm.uuid}/initdata) and no host-data in the registration"
                     ],
                 )
-            key = tee_pubkey(req.tee_pubkey)
+            key = TeeKey.parse(req.tee_pubkey)  # checked and converted once per attest
             at = datetime.datetime.fromtimestamp(now, datetime.UTC)
             anchors = self.anchors()
             checked = check_report(

@@ -252,14 +252,27 @@ class ChallengeRecord:
     used_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class ChallengeClaim:
+    """What one claim of a challenge found, read in the claiming transaction.
+
+    ``claimed`` is true when this call marked the challenge used; ``challenge`` is the
+    challenge as claimed (or as it is, when not claimed; None when no challenge has the
+    nonce); ``vm`` is, after a claim, the VM registered under the claiming VM's owner and
+    UUID (None when there is none, or nothing was claimed).
+    """
+
+    challenge: ChallengeRecord | None
+    claimed: bool
+    vm: VmRecord | None = None
+
+
 class ChallengeRepository(Protocol):
     """SEV-SNP challenges (shared by every service node) and the attestation budget."""
 
     def add_challenge(self, challenge: ChallengeRecord, *, limit: int, now: float) -> bool: ...
     def challenge(self, nonce_sha256: str) -> ChallengeRecord | None: ...
-    def claim_challenge(
-        self, nonce_sha256: str, vm_id: int, now: float
-    ) -> ChallengeRecord | None: ...
+    def claim_challenge(self, nonce_sha256: str, vm: VmRecord, now: float) -> ChallengeClaim: ...
     def spend_attestation(self, vm: VmRecord, *, event: Event) -> bool: ...
 
 

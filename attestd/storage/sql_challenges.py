@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 
 from attestd.storage import tables as t
-from attestd.storage.ports import ChallengeRecord, Event, VmRecord
+from attestd.storage.ports import ChallengeClaim, ChallengeRecord, Event, VmRecord
 from attestd.storage.sql_fast import FastPath, Session, Statement
 
 T = TypeVar("T")
@@ -51,6 +51,8 @@ _CLAIM_CHALLENGE = Statement(
     .values(used_at=bindparam("b_now"))
     .returning(*_C.c)
 )
+# an unclaimed nonce: what it is (unknown, used, or another VM's), in the same transaction
+_CHALLENGE_BY_NONCE = Statement(select(_C).where(_C.c.nonce_sha256 == bindparam("b_nonce")))
 
 
 def _challenge(row: Any) -> ChallengeRecord:
@@ -73,6 +75,10 @@ class ChallengeTables:
         raise NotImplementedError
 
     def _fast_event(self, s: Session, event: Event) -> None:  # provided by Database
+        raise NotImplementedError
+
+    @staticmethod
+    def _vm(row: Any) -> VmRecord:  # provided by Database
         raise NotImplementedError
 
     def add_challenge(self, challenge: ChallengeRecord, *, limit: int, now: float) -> bool:
@@ -118,12 +124,33 @@ class ChallengeTables:
 
         return self._run(txn)
 
-    def claim_challenge(self, nonce_sha256: str, vm_id: int, now: float) -> ChallengeRecord | None:
-        """Mark the VM's unused challenge used; None when another attest claimed it first."""
-        claim = self._fast.compiled(_CLAIM_CHALLENGE)
-        params = {"b_nonce": nonce_sha256, "b_vm_id": vm_id, "b_now": now}
-        row = self._fast.write(lambda s: s.first(claim, params))
-        return None if row is None else _challenge(row)
+    def claim_challenge(self, nonce_sha256: str, vm: VmRecord, now: float) -> ChallengeClaim:
+        """Mark ``vm``'s unused challenge used and read the VM (by its owner and UUID) as it
+        is after the claim, in one transaction; not claimed (another attest claimed it
+        first, or it is unknown or another VM's): the challenge as it is, in the same one.
+        """
+        from attestd.storage.sql import _FAST_VM_OF_OWNER
+
+        fast = self._fast
+        params = {
+            "b_nonce": nonce_sha256,
+            "b_vm_id": vm.id,
+            "b_now": now,
+            "b_owner": vm.owner_id,
+            "b_uuid": vm.uuid,
+        }
+
+        def txn(s: Session) -> ChallengeClaim:
+            row = s.first(fast.compiled(_CLAIM_CHALLENGE), params)
+            if row is None:
+                known = s.first(fast.compiled(_CHALLENGE_BY_NONCE), params)
+                return ChallengeClaim(None if known is None else _challenge(known), False)
+            vm_row = s.first(fast.compiled(_FAST_VM_OF_OWNER), params)
+            return ChallengeClaim(
+                _challenge(row), True, None if vm_row is None else self._vm(vm_row)
+            )
+
+        return fast.write(txn)
 
     def spend_attestation(self, vm: VmRecord, *, event: Event) -> bool:
         """Spend one release of the budget on ``vm``'s revision, with its event; False if not.

@@ -209,6 +209,54 @@ def test_owner_changes_initdata_explicitly_and_attestation_follows(
     assert back.status_code == 200 and back.json == old
 
 
+def test_host_data_is_remembered_only_for_the_same_initdata_bytes(
+    client: FlaskClient,
+    owner: dict[str, str],
+    snp_platform: SnpPlatform,
+    digest: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The initdata is parsed once per document (its HOST_DATA remembered by the SHA-256
+    of its bytes), and a changed document, or another VM's, is never answered from it."""
+    from attestd.service import attestations
+
+    parsed: list[bytes] = []
+    real = attestations.expected_host_data
+
+    def counted(vm: Any, reg: Any) -> bytes | None:
+        parsed.append(vm.initdata)
+        return real(vm, reg)
+
+    monkeypatch.setattr(attestations, "expected_host_data", counted)
+    register(client, owner, snp_registration(digest))
+    old = bytes.fromhex(client.get(f"/v1/vm/{SNP_VM}/initdata", headers=owner).json["host-data"])
+    assert attest(client, snp_platform, digest, old).status_code == 200
+    assert attest(client, snp_platform, digest, old).status_code == 200
+    assert len(parsed) == 1  # the second attest was answered from memory
+    changed = client.post(
+        f"/v1/vm/{SNP_VM}/initdata", json={"services": ["https://a.example/v1"]}, headers=owner
+    )
+    assert changed.status_code == 200, changed.json
+    new = bytes.fromhex(changed.json["host-data"])
+    refused = attest(client, snp_platform, digest, old)
+    assert refused.status_code == 403
+    assert any(r.startswith("host_data_mismatch") for r in refused.json["errors"]["reasons"])
+    assert attest(client, snp_platform, digest, new).status_code == 200
+    assert len(parsed) == 2  # the new document was parsed, then remembered
+    # another VM of the owner: its own document, its own HOST_DATA
+    register(client, owner, snp_registration(digest), uuid=OTHER_VM)
+    theirs = client.get(f"/v1/vm/{OTHER_VM}/initdata", headers=owner).json["host-data"]
+    assert theirs not in (old.hex(), new.hex())
+    guest = Guest()
+    wrong = attest_body(snp_platform, guest, challenge(client, OTHER_VM), digest, host_data=new)
+    refused = client.post(f"/v1/vm/{OTHER_VM}/attest", json=wrong)
+    assert refused.status_code == 403
+    assert any(r.startswith("host_data_mismatch") for r in refused.json["errors"]["reasons"])
+    right = attest_body(snp_platform, guest, challenge(client, OTHER_VM), digest, vm=OTHER_VM)
+    assert client.post(f"/v1/vm/{OTHER_VM}/attest", json=right).status_code == 200
+    assert len(parsed) == 3
+
+
 @pytest.mark.parametrize(
     "body",
     [

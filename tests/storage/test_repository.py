@@ -11,7 +11,14 @@ from alembic.migration import MigrationContext
 
 from attestd.config import Settings
 from attestd.errors import Conflict
-from attestd.storage.ports import Event, EventKind, LaunchRecord, LaunchStatus, VmRecord
+from attestd.storage.ports import (
+    ChallengeRecord,
+    Event,
+    EventKind,
+    LaunchRecord,
+    LaunchStatus,
+    VmRecord,
+)
 from attestd.storage.sql import Database
 from attestd.storage.tables import metadata
 
@@ -89,6 +96,43 @@ def test_launch_budget_is_atomic(db: Database) -> None:
     assert sorted(results) == [False] * 5 + [True] * 3  # type: ignore[type-var]
     again = db.vm(vm.owner_id, vm.uuid)
     assert again is not None and again.launches_used == 3
+
+
+def test_a_challenge_is_claimed_once_with_the_vm_in_one_transaction(db: Database) -> None:
+    """The claim of an SNP nonce reads the VM as it is after the claim in the same
+    transaction (one BEGIN, UPDATE ... RETURNING then SELECT); a claim that lost, an
+    unknown nonce or another VM's nonce reads the challenge as it is, also in one."""
+    vm = _vm(db, max_launches=None)
+    assert db.add_challenge(ChallengeRecord("a" * 64, vm.id, 1.0, 100.0, None), limit=4, now=1.0)
+    seen: list[str] = []
+    with db.observe(lambda sql, _params: seen.append(sql.split()[0].upper())):
+        claims = _parallel(6, lambda n: db.claim_challenge("a" * 64, vm, 10.0))
+    won = [c for c in claims if c.claimed]  # type: ignore[attr-defined]
+    assert len(won) == 1
+    assert won[0].vm == db.vm(vm.owner_id, vm.uuid)  # type: ignore[attr-defined]
+    assert won[0].challenge.used_at == 10.0  # type: ignore[attr-defined]
+    assert seen.count("BEGIN") == 6
+    assert seen.count("UPDATE") == 6 and seen.count("SELECT") == 6  # VM once, challenge 5x
+    for lost in claims:
+        if not lost.claimed:  # type: ignore[attr-defined]
+            assert lost.vm is None and lost.challenge == won[0].challenge  # type: ignore[attr-defined]
+    unknown = db.claim_challenge("b" * 64, vm, 10.0)
+    assert not unknown.claimed and unknown.challenge is None and unknown.vm is None
+    other = db.insert_vm(
+        uuid="00000000-0000-4000-8000-000000000002",
+        owner_id=vm.owner_id,
+        registration={},
+        secrets_enc=b"x",
+        max_launches=None,
+        now=1.0,
+        event=Event(vm.owner_id, "00000000-0000-4000-8000-000000000002", EventKind.REGISTERED, 1.0),
+    )
+    assert db.add_challenge(ChallengeRecord("c" * 64, other.id, 1.0, 100.0, None), limit=4, now=1.0)
+    theirs = db.claim_challenge("c" * 64, vm, 10.0)
+    assert not theirs.claimed and theirs.challenge is not None
+    assert theirs.challenge.vm_id == other.id and theirs.challenge.used_at is None
+    mine = db.claim_challenge("c" * 64, other, 10.0)
+    assert mine.claimed and mine.vm == db.vm(other.owner_id, other.uuid)
 
 
 def test_claim_is_single_use_and_respects_expiry(db: Database) -> None:

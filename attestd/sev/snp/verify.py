@@ -31,6 +31,7 @@ import hmac
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -582,18 +583,19 @@ def decide(
 
 JWE_ALG = "ECDH-ES+A256KW"
 JWE_ENC = "A256GCM"
+_JWE_PROTECTED = json.dumps({"alg": JWE_ALG, "enc": JWE_ENC}, sort_keys=True)
 _JWK_MEMBERS = {"kty", "crv", "x", "y"}
 
 
-def tee_pubkey(jwk: object) -> dict[str, str]:
-    """Validate an EC P-384 public JWK (kty, crv, x, y; no private part); return a copy."""
+def _tee_members(jwk: object) -> dict[str, str]:
+    """The members of an EC P-384 public JWK (kty, crv, x, y; no private part), checked
+    for shape: 48-byte coordinates in unpadded base64url (on the curve: :class:`TeeKey`)."""
     if not isinstance(jwk, Mapping) or not all(isinstance(k, str) for k in jwk):
         raise ParseError("tee-pubkey must be a JSON object")
     if set(jwk) != _JWK_MEMBERS or not all(isinstance(v, str) for v in jwk.values()):
         raise ParseError("tee-pubkey must have exactly the string members kty, crv, x and y")
     if jwk["kty"] != "EC" or jwk["crv"] != "P-384":
         raise ParseError("tee-pubkey must be an EC P-384 key")
-    coordinates = []
     for name in ("x", "y"):
         text = jwk[name]
         try:
@@ -602,12 +604,42 @@ def tee_pubkey(jwk: object) -> dict[str, str]:
             raise ParseError(f"tee-pubkey {name} is not base64url") from None
         if len(raw) != 48 or "=" in text:
             raise ParseError(f"tee-pubkey {name} must be 48 bytes in unpadded base64url")
-        coordinates.append(int.from_bytes(raw, "big"))
-    try:
-        ec.EllipticCurvePublicNumbers(coordinates[0], coordinates[1], ec.SECP384R1()).public_key()
-    except ValueError:
-        raise ParseError("tee-pubkey is not a point on P-384") from None
     return {k: str(v) for k, v in jwk.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class TeeKey:
+    """The guest's ephemeral EC P-384 public key (the request's ``tee-pubkey``), checked once.
+
+    ``jwk`` holds exactly the members REPORT_DATA binds (kty, crv, x, y); ``jose`` is the
+    same key as a jwcrypto JWK whose public key was built once, here, to check the point
+    is on P-384, and is the one the JWE's ECDH-ES then uses (jwcrypto keeps it), so one
+    attestation converts the guest's key once. Only :meth:`parse` makes one.
+    """
+
+    jwk: Mapping[str, str]
+    jose: jose_jwk.JWK = field(repr=False)
+    _token: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _TOKEN:
+            raise TypeError("a TeeKey comes only from TeeKey.parse()")
+
+    @classmethod
+    def parse(cls, jwk: object) -> TeeKey:
+        """Check an EC P-384 public JWK (``ParseError`` as :func:`tee_pubkey` says)."""
+        members = _tee_members(jwk)
+        jose = jose_jwk.JWK(**members)
+        try:
+            jose.get_op_key("wrapKey")  # EllipticCurvePublicNumbers.public_key(): on P-384
+        except ValueError:
+            raise ParseError("tee-pubkey is not a point on P-384") from None
+        return cls(MappingProxyType(members), jose, _token=_TOKEN)
+
+
+def tee_pubkey(jwk: object) -> dict[str, str]:
+    """Validate an EC P-384 public JWK (kty, crv, x, y; no private part); return a copy."""
+    return dict(TeeKey.parse(jwk).jwk)
 
 
 def report_data_binding(nonce: str, jwk: Mapping[str, Any]) -> bytes:
@@ -631,25 +663,25 @@ class VerifiedAttestation:
     """
 
     verified: VerifiedReport
-    tee_key: Mapping[str, str] | None
+    tee_key: TeeKey | None
     _token: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self._token is not _TOKEN:
             raise TypeError("a VerifiedAttestation comes only from accept()")
 
-    def encrypt_payload(self, plaintext: bytes, tee_pubkey_jwk: Mapping[str, Any]) -> str:
+    def encrypt_payload(self, plaintext: bytes, tee_pubkey_jwk: TeeKey | Mapping[str, Any]) -> str:
         """JWE compact serialization (ECDH-ES+A256KW, A256GCM) to the bound key.
 
         ``ValueError`` if this attestation bound no key or ``tee_pubkey_jwk`` is another.
+        The :class:`TeeKey` given to :func:`accept` is used as it is; a JWK is checked anew.
         """
-        key = tee_pubkey(tee_pubkey_jwk)
-        if self.tee_key is None or dict(self.tee_key) != key:
+        bound = self.tee_key
+        key = tee_pubkey_jwk if isinstance(tee_pubkey_jwk, TeeKey) else TeeKey.parse(tee_pubkey_jwk)
+        if bound is None or (key is not bound and dict(key.jwk) != dict(bound.jwk)):
             raise ValueError("the payload may only be encrypted to the key REPORT_DATA binds")
-        token = jwe.JWE(
-            plaintext, protected=json.dumps({"alg": JWE_ALG, "enc": JWE_ENC}, sort_keys=True)
-        )
-        token.add_recipient(jose_jwk.JWK(**key))
+        token = jwe.JWE(plaintext, protected=_JWE_PROTECTED)
+        token.add_recipient(bound.jose)
         return str(token.serialize(compact=True))
 
 
@@ -658,17 +690,21 @@ def accept(
     policy: SnpReferencePolicy,
     *,
     nonce: str | None = None,
-    tee_key: Mapping[str, Any] | None = None,
+    tee_key: TeeKey | Mapping[str, Any] | None = None,
 ) -> VerifiedAttestation:
     """Apply ``policy`` (and the nonce/key binding if given); ``PolicyViolation`` lists all reasons.
 
     With ``nonce`` and ``tee_key``, REPORT_DATA must be :func:`report_data_binding` of
-    them, and the result can encrypt a payload to ``tee_key``.
+    them, and the result can encrypt a payload to ``tee_key`` (a :class:`TeeKey`, or a
+    JWK checked here).
     """
     if (nonce is None) != (tee_key is None):
         raise ValueError("nonce and tee_key go together")
-    key = None if tee_key is None else tee_pubkey(tee_key)
-    binding = None if key is None or nonce is None else report_data_binding(nonce, key)
+    if tee_key is None or isinstance(tee_key, TeeKey):
+        key = tee_key
+    else:
+        key = TeeKey.parse(tee_key)
+    binding = None if key is None or nonce is None else report_data_binding(nonce, key.jwk)
     reasons = decide(verified, policy, binding=binding)
     if reasons:
         raise PolicyViolation(

@@ -34,6 +34,7 @@ from attestd.sev.snp.verify import (
     LINK_TCB,
     ReportCheck,
     SnpReferencePolicy,
+    TeeKey,
     VerifiedAttestation,
     VerifiedReport,
     accept,
@@ -501,6 +502,34 @@ def test_only_a_verified_attestation_encrypts_and_only_to_the_bound_key() -> Non
         unbound.encrypt_payload(b"x", public)
 
 
+def test_a_tee_key_is_checked_once_and_encrypted_to_as_bound() -> None:
+    """The service parses the guest's key once (:class:`TeeKey`) and hands the same object
+    to ``accept`` and ``encrypt_payload``: the JWE opens with the guest's private key, and
+    the object still refuses any other key (as a TeeKey or as a JWK)."""
+    private, public = guest_key()
+    key = TeeKey.parse(public)
+    assert dict(key.jwk) == public and key.jwk is not public
+    with pytest.raises(TypeError):
+        TeeKey(public, key.jose)
+    with pytest.raises(TypeError):
+        key.jwk["x"] = public["y"]  # type: ignore[index]
+    nonce = "Y2hhbGxlbmdl"
+    v = sim_verified(report_data=report_data_binding(nonce, public))
+    attestation = accept(v, SnpReferencePolicy(), nonce=nonce, tee_key=key)
+    assert attestation.tee_key is key
+    for given_key in (key, TeeKey.parse(public), public):
+        token = attestation.encrypt_payload(b'{"version": 1}', given_key)
+        received = jwe.JWE()
+        received.deserialize(token, key=private)
+        assert received.payload == b'{"version": 1}'
+    _, other = guest_key()
+    for wrong in (TeeKey.parse(other), other):
+        with pytest.raises(ValueError, match="binds"):
+            attestation.encrypt_payload(b"x", wrong)
+    with pytest.raises(PolicyViolation):
+        accept(v, SnpReferencePolicy(), nonce=nonce, tee_key=TeeKey.parse(other))
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -518,6 +547,8 @@ def test_tee_pubkey_validation(bad: object) -> None:
 
     with pytest.raises(ParseError):
         tee_pubkey(bad)
+    with pytest.raises(ParseError):
+        TeeKey.parse(bad)
 
 
 def test_tee_pubkey_refuses_a_private_key_and_off_curve_points() -> None:
@@ -530,6 +561,8 @@ def test_tee_pubkey_refuses_a_private_key_and_off_curve_points() -> None:
     off = dict(public, y=jwk.base64url_encode((key.y ^ 1).to_bytes(48, "big")))
     with pytest.raises(ParseError):
         tee_pubkey(off)
+    with pytest.raises(ParseError, match="point on P-384"):
+        TeeKey.parse(off)
     assert tee_pubkey(public) == public
 
 
