@@ -39,7 +39,7 @@ from attestd.api import create_app
 from attestd.config import Settings
 from attestd.sim.platform import SimulatedPlatform
 from attestd.sim.snp import SnpPlatform
-from bench.bench_service import FIRMWARE, Workload, registration
+from bench.bench_service import FIRMWARE, Workload, cpu_seconds, registration
 from tests.api.simhost import Boot, launch_body, measure, validate_body
 from tests.pgserver import PgServer
 from tests.snpfix import GUEST_PIN, PUBLIC_URLS, Guest, import_crl
@@ -202,8 +202,10 @@ def profile(
     *,
     wsgi: bool = False,
     sort: str = "cumulative",
+    postmaster: int | None = None,
 ) -> None:
-    """Print statements per pair, server CPU per pair and the cProfile top."""
+    """Print statements per pair, server CPU per pair (and, given the ``postmaster`` pid
+    of a PostgreSQL server, that server's CPU per pair) and the cProfile top."""
     app = create_app(settings)
     client: Any = WsgiClient(app) if wsgi else app.test_client()
     services = app.extensions["attestd"].services
@@ -236,13 +238,17 @@ def profile(
     sim_cpu.clear()
     clock = StoreClock(services.store, methods)
     started = time.process_time()
+    db_started = 0.0 if postmaster is None else cpu_seconds(postmaster)
     for _ in range(pairs):
         run_pair()
     cpu = (time.process_time() - started - sum(sim_cpu)) / pairs
+    db_cpu = None if postmaster is None else (cpu_seconds(postmaster) - db_started) / pairs
     how = "WSGI calls" if wsgi else "test client"
     print(f"server CPU per pair (in process, no HTTP, {how}): {cpu * 1000:.2f} ms")
     shares = ", ".join(f"{name} {clock.spent[name] / pairs * 1000:.2f}" for name in methods)
     print(f"  of which storage: {sum(clock.spent.values()) / pairs * 1000:.2f} ms ({shares})")
+    if db_cpu is not None:
+        print(f"PostgreSQL server CPU per pair (its own processes): {db_cpu * 1000:.2f} ms")
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(pairs):
@@ -299,7 +305,15 @@ def main() -> int:
         if args.backend == "postgresql":
             pg = PgServer.start()
             settings = settings.replace(database_url=pg.create_database())
-        profile(settings, platform, args.pairs, args.top, wsgi=args.wsgi, sort=args.sort)
+        profile(
+            settings,
+            platform,
+            args.pairs,
+            args.top,
+            wsgi=args.wsgi,
+            sort=args.sort,
+            postmaster=None if pg is None else pg.postmaster_pid(),
+        )
     finally:
         if pg is not None:
             pg.stop()

@@ -131,6 +131,15 @@ def test_pair_profile_prints_statements_and_cpu() -> None:
     assert "server CPU per pair" in out
 
 
+def test_pair_profile_on_postgresql_prints_the_server_cpu() -> None:
+    """On PostgreSQL the database server's own CPU per pair is printed (not in the
+    process's CPU time)."""
+    out = _run("bench/profile_pair.py", "--backend", "postgresql", "--pairs", "20", "--top", "3")
+    assert "database transactions per pair: 4" in out
+    (line,) = [x for x in out.splitlines() if x.startswith("PostgreSQL server CPU per pair")]
+    assert float(line.split(":")[1].split()[0]) > 0, line
+
+
 def test_pair_profile_through_wsgi_calls() -> None:
     out = _run("bench/profile_pair.py", "--pairs", "3", "--top", "5", "--wsgi", "--sort", "tottime")
     assert "server CPU per pair (in process, no HTTP, WSGI calls)" in out
