@@ -8,6 +8,7 @@ import dataclasses
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,12 +173,32 @@ def test_pooled_connections_the_server_closed_are_not_handed_out(
     admin = create_engine(database_url)
     try:
         with admin.connect() as conn:
-            ended = conn.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            pids = (
+                conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                    )
                 )
-            ).scalar_one()
+                .scalars()
+                .all()
+            )
+            ended = sum(
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": p}).scalar_one()
+                for p in pids
+            )
+            # pg_terminate_backend only signals: wait until those backends have exited (and
+            # sent their termination notices), else a checkout can race the notice (CI at
+            # cb3df2d got a connection whose notice had not arrived yet)
+            deadline = time.monotonic() + 10
+            while (
+                conn.rollback()
+                or conn.execute(  # a new snapshot of pg_stat_activity
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:p)"), {"p": pids}
+                ).scalar_one()
+            ):
+                assert time.monotonic() < deadline, "terminated backends did not exit"
+                time.sleep(0.05)
     finally:
         admin.dispose()
     assert ended >= 3
