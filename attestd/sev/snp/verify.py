@@ -627,7 +627,8 @@ class TeeKey:
 
     @classmethod
     def parse(cls, jwk: object) -> TeeKey:
-        """Check an EC P-384 public JWK (``ParseError`` as :func:`tee_pubkey` says)."""
+        """Check an EC P-384 public JWK: exactly kty, crv, x and y (no private part), 48-byte
+        unpadded base64url coordinates of a point on P-384 (``ParseError`` otherwise)."""
         members = _tee_members(jwk)
         jose = jose_jwk.JWK(**members)
         try:
@@ -635,11 +636,6 @@ class TeeKey:
         except ValueError:
             raise ParseError("tee-pubkey is not a point on P-384") from None
         return cls(MappingProxyType(members), jose, _token=_TOKEN)
-
-
-def tee_pubkey(jwk: object) -> dict[str, str]:
-    """Validate an EC P-384 public JWK (kty, crv, x, y; no private part); return a copy."""
-    return dict(TeeKey.parse(jwk).jwk)
 
 
 def report_data_binding(nonce: str, jwk: Mapping[str, Any]) -> bytes:
