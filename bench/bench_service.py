@@ -79,6 +79,7 @@ from attestd.sev.snp.verify import SnpReferencePolicy, accept, check_report, rep
 from attestd.sim.platform import SimulatedPlatform
 from attestd.sim.snp import ReportRequest, SnpPlatform
 from attestd.trust import load_anchors
+from tests.api.servers import free_port
 from tests.api.simhost import Boot, launch_body, measure, validate_body
 from tests.pgserver import PgServer
 from tests.snpfix import (
@@ -304,11 +305,7 @@ def serve(
     """``attestd serve`` of source ``tree`` with the ``gunicorn`` configuration (and
     ``extra`` gunicorn options) on a free port (the access log is formatted as in
     production and thrown away)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -33,7 +33,6 @@ import importlib.util
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -49,6 +48,7 @@ from attestd.commands.server import gunicorn_argv
 from attestd.config import Settings
 from attestd.sim.platform import SimulatedPlatform
 from bench.bench_service import cpu_seconds
+from tests.api.servers import free_port
 from tests.api.simhost import launch_body
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +76,7 @@ def server_argv(server: str, app: str, port: int, workers: int, threads: int) ->
 @contextmanager
 def serve(server: str, app: str, workers: int, threads: int) -> Iterator[tuple[int, int]]:
     """Run the server on a free port until it answers; yields (port, master pid)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         server_argv(server, app, port, workers, threads),
         cwd=ROOT,

@@ -43,7 +43,8 @@ def cli_token(env: dict[str, str], *args: str) -> dict[str, str]:
     return {"Authorization": "Bearer " + made.stdout.strip().splitlines()[-1]}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -55,7 +56,7 @@ class Server:
     def __init__(self, env: dict[str, str], *, workers: int = 2) -> None:
         self.env = env
         self.workers = workers
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = (Path(env["ATTESTD_DATA_DIR"]) / "serve.log").open("ab")
