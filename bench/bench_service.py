@@ -10,6 +10,10 @@ floor, the server CPU per pair (user + system time of the gunicorn workers over
 the level, divided by the pairs), on PostgreSQL the database server's CPU per pair
 (its postmaster's children: the backends and background processes; on SQLite the
 database work is inside the workers' figure) and the load generator's CPU per pair.
+Each service first serves an unmeasured warm-up level (``--warmup`` pairs per VM, up to
+16 VMs), so the figures are those of a running service, not of its first requests;
+the CPU columns count from when every client is connected, after the level's
+registrations.
 
 The load generator spreads the VMs over ``--client-processes`` processes (default
 one per 4 VMs), each VM on its own keep-alive ``http.client`` connection: one
@@ -490,9 +494,13 @@ def run_level(
     pairs_per_vm: int,
     level_id: int,
     processes: int,
+    pids: tuple[int, int | None] = (0, None),
 ) -> dict[str, float]:
     """``vms`` simulated VMs (a client thread each) spread over ``processes`` client
-    processes, each VM doing ``pairs_per_vm`` pairs of ``workload``."""
+    processes, each VM doing ``pairs_per_vm`` pairs of ``workload``. ``pids`` are the
+    gunicorn master's and the postmaster's (or None): the CPU of their children per
+    pair, counted from when every client is connected (the registrations before are
+    not part of a pair) to when the last pair ended."""
     uuids = [f"00000000-0000-4000-8000-{level_id:04d}{i:08d}" for i in range(vms)]
     for uuid in uuids:
         resp = requests.post(
@@ -512,6 +520,9 @@ def run_level(
     ]
     for proc in procs:
         proc.start()
+    master, postmaster = pids
+    cpu0 = cpu_seconds(master) if master else 0.0
+    db0 = cpu_seconds(postmaster) if postmaster else 0.0
     start.wait()
     started = time.perf_counter()
     latencies: list[float] = []
@@ -523,6 +534,8 @@ def run_level(
         errors += failed
         client_cpu += cpu
     wall = time.perf_counter() - started
+    server_cpu = cpu_seconds(master) - cpu0 if master else 0.0
+    db_cpu = cpu_seconds(postmaster) - db0 if postmaster else 0.0
     for proc in procs:
         proc.join()
     if errors:
@@ -534,6 +547,8 @@ def run_level(
         "p50": statistics.median(ordered),
         "p99": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
         "client_cpu": client_cpu / len(ordered),
+        "cpu": server_cpu / len(ordered),
+        "db_cpu": db_cpu / len(ordered),
     }
 
 
@@ -562,12 +577,19 @@ def main() -> int:
     parser.add_argument("--prefill", type=int, default=0, help="finished launches stored first")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=4,
+        help="pairs per VM of an unmeasured first level (up to 16 VMs) on each service (0: none)",
+    )
+    parser.add_argument(
         "--scheme",
         choices=["amd-sev", "amd-sev-snp"],
         default="amd-sev",
         help="launch+validate (SEV) or challenge+attest (SEV-SNP) pairs",
     )
     args = parser.parse_args()
+    levels = [int(v) for v in args.levels.split(",")]
     trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.trees.split(","))]
     configs = [
         Gunicorn.parse(c) for c in (args.configs or f"{args.workers}x{args.threads}").split(",")
@@ -594,6 +616,11 @@ def main() -> int:
     print(f"gunicorn: {', '.join(c.label for c in configs)}; {os.cpu_count()} CPUs")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"prefilled finished launches: {args.prefill}")
+    if args.warmup:
+        print(
+            f"warm-up: {args.warmup} pairs per VM, up to 16 VMs, on each service before "
+            "the levels (not counted)"
+        )
     print(
         f"{'tree':<8} {'gunicorn':<13} {'backend':<11} {'VMs':>4} {'pairs':>6} {'pairs/s':>8} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'p50/floor':>9} {'CPU ms/pair':>11} {'PG ms/pair':>10} "
@@ -626,17 +653,26 @@ def main() -> int:
                         )
                         prefill(db_url, args.prefill)
                     with serve(env, config, tree) as (url, master):
-                        for n, level in enumerate(int(v) for v in args.levels.split(",")):
+                        if args.warmup:
+                            # every worker thread's first requests (connections, caches,
+                            # the first chain verification) are not a steady-state pair
+                            vms = min(levels[-1], 16)
+                            processes = args.client_processes or (vms + 3) // 4
+                            run_level(url, owner, workload, vms, args.warmup, 9999, processes)
+                        for n, level in enumerate(levels):
                             processes = args.client_processes or (level + 3) // 4
-                            cpu0 = cpu_seconds(master)
-                            db0 = cpu_seconds(postmaster) if postmaster else 0.0
-                            r = run_level(url, owner, workload, level, args.pairs, n, processes)
-                            cpu = (cpu_seconds(master) - cpu0) / r["pairs"]
-                            db = (
-                                f"{(cpu_seconds(postmaster) - db0) / r['pairs'] * 1000:.2f}"
-                                if postmaster
-                                else "-"
+                            r = run_level(
+                                url,
+                                owner,
+                                workload,
+                                level,
+                                args.pairs,
+                                n,
+                                processes,
+                                (master, postmaster),
                             )
+                            cpu = r["cpu"]
+                            db = f"{r['db_cpu'] * 1000:.2f}" if postmaster else "-"
                             print(
                                 f"{tree_name:<8} {config.label:<13} {backend:<11} {level:>4} "
                                 f"{r['pairs']:>6.0f} {r['pairs_per_s']:>8.1f} "

@@ -77,6 +77,7 @@ def test_service_benchmark_prints_its_table() -> None:
         assert row[10] == "-", row  # SQLite's work is inside the workers' CPU
         assert all(float(value) >= 0 for value in row[5:10] + row[11:]), row
     assert "load average before:" in out
+    assert "warm-up: 4 pairs per VM" in out  # the first requests are not measured
 
 
 def test_service_benchmark_counts_postgresql_cpu_apart() -> None:
