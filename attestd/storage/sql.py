@@ -56,6 +56,7 @@ from attestd.storage.sql_fast import (
     WriteLock,
     drop_closed_on_checkout,
 )
+from attestd.storage.sql_vms import SPEND_LAUNCH, VM_OF_OWNER, VM_REVISION_FOR_UPDATE
 
 logger = logging.getLogger(__name__)
 
@@ -91,27 +92,9 @@ def _dumps(value: Mapping[str, Any]) -> str:
 # per call (coercing every column and value) cost more CPU than executing it.
 _INSERT_EVENT = insert(t.events)
 _INSERT_LAUNCH = insert(t.launches)
-# a VM is named by its owner and UUID (each owner has its own UUID namespace)
-_VM_OF_OWNER = select(t.vms).where(
-    and_(t.vms.c.owner_id == bindparam("b_owner"), t.vms.c.uuid == bindparam("b_uuid"))
-)
 # a caller naming no owner: the VM when only one owner has the UUID (two rows: several)
 _VMS_BY_UUID = select(t.vms).where(t.vms.c.uuid == bindparam("b_uuid")).limit(2)
 _LAUNCH_BY_ID = select(t.launches).where(t.launches.c.id == bindparam("b_id"))
-_SPEND_LAUNCH = (
-    update(t.vms)
-    .where(
-        and_(
-            t.vms.c.id == bindparam("b_vm_id"),
-            t.vms.c.revision == bindparam("b_revision"),
-            or_(
-                t.vms.c.max_launches.is_(None),
-                t.vms.c.launches_used < t.vms.c.max_launches,
-            ),
-        )
-    )
-    .values(launches_used=t.vms.c.launches_used + 1)
-)
 
 
 def _claim_statement(*, owned: bool) -> ReturningUpdate[Any]:
@@ -173,10 +156,6 @@ _FINISH_LAUNCH = (
     .where(t.launches.c.id == bindparam("b_id"))
     .values(state=bindparam("b_state"), keys_enc=None, finished_at=bindparam("b_now"))
 )
-# the release locks the VM row first (FOR UPDATE; SQLite's BEGIN IMMEDIATE locks it all)
-_VM_REVISION_FOR_UPDATE = (
-    select(t.vms.c.revision).where(t.vms.c.id == bindparam("b_vm_id")).with_for_update()
-)
 _RELEASE_LAUNCH = (
     update(t.launches)
     .where(
@@ -223,8 +202,6 @@ _LAUNCH_KEYS = (
 # The hot path's statements (see attestd.storage.sql_fast): compiled once per dialect.
 _FAST_INSERT_EVENT = Statement(_INSERT_EVENT, _EVENT_KEYS)
 _FAST_INSERT_LAUNCH = Statement(_INSERT_LAUNCH, _LAUNCH_KEYS)
-_FAST_SPEND_LAUNCH = Statement(_SPEND_LAUNCH)
-_FAST_VM_OF_OWNER = Statement(_VM_OF_OWNER)
 _FAST_VMS_BY_UUID = Statement(_VMS_BY_UUID)
 _FAST_LAUNCH_BY_ID = Statement(_LAUNCH_BY_ID)
 _FAST_VM_FOR_LAUNCH_OF_OWNER = Statement(_VM_FOR_LAUNCH_OF_OWNER)
@@ -232,7 +209,6 @@ _FAST_VM_FOR_LAUNCH_BY_UUID = Statement(_VM_FOR_LAUNCH_BY_UUID)
 _FAST_CLAIM_LAUNCH = Statement(_CLAIM_LAUNCH)
 _FAST_CLAIM_OWNED_LAUNCH = Statement(_CLAIM_OWNED_LAUNCH)
 _FAST_FINISH_LAUNCH = Statement(_FINISH_LAUNCH)
-_FAST_VM_REVISION_FOR_UPDATE = Statement(_VM_REVISION_FOR_UPDATE)
 _FAST_RELEASE_LAUNCH = Statement(_RELEASE_LAUNCH)
 _FAST_UNCLAIM_LAUNCH = Statement(_UNCLAIM_LAUNCH)
 _FAST_HOST_BY_TOKEN = Statement(_HOST_BY_TOKEN)
@@ -649,7 +625,7 @@ class Database(ChallengeTables):
     def vm(self, owner_id: int, uuid: str) -> VmRecord | None:
         """The owner's VM registered under ``uuid``."""
         params = {"b_owner": owner_id, "b_uuid": uuid}
-        of_owner = self._fast.compiled(_FAST_VM_OF_OWNER)
+        of_owner = self._fast.compiled(VM_OF_OWNER)
         row = self._fast.read(lambda s: s.first(of_owner, params))
         return None if row is None else self._vm(row)
 
@@ -816,7 +792,7 @@ class Database(ChallengeTables):
 
         def txn(s: Session) -> bool:
             spend = {"b_vm_id": vm.id, "b_revision": launch.vm_revision}
-            if s.run(fast.compiled(_FAST_SPEND_LAUNCH), spend) != 1:
+            if s.run(fast.compiled(SPEND_LAUNCH), spend) != 1:
                 return False
             s.run(
                 fast.compiled(_FAST_INSERT_LAUNCH),
@@ -878,7 +854,7 @@ class Database(ChallengeTables):
             if owner_id is None:
                 vm_row = self._sole(uuid, s.rows(fast.compiled(_FAST_VMS_BY_UUID), params))
             else:
-                vm_row = s.first(fast.compiled(_FAST_VM_OF_OWNER), params)
+                vm_row = s.first(fast.compiled(VM_OF_OWNER), params)
             vm = None if vm_row is None else self._vm(vm_row)
             if claimed is not None:
                 return Claim(vm=vm, launch=self._launch(claimed), claimed=True)
@@ -919,7 +895,7 @@ class Database(ChallengeTables):
         }
 
         def txn(s: Session) -> bool:
-            row = s.first(fast.compiled(_FAST_VM_REVISION_FOR_UPDATE), params)
+            row = s.first(fast.compiled(VM_REVISION_FOR_UPDATE), params)
             if row is None or row.revision != launch.vm_revision:
                 return False
             if s.run(fast.compiled(_FAST_RELEASE_LAUNCH), params) != 1:

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, s
 from attestd.storage import tables as t
 from attestd.storage.ports import ChallengeClaim, ChallengeRecord, Event, VmRecord
 from attestd.storage.sql_fast import FastPath, Session, Statement
+from attestd.storage.sql_vms import SPEND_LAUNCH, VM_OF_OWNER, VM_REVISION_FOR_UPDATE
 
 T = TypeVar("T")
 _C = t.attest_challenges
@@ -91,13 +92,11 @@ class ChallengeTables:
         are purged here, off the attest path.
         """
 
-        from attestd.storage.sql import _FAST_VM_REVISION_FOR_UPDATE
-
         fast = self._fast
         params = {"b_vm_id": challenge.vm_id, "b_now": now}
 
         def txn(s: Session) -> bool:
-            s.rows(fast.compiled(_FAST_VM_REVISION_FOR_UPDATE), params)  # the VM row lock
+            s.rows(fast.compiled(VM_REVISION_FOR_UPDATE), params)  # the VM row lock
             s.run(fast.compiled(_PURGE_CHALLENGES), params)
             if s.first(fast.compiled(_COUNT_CHALLENGES), params).live >= limit:
                 return False
@@ -129,8 +128,6 @@ class ChallengeTables:
         is after the claim, in one transaction; not claimed (another attest claimed it
         first, or it is unknown or another VM's): the challenge as it is, in the same one.
         """
-        from attestd.storage.sql import _FAST_VM_OF_OWNER
-
         fast = self._fast
         params = {
             "b_nonce": nonce_sha256,
@@ -145,7 +142,7 @@ class ChallengeTables:
             if row is None:
                 known = s.first(fast.compiled(_CHALLENGE_BY_NONCE), params)
                 return ChallengeClaim(None if known is None else _challenge(known), False)
-            vm_row = s.first(fast.compiled(_FAST_VM_OF_OWNER), params)
+            vm_row = s.first(fast.compiled(VM_OF_OWNER), params)
             return ChallengeClaim(
                 _challenge(row), True, None if vm_row is None else self._vm(vm_row)
             )
@@ -157,9 +154,7 @@ class ChallengeTables:
 
         The same conditional ``UPDATE`` as :meth:`Database.begin_launch` spends a launch.
         """
-        from attestd.storage.sql import _FAST_SPEND_LAUNCH
-
-        spend = self._fast.compiled(_FAST_SPEND_LAUNCH)
+        spend = self._fast.compiled(SPEND_LAUNCH)
         params = {"b_vm_id": vm.id, "b_revision": vm.revision}
 
         def txn(s: Session) -> bool:
