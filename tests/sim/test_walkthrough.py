@@ -8,24 +8,17 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from attestd.guest.secrets import SIM_SECRET_PORT
+from tests.api.servers import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Simulated mode end to end, by hand"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def walkthrough(work: Path, port: int) -> str:
@@ -47,7 +40,7 @@ def _kill(pidfile: Path) -> None:
 
 def test_simulated_walkthrough_runs_as_written(tmp_path: Path) -> None:
     work = tmp_path / "w"
-    script = walkthrough(work, _free_port())
+    script = walkthrough(work, free_port())
     uri = f"qemu+unix:///system?socket={work}/libvirt/run/libvirt-sock"
     try:
         done = subprocess.run(
