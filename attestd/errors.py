@@ -67,6 +67,21 @@ class PolicyViolation(AttestationFailed):
     code = "policy_violation"
 
 
+class NotAccepted(PolicyViolation):
+    """Verified evidence that the VM's registration refuses, answered to a caller that
+    has not proven it is the VM (an SEV-SNP guest has no token): ``reasons`` is only
+    ``not_accepted``. What failed, with the registration's values, is the ``withheld``
+    refusal, for the VM's events, which only its owner reads."""
+
+    def __init__(self, withheld: AttestdError) -> None:
+        super().__init__(
+            "the report does not meet the VM's registration (its owner sees why in the "
+            "VM's events)",
+            reasons=["not_accepted"],
+        )
+        self.withheld = withheld
+
+
 class SecretTooLarge(AttestdError):
     """The secret table does not fit the firmware's secret area."""
 

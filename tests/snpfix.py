@@ -227,6 +227,24 @@ def challenge(client: FlaskClient, uuid: str = SNP_VM, base: str = "/v1") -> str
     return nonce
 
 
+def refused_by_registration(
+    client: FlaskClient,
+    owner: dict[str, str],
+    resp: Any,
+    code: str,
+    uuid: str = SNP_VM,
+) -> None:
+    """``resp`` is a refusal by the registration as the guest (no token) sees it: 403
+    ``not_accepted``, nothing of the registration, no payload; the VM's newest attest
+    event, which only its owner reads, names ``code``."""
+    assert resp.status_code == 403, resp.json
+    assert resp.json["errors"] == {"reason": "policy_violation", "reasons": ["not_accepted"]}
+    assert "payload" not in resp.json
+    seen = client.get(f"/v1/vm/{uuid}/events", headers=owner).json["events"]
+    failed = [e for e in seen if e["kind"] == "attest"][-1]["detail"]["failed"]
+    assert any(r.startswith(code) for r in failed), failed
+
+
 def other_chip(platform: SnpPlatform, **changes: Any) -> SnpPlatform:
     """The same platform with some fields changed (e.g. another chip id, another TCB)."""
     return replace(platform, **changes)

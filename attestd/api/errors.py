@@ -31,6 +31,7 @@ STATUS: dict[type[e.AttestdError], int] = {
     e.ChainInvalid: 403,
     e.MeasurementMismatch: 403,
     e.PolicyViolation: 403,
+    e.NotAccepted: 403,
     e.SecretTooLarge: 413,
     e.CekRequired: 422,
     e.CekUnavailable: 503,

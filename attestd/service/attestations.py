@@ -9,22 +9,26 @@
    answer and :class:`~attestd.errors.NonceRejected` for the others;
 2. reads the registration again, in the claim's transaction (a ``PUT`` that committed
    before the claim wins);
-3. verifies the report (:func:`attestd.sev.snp.verify.check_report`: signature,
+3. verifies the evidence (:func:`attestd.sev.snp.verify.check_report`: signature,
    chain to a pinned or configured root with issuer names and validity dates at the
    service's clock, the ASK/ASVK against the ARK's CRL (:mod:`attestd.trust.crl`;
    without a current CRL refused only if ``snp_require_crl``, and the event says
    ``"revocation": "no-crl"``), REPORTED_TCB, chip id) with the VCEK or VLEK from the
-   request or the VCEK store;
-4. asks the SNP core for every reason to refuse (:func:`attestd.sev.snp.verify.accept`:
-   the owner's policy, minimum TCBs, VMPL, accepted measurements, HOST_DATA (the owner's
-   pinned ``host-data``, else the SHA-256 of the VM's stored initdata; a VM with neither
-   is refused, ``host_data_unbound``), allow-lists, and REPORT_DATA binding the nonce and
-   the guest's key);
+   request or the VCEK store, and that REPORT_DATA binds the nonce and the guest's key;
+4. only then consults the registration: asks the SNP core for every reason to refuse
+   (:func:`attestd.sev.snp.verify.accept`: the owner's policy, minimum TCBs, VMPL,
+   accepted measurements, HOST_DATA (the owner's pinned ``host-data``, else the SHA-256
+   of the VM's stored initdata; a VM with neither is refused, ``host_data_unbound``),
+   allow-lists). The caller has no token: until its report meets the registration it
+   has not proven it is the VM, so a refusal here answers only ``not_accepted``
+   (:class:`~attestd.errors.NotAccepted`) and the VM's event lists what failed; the
+   budget (``max-launches``) is checked after that;
 5. only from the resulting :class:`~attestd.sev.snp.verify.VerifiedAttestation`
    encrypts the guest payload (version 1, :mod:`attestd.service.payload`) to the
    guest's key, and spends one release of ``max-launches`` on the revision decided on,
    recording the event in the same transaction.
 
+An SEV or SEV-ES VM is, to these endpoints, an unregistered one (404 ``unknown_vm``).
 Every attempt is an ``attest`` event listing the outcome and every failed check.
 """
 
@@ -48,11 +52,11 @@ from attestd.errors import (
     ChallengeLimit,
     Conflict,
     NonceRejected,
+    NotAccepted,
     NotFound,
     ParseError,
     PolicyViolation,
     RegistrationChanged,
-    Unsupported,
 )
 from attestd.service.acceptance import kernel_hashes
 from attestd.service.cache import Lru
@@ -64,7 +68,14 @@ from attestd.service.vms import Vms
 from attestd.sev.measure.digest import LaunchInputs, SevMode, launch_digests
 from attestd.sev.snp.certs import SnpAnchor, SnpCrl
 from attestd.sev.snp.report import AttestationReport, SigningKey
-from attestd.sev.snp.verify import TeeKey, accept, check_report
+from attestd.sev.snp.verify import (
+    TeeKey,
+    VerifiedAttestation,
+    VerifiedReport,
+    accept,
+    check_report,
+    report_data_binding,
+)
 from attestd.storage.ports import (
     ChallengeRecord,
     ChallengeRepository,
@@ -109,6 +120,11 @@ class AttestRequest:
 def nonce_sha256(nonce: str) -> str:
     """The stored form of a nonce."""
     return hashlib.sha256(nonce.encode("utf-8")).hexdigest()
+
+
+def _unknown_vm(uuid: str) -> NotFound:
+    """What a caller learns of a VM it may not see: the same as of an unregistered one."""
+    return NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
 
 
 def snp_inputs(reg: SnpRegistration) -> list[LaunchInputs]:
@@ -215,16 +231,8 @@ class Attestations:
         has the UUID, else :class:`~attestd.errors.OwnerRequired`)."""
         vm = self.vm_repo.sole_vm(uuid) if owner_id is None else self.vm_repo.vm(owner_id, uuid)
         if vm is None:
-            raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
+            raise _unknown_vm(uuid)
         return vm
-
-    @staticmethod
-    def _wrong_scheme(vm: VmRecord) -> Unsupported:
-        return Unsupported(
-            f"VM {vm.uuid} is registered for {vm.registration.get('scheme')}, which does not "
-            "attest this way (only amd-sev-snp does)",
-            reasons=["wrong_scheme"],
-        )
 
     # -- /attest/challenge -------------------------------------------------------------
 
@@ -232,7 +240,7 @@ class Attestations:
         """A fresh single-use nonce for SNP VM ``uuid`` (of owner ``owner_id``)."""
         vm = self._vm(uuid, owner_id)
         if not is_snp(vm.registration):
-            raise self._wrong_scheme(vm)
+            raise _unknown_vm(uuid)  # to an anonymous caller, an SEV VM is an unregistered one
         now = self.clock()
         nonce = base64.b64encode(_secrets.token_bytes(NONCE_BYTES)).decode("ascii")
         expires = math.floor(now) + self.settings.attest_nonce_ttl
@@ -310,6 +318,32 @@ class Attestations:
             out.extend(found)
         return out, tried
 
+    def _accept(
+        self,
+        vm: VmRecord,
+        reg: SnpRegistration,
+        verified: VerifiedReport,
+        nonce: str,
+        key: TeeKey,
+        detail: dict[str, Any],
+    ) -> VerifiedAttestation:
+        """The report against everything the registration requires (PolicyViolation
+        listing every failed check)."""
+        host_data = self.host_data(vm, reg)
+        if host_data is None:
+            raise PolicyViolation(
+                "nothing binds this VM's HOST_DATA: it has no initdata and its "
+                "registration pins no host-data",
+                reasons=[
+                    "host_data_unbound: no initdata (the service needs public_urls; then "
+                    f"POST /v1/vm/{vm.uuid}/initdata) and no host-data in the registration"
+                ],
+            )
+        measurements, tried = self.measurements(vm.owner_id, reg)
+        detail["tried"] = tried
+        reference = replace(reg.reference_policy(measurements), host_data=host_data)
+        return accept(verified, reference, nonce=nonce, tee_key=key)
+
     def attest(self, uuid: str, req: AttestRequest, owner_id: int | None = None) -> str:
         """Verify an SNP report; the JWE of the guest payload, or raise (nothing released)."""
         vm = self._vm(uuid, owner_id)
@@ -317,31 +351,15 @@ class Attestations:
         detail: dict[str, Any] = {}
         try:
             if not is_snp(vm.registration):
-                raise self._wrong_scheme(vm)
+                detail["scheme"] = vm.registration.get("scheme")  # for the owner's events
+                raise _unknown_vm(uuid)  # to an anonymous caller, an unregistered VM
             # the VM as read in the claim's transaction: a PUT that committed before it wins
             current = self._claim(vm, req.nonce, now)
-            if current is None or current.id != vm.id:
-                raise NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
+            if current is None or current.id != vm.id or not is_snp(current.registration):
+                raise _unknown_vm(uuid)
             vm = current
-            if not is_snp(vm.registration):
-                raise self._wrong_scheme(vm)
             reg = SnpRegistration.from_public(vm.registration)
             detail["revision"] = vm.revision
-            if vm.max_launches is not None and vm.launches_used >= vm.max_launches:
-                raise Conflict(
-                    "the VM's attestation budget is exhausted",
-                    reasons=[f"max-launches={vm.max_launches}"],
-                )
-            host_data = self.host_data(vm, reg)
-            if host_data is None:
-                raise PolicyViolation(
-                    "nothing binds this VM's HOST_DATA: it has no initdata and its "
-                    "registration pins no host-data",
-                    reasons=[
-                        "host_data_unbound: no initdata (the service needs public_urls; then "
-                        f"POST /v1/vm/{vm.uuid}/initdata) and no host-data in the registration"
-                    ],
-                )
             key = TeeKey.parse(req.tee_pubkey)  # checked and converted once per attest
             at = datetime.datetime.fromtimestamp(now, datetime.UTC)
             anchors = self.anchors()
@@ -376,10 +394,23 @@ class Attestations:
                 measurement=verified.report.measurement.hex(),
                 vmpl=verified.report.vmpl,
             )
-            measurements, tried = self.measurements(vm.owner_id, reg)
-            detail["tried"] = tried
-            reference = replace(reg.reference_policy(measurements), host_data=host_data)
-            attestation = accept(verified, reference, nonce=req.nonce, tee_key=key)
+            if verified.report.report_data != report_data_binding(req.nonce, key.jwk):
+                raise PolicyViolation(
+                    "the report does not answer this challenge",
+                    reasons=["report_data_mismatch: REPORT_DATA does not bind the nonce and key"],
+                )
+            # Only from here on is the registration consulted. Until the report meets it,
+            # the caller has not proven it is the VM: it learns not_accepted, the VM's
+            # events say what failed (with the registration's values).
+            try:
+                attestation = self._accept(vm, reg, verified, req.nonce, key, detail)
+            except PolicyViolation as exc:
+                raise NotAccepted(exc) from None
+            if vm.max_launches is not None and vm.launches_used >= vm.max_launches:
+                raise Conflict(
+                    "the VM's attestation budget is exhausted",
+                    reasons=[f"max-launches={vm.max_launches}"],
+                )
             stored = self.vms.stored_secrets(vm)
             document = payload_document(reg.user_id or vm.uuid, stored)
             plaintext = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
@@ -398,7 +429,8 @@ class Attestations:
                 )
         except Exception as exc:
             if isinstance(exc, AttestdError):
-                info = {"reason": exc.code, "message": exc.message, "failed": list(exc.reasons)}
+                why = exc.withheld if isinstance(exc, NotAccepted) else exc
+                info = {"reason": why.code, "message": why.message, "failed": list(why.reasons)}
             else:
                 info = {"reason": "internal_error"}
             self.events.add_event(self._event(vm, now, Outcome.REFUSED, {**detail, **info}))

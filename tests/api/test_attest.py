@@ -2,7 +2,8 @@
 
 On SQLite and PostgreSQL (the ``backend`` fixture), against the software SNP platform
 whose anchor is in the service's trust anchors directory. Every refusal releases
-nothing, names its reason, and is an ``attest`` event.
+nothing and is an ``attest`` event naming every failed check; the guest, which has no
+token, learns the checks of its evidence, and of the registration only ``not_accepted``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tests.snpfix import (
     challenge,
     measurement,
     other_chip,
+    refused_by_registration,
     register,
     snp_registration,
 )
@@ -197,7 +199,7 @@ def _refusals() -> list[Any]:
 @pytest.mark.parametrize(
     ("reg_changes", "request_changes", "platform_changes", "reason"), _refusals()
 )
-def test_refusals_release_nothing_and_name_the_reason(
+def test_refusals_release_nothing_and_the_event_names_the_reason(
     client: FlaskClient,
     owner: dict[str, str],
     snp_platform: SnpPlatform,
@@ -215,9 +217,13 @@ def test_refusals_release_nothing_and_name_the_reason(
         f"/v1/vm/{SNP_VM}/attest",
         json=attest_body(platform, guest, nonce, digest, **request_changes),
     )
-    assert resp.status_code == 403, resp.json
     no_secret(resp)
-    assert any(r.startswith(reason) for r in resp.json["errors"]["reasons"]), resp.json
+    if reason in ("chip_id_mismatch", "reported_tcb_mismatch"):
+        # the report's own consistency, checked before the registration: the guest is told
+        assert resp.status_code == 403
+        assert resp.json["errors"]["reasons"][0].startswith(reason), resp.json
+    else:
+        refused_by_registration(client, owner, resp, reason)
     (event,) = events(client, owner)
     assert event["outcome"] == "refused"
     assert any(r.startswith(reason) for r in event["detail"]["failed"])
@@ -237,8 +243,7 @@ def test_provisional_firmware_is_released_only_when_the_owner_allows_it(
         f"/v1/vm/{SNP_VM}/attest",
         json=attest_body(provisional, Guest(), challenge(client), digest),
     )
-    assert refused.status_code == 403
-    assert refused.json["errors"]["reasons"][0].startswith("provisional_firmware")
+    refused_by_registration(client, owner, refused, "provisional_firmware")
     body = snp_registration(digest, **{"allow-provisional-firmware": True})
     assert client.put(f"/v1/vm/{SNP_VM}", json=body, headers=owner).status_code == 200
     guest = Guest()
@@ -253,7 +258,7 @@ def test_provisional_firmware_is_released_only_when_the_owner_allows_it(
         assert answer.status_code == 422, (bad, answer.json)
 
 
-def test_wrong_measurement_lists_every_reason(
+def test_the_event_lists_every_reason_the_caller_none(
     client: FlaskClient, owner: dict[str, str], snp_platform: SnpPlatform, digest: bytes
 ) -> None:
     register(client, owner, snp_registration(digest, **{"host-data": "22" * 32}))
@@ -261,9 +266,9 @@ def test_wrong_measurement_lists_every_reason(
     nonce = challenge(client)
     body = attest_body(snp_platform, guest, nonce, bytes(48), vmpl=2)
     resp = client.post(f"/v1/vm/{SNP_VM}/attest", json=body)
-    assert resp.status_code == 403
     no_secret(resp)
-    codes = {r.split(":")[0] for r in resp.json["errors"]["reasons"]}
+    refused_by_registration(client, owner, resp, "measurement_not_accepted")
+    codes = {r.split(":")[0] for r in events(client, owner)[0]["detail"]["failed"]}
     assert {"measurement_not_accepted", "host_data_mismatch", "vmpl_too_high"} <= codes
 
 
@@ -368,6 +373,35 @@ def test_budget_bounds_successful_attestations(
     no_secret(resp)
 
 
+def test_evidence_that_does_not_verify_learns_nothing_of_the_registration(
+    client: FlaskClient, owner: dict[str, str], snp_platform: SnpPlatform, digest: bytes
+) -> None:
+    """Anyone may ask for a nonce: a report that does not verify (here from a platform
+    no pinned root signs) is refused for its evidence alone, before the registration is
+    consulted. An exhausted budget (it used to answer 409 ``max-launches=1`` first) or a
+    genuine report bound to another key looks like any other refusal of the kind."""
+    register(client, owner, snp_registration(digest, **{"max-launches": 1}))
+    guest = Guest()
+    first = attest_body(snp_platform, guest, challenge(client), digest)
+    assert client.post(f"/v1/vm/{SNP_VM}/attest", json=first).status_code == 200
+    rogue = SnpPlatform.create(name="sim-rogue-snp")
+    forged = client.post(
+        f"/v1/vm/{SNP_VM}/attest", json=attest_body(rogue, guest, challenge(client), digest)
+    )
+    assert forged.status_code == 403, forged.json
+    assert forged.json["errors"]["reason"] == "chain_invalid"
+    assert forged.json["errors"]["reasons"][0].startswith("chain_untrusted")
+    unbound = attest_body(snp_platform, guest, challenge(client), digest)
+    unbound["tee-pubkey"] = Guest().public  # REPORT_DATA binds another key
+    resp = client.post(f"/v1/vm/{SNP_VM}/attest", json=unbound)
+    assert resp.status_code == 403
+    assert resp.json["errors"]["reasons"] == [
+        "report_data_mismatch: REPORT_DATA does not bind the nonce and key"
+    ]
+    for refused in (forged, resp):
+        assert "max-launches" not in refused.get_data(as_text=True)
+
+
 def test_a_put_before_the_claim_wins(
     client: FlaskClient, owner: dict[str, str], snp_platform: SnpPlatform, digest: bytes
 ) -> None:
@@ -379,8 +413,8 @@ def test_a_put_before_the_claim_wins(
     resp = client.post(
         f"/v1/vm/{SNP_VM}/attest", json=attest_body(snp_platform, guest, nonce, digest)
     )
-    assert resp.status_code == 403
-    assert any(r.startswith("host_data_mismatch") for r in resp.json["errors"]["reasons"])
+    refused_by_registration(client, owner, resp, "host_data_mismatch")
+    assert events(client, owner)[-1]["detail"]["revision"] == 2
 
 
 def test_other_schemes_cannot_attest_and_snp_has_no_launch(
@@ -390,21 +424,27 @@ def test_other_schemes_cannot_attest_and_snp_has_no_launch(
     digest: bytes,
     platform: SimulatedPlatform,
 ) -> None:
+    """To the guest endpoints (no token) an SEV VM is an unregistered one: the same 404
+    body; its owner sees the attempt in the VM's events. A host (token) still learns
+    wrong_scheme from /launch."""
     register(client, owner, sev_registration(), OTHER_VM)
-    resp = client.post(f"/v1/vm/{OTHER_VM}/attest/challenge")
-    assert resp.status_code == 422 and resp.json["errors"]["reasons"] == ["wrong_scheme"]
+    unregistered = "11111111-2222-3333-4444-555555555555"
     guest = Guest()
     body = attest_body(snp_platform, guest, "B" * 43 + "=", digest)
-    resp = client.post(f"/v1/vm/{OTHER_VM}/attest", json=body)
-    assert resp.status_code == 422 and resp.json["errors"]["reasons"] == ["wrong_scheme"]
-    assert events(client, owner, OTHER_VM)[0]["outcome"] == "refused"
+    for path, json in (("attest/challenge", None), ("attest", body)):
+        sev = client.post(f"/v1/vm/{OTHER_VM}/{path}", json=json)
+        unknown = client.post(f"/v1/vm/{unregistered}/{path}", json=json)
+        assert sev.status_code == unknown.status_code == 404, (path, sev.json)
+        assert sev.get_data(as_text=True).replace(OTHER_VM, unregistered) == unknown.get_data(
+            as_text=True
+        )
+    (event,) = events(client, owner, OTHER_VM)
+    assert event["outcome"] == "refused" and event["detail"]["scheme"] == "amd-sev"
     register(client, owner, snp_registration(digest))
     launch = client.post(f"/v1/vm/{SNP_VM}/launch", json=launch_body(platform))
     assert launch.status_code == 422
     assert launch.json["errors"]["reasons"] == ["wrong_scheme"]
     assert client.post(f"/v1/vm/{SNP_VM}0/attest/challenge").status_code == 422
-    unknown = client.post("/v1/vm/11111111-2222-3333-4444-555555555555/attest/challenge")
-    assert unknown.status_code == 404
 
 
 def test_live_challenges_are_bounded(snp_settings: Settings, clock: Clock, digest: bytes) -> None:

@@ -7,7 +7,8 @@ Every row is reached by a real request somewhere: ``malformed_input`` and
 tests/service/test_launches.py, ``secret_too_large`` in test_registration.py,
 ``not_found``/``conflict`` in test_launch.py (replay, expiry, budget),
 ``registration_changed`` at /validate in test_launch.py, ``storage_unavailable``
-in test_openapi.py, ``initdata_unavailable`` in test_initdata.py; the rest here.
+in test_openapi.py, ``initdata_unavailable`` in test_initdata.py, ``not_accepted``
+(``NotAccepted``, a ``policy_violation``) in test_attest.py; the rest here.
 """
 
 from __future__ import annotations
