@@ -1,17 +1,18 @@
 """Files that hold key material, secret tables or the database: owner-only modes.
 
-Every command that writes such a file uses :func:`write_private` (0600, atomic); the
-service's data directory is created 0700 (:func:`private_dir`) and the SQLite
-database with its ``-wal`` / ``-shm`` files is created 0600 (``umask`` 077 while it
-is opened, see :mod:`attestd.storage`).
+A command that writes key material or a secret table uses :func:`write_private` (0600,
+atomic); the storage key file has its own 0600 writer in :mod:`attestd.storage.keys`
+(it can refuse to replace an existing key). The service's data directory is created
+0700 (:func:`private_dir`), and :func:`attestd.storage.open_store` creates the SQLite
+database empty with ``os.open(path, ..., 0o600)`` before SQLite opens it; SQLite
+gives its ``-wal`` / ``-shm`` files the database file's mode. Public material (cached
+AMD certificates) is written 0644 (:func:`write_public`).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -52,13 +53,3 @@ def write_public(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@contextmanager
-def private_umask() -> Iterator[None]:
-    """Files created inside the block are owner-only (umask 077)."""
-    old = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(old)

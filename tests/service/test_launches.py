@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 
 from attestd.config import Settings
 from attestd.errors import (
@@ -22,6 +23,7 @@ from attestd.errors import (
 from attestd.service.factory import Services, build_services
 from attestd.service.launches import LaunchSession, ValidateRequest
 from attestd.service.registration import LuksPassphrase, Registration
+from attestd.sev.certs import SEV_CERT_SIZE
 from attestd.sim.platform import SimulatedPlatform
 from tests.api.simhost import Boot, measure
 from tests.servicefix import Clock
@@ -146,6 +148,38 @@ def test_chain_cache_is_keyed_by_the_pinned_oca(
         pass
     else:
         raise AssertionError("a chain verified for one pinned OCA was accepted for another")
+
+
+@pytest.mark.parametrize("broken", ["foreign-pek", "pinned-foreign-oca"])
+@responses.activate
+def test_a_broken_local_link_is_refused_before_kds_is_asked(
+    host_settings: Settings,
+    clock: Clock,
+    platform: SimulatedPlatform,
+    rogue_platform: SimulatedPlatform,
+    ovmf: bytes,
+    broken: str,
+) -> None:
+    """No CEK from the host: every link that needs no AMD key is checked before AMD KDS is
+    asked for the signed CEK (``responses`` has no URL registered: a request would fail)."""
+    online = build_services(
+        host_settings.replace(kds_offline=False, kds_url="https://kds.test"), clock=clock
+    )
+    try:
+        exp = platform.export()
+        rogue = rogue_platform.export()
+        chain = exp.cert_chain
+        extra: dict[str, Any] = {}
+        if broken == "foreign-pek":  # the PDH is not signed by this PEK, nor the PEK by the CEK
+            chain = rogue.cert_chain[:SEV_CERT_SIZE] + chain[SEV_CERT_SIZE:]
+        else:  # the owner pinned an OCA that did not sign the PEK
+            extra["cloud_cert"] = rogue.cert_chain[SEV_CERT_SIZE : 2 * SEV_CERT_SIZE]
+        _register(online, "alice", VM, ovmf, **extra)
+        with pytest.raises(ChainInvalid):
+            online.launches.begin(VM, pdh=exp.pdh, cert_chain=chain, cpu_id=exp.chip_id, cek=None)
+        assert len(responses.calls) == 0, "AMD KDS was asked before the local links were checked"
+    finally:
+        online.store.dispose()
 
 
 def test_firmware_minimums_are_checked_after_the_hmac(
