@@ -29,7 +29,8 @@
    recording the event in the same transaction.
 
 An SEV or SEV-ES VM is, to these endpoints, an unregistered one (404 ``unknown_vm``).
-Every attempt is an ``attest`` event listing the outcome and every failed check.
+Every attempt is an ``attest`` event listing the outcome and every check that failed of
+those that ran: the evidence's, and the registration's only for evidence that verified.
 """
 
 from __future__ import annotations

@@ -402,6 +402,20 @@ def test_evidence_that_does_not_verify_learns_nothing_of_the_registration(
         assert "max-launches" not in refused.get_data(as_text=True)
 
 
+def test_a_spent_budget_is_told_only_to_a_report_the_registration_accepts(
+    client: FlaskClient, owner: dict[str, str], snp_platform: SnpPlatform, digest: bytes
+) -> None:
+    """The budget is the registration's too: a genuine report of another image finds the
+    same not_accepted whether or not the VM's budget is spent."""
+    register(client, owner, snp_registration(digest, **{"max-launches": 1}))
+    guest = Guest()
+    first = attest_body(snp_platform, guest, challenge(client), digest)
+    assert client.post(f"/v1/vm/{SNP_VM}/attest", json=first).status_code == 200
+    other = attest_body(snp_platform, guest, challenge(client), bytes(48))
+    resp = client.post(f"/v1/vm/{SNP_VM}/attest", json=other)
+    refused_by_registration(client, owner, resp, "measurement_not_accepted")
+
+
 def test_a_put_before_the_claim_wins(
     client: FlaskClient, owner: dict[str, str], snp_platform: SnpPlatform, digest: bytes
 ) -> None:
