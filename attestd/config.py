@@ -59,6 +59,11 @@ class Settings:
     attest_nonce_ttl: int = 120
     #: Live (unused, unexpired) SEV-SNP challenges allowed per VM.
     attest_max_challenges: int = 16
+    #: /attest/challenge and /attest requests per second for one SEV-SNP VM, per
+    #: service process; more are refused 429 with Retry-After (bursts of twice the rate
+    #: pass; 0: no limit). The endpoints need no token and each request writes (a
+    #: challenge, a claim, an event): this bounds how fast anyone can make them write.
+    attest_vm_rate: int = 2
     #: Seconds a /validate holds its claim on a launch: a claim whose worker died
     #: (SIGKILL, power loss) lapses and the launch can be validated again.
     validate_lease: int = 60
@@ -209,6 +214,7 @@ _FIELD_KINDS: dict[str, type] = {
     "launch_ttl": int,
     "attest_nonce_ttl": int,
     "attest_max_challenges": int,
+    "attest_vm_rate": int,
     "validate_lease": int,
     "max_pending_launches": int,
     "host_launch_rate": int,

@@ -1,4 +1,5 @@
-"""A token bucket (per process): the KDS lookup limit and the per-host launch limit."""
+"""A token bucket (per process): the KDS lookup limit, the per-host launch limit and the
+per-VM limit of the SEV-SNP guest endpoints."""
 
 from __future__ import annotations
 

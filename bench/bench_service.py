@@ -249,6 +249,7 @@ def service_env(tree: Path, data: Path, anchors: Path, database_url: str | None)
         # can: the safe defaults (host tokens, launch-flood bounds) are off
         ATTESTD_REQUIRE_HOST_TOKEN="0",
         ATTESTD_HOST_LAUNCH_RATE="0",
+        ATTESTD_ATTEST_VM_RATE="0",
         ATTESTD_MAX_PENDING_LAUNCHES="0",
     )
     if database_url is None:

@@ -295,6 +295,7 @@ def main() -> int:
         require_host_token=False,
         host_launch_rate=0,
         max_pending_launches=0,
+        attest_vm_rate=0,
     )
     if isinstance(platform, SnpPlatform):
         # the guest's initdata names the service; its CRL imported as an operator would

@@ -90,9 +90,14 @@ def import_crl(settings: Settings, platform: SnpPlatform, crl: bytes | None = No
 @pytest.fixture
 def snp_settings(settings: Settings, snp_anchors_dir: Path, snp_platform: SnpPlatform) -> Settings:
     """Settings that trust the simulated SNP platform and make initdata for SNP VMs, with
-    a current CRL of the platform's ARK imported (``snp_require_crl`` is on by default)."""
+    a current CRL of the platform's ARK imported (``snp_require_crl`` is on by default).
+    No per-VM request rate: the suites make many requests per VM at once; the rate's own
+    tests start from the default."""
     configured = settings.replace(
-        trust_anchors_dir=snp_anchors_dir, public_urls=PUBLIC_URLS, guest_pin=GUEST_PIN
+        trust_anchors_dir=snp_anchors_dir,
+        public_urls=PUBLIC_URLS,
+        guest_pin=GUEST_PIN,
+        attest_vm_rate=0,
     )
     import_crl(configured, snp_platform)
     return configured
@@ -131,9 +136,9 @@ def register(
 def snp_fuzz_app(
     data_dir: Path, anchors_dir: Path, digest: bytes, platform: SnpPlatform
 ) -> tuple[Flask, dict[str, str]]:
-    """An app for the fuzz suites (no challenge cap in practice, ``platform``'s CRL
-    imported) with SNP VM ``SNP_VM`` registered by owner :data:`FUZZ_OWNER` accepting
-    ``digest``; the owner's header."""
+    """An app for the fuzz suites (no challenge cap in practice, no rate limit,
+    ``platform``'s CRL imported) with SNP VM ``SNP_VM`` registered by owner
+    :data:`FUZZ_OWNER` accepting ``digest``; the owner's header."""
     from tests.servicefix import make_owner
 
     settings = Settings(
@@ -141,6 +146,7 @@ def snp_fuzz_app(
         kds_offline=True,
         trust_anchors_dir=anchors_dir,
         attest_max_challenges=10_000,
+        attest_vm_rate=0,
         public_urls=PUBLIC_URLS,
         guest_pin=GUEST_PIN,
     )

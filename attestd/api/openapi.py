@@ -181,7 +181,7 @@ ERROR_STATUSES = {
     "413": "body too large, or the secret table would not fit the secret area",
     "422": "the request does not match the schema, or is unsupported",
     "429": "too many pending launches for the VM or launches by the host, or too many live"
-    " attestation challenges for the VM (Retry-After)",
+    " attestation challenges or attestation requests for the VM (Retry-After)",
     "503": "database, storage key or signed CEK unavailable",
 }
 

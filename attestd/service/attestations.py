@@ -28,7 +28,9 @@
    guest's key, and spends one release of ``max-launches`` on the revision decided on,
    recording the event in the same transaction.
 
-An SEV or SEV-ES VM is, to these endpoints, an unregistered one (404 ``unknown_vm``).
+An SEV or SEV-ES VM is, to these endpoints, an unregistered one (404 ``unknown_vm``,
+nothing written). Requests for one SNP VM beyond ``attest_vm_rate`` per second (per
+service process) are refused 429 before anything is written.
 Every attempt is an ``attest`` event listing the outcome and every check that failed of
 those that ran: the evidence's, and the registration's only for evidence that verified.
 """
@@ -58,7 +60,9 @@ from attestd.errors import (
     ParseError,
     PolicyViolation,
     RegistrationChanged,
+    TooManyRequests,
 )
+from attestd.ratelimit import TokenBuckets
 from attestd.service.acceptance import kernel_hashes
 from attestd.service.cache import Lru
 from attestd.service.clock import Clock
@@ -196,6 +200,7 @@ class Attestations:
         # SHA-256 of an initdata document's exact bytes -> its HOST_DATA (a pure function
         # of those bytes: another document, even of another VM, has another key)
         self._initdata_host_data: Lru[bytes, bytes] = Lru(HOST_DATA_MEMO_SIZE)
+        self._vm_rate: TokenBuckets | None = None
 
     def crls(self) -> CrlStore:
         """The CRL store (next to the VCEKs; AMD KDS unless ``kds_offline``)."""
@@ -237,11 +242,32 @@ class Attestations:
 
     # -- /attest/challenge -------------------------------------------------------------
 
-    def challenge(self, uuid: str, owner_id: int | None = None) -> Challenge:
-        """A fresh single-use nonce for SNP VM ``uuid`` (of owner ``owner_id``)."""
+    def _snp_vm(self, uuid: str, owner_id: int | None) -> VmRecord:
+        """The SNP VM ``uuid``, within ``attest_vm_rate`` (429 with Retry-After over it).
+
+        To these endpoints (no token) an SEV VM is an unregistered one, and nothing is
+        written for it; the rate bounds how fast anyone makes a VM's endpoints write (a
+        challenge, a claim, an event).
+        """
         vm = self._vm(uuid, owner_id)
         if not is_snp(vm.registration):
-            raise _unknown_vm(uuid)  # to an anonymous caller, an SEV VM is an unregistered one
+            raise _unknown_vm(uuid)
+        rate = self.settings.attest_vm_rate
+        if rate > 0:
+            if self._vm_rate is None or self._vm_rate.rate != rate:
+                self._vm_rate = TokenBuckets(rate, 2 * rate)
+            wait = self._vm_rate.take(vm.id)
+            if wait > 0:
+                raise TooManyRequests(
+                    "too many attestation requests for this VM",
+                    reasons=[f"attest-vm-rate={rate}/s"],
+                    retry_after=int(wait) + 1,
+                )
+        return vm
+
+    def challenge(self, uuid: str, owner_id: int | None = None) -> Challenge:
+        """A fresh single-use nonce for SNP VM ``uuid`` (of owner ``owner_id``)."""
+        vm = self._snp_vm(uuid, owner_id)
         now = self.clock()
         nonce = base64.b64encode(_secrets.token_bytes(NONCE_BYTES)).decode("ascii")
         expires = math.floor(now) + self.settings.attest_nonce_ttl
@@ -347,13 +373,10 @@ class Attestations:
 
     def attest(self, uuid: str, req: AttestRequest, owner_id: int | None = None) -> str:
         """Verify an SNP report; the JWE of the guest payload, or raise (nothing released)."""
-        vm = self._vm(uuid, owner_id)
+        vm = self._snp_vm(uuid, owner_id)
         now = self.clock()
         detail: dict[str, Any] = {}
         try:
-            if not is_snp(vm.registration):
-                detail["scheme"] = vm.registration.get("scheme")  # for the owner's events
-                raise _unknown_vm(uuid)  # to an anonymous caller, an unregistered VM
             # the VM as read in the claim's transaction: a PUT that committed before it wins
             current = self._claim(vm, req.nonce, now)
             if current is None or current.id != vm.id or not is_snp(current.registration):

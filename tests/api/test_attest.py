@@ -439,8 +439,8 @@ def test_other_schemes_cannot_attest_and_snp_has_no_launch(
     platform: SimulatedPlatform,
 ) -> None:
     """To the guest endpoints (no token) an SEV VM is an unregistered one: the same 404
-    body; its owner sees the attempt in the VM's events. A host (token) still learns
-    wrong_scheme from /launch."""
+    body, and nothing is written for it. A host (token) still learns wrong_scheme from
+    /launch."""
     register(client, owner, sev_registration(), OTHER_VM)
     unregistered = "11111111-2222-3333-4444-555555555555"
     guest = Guest()
@@ -452,8 +452,7 @@ def test_other_schemes_cannot_attest_and_snp_has_no_launch(
         assert sev.get_data(as_text=True).replace(OTHER_VM, unregistered) == unknown.get_data(
             as_text=True
         )
-    (event,) = events(client, owner, OTHER_VM)
-    assert event["outcome"] == "refused" and event["detail"]["scheme"] == "amd-sev"
+    assert events(client, owner, OTHER_VM) == []
     register(client, owner, snp_registration(digest))
     launch = client.post(f"/v1/vm/{SNP_VM}/launch", json=launch_body(platform))
     assert launch.status_code == 422
@@ -474,6 +473,37 @@ def test_live_challenges_are_bounded(snp_settings: Settings, clock: Clock, diges
         assert resp.json["errors"]["reason"] == "too_many_challenges"
         clock.now += 121  # expired ones no longer count
         challenge(client)
+    finally:
+        app.extensions["attestd"].services.store.dispose()
+
+
+def test_guest_requests_beyond_the_vm_rate_are_refused_before_anything_is_written(
+    snp_settings: Settings, clock: Clock, snp_platform: SnpPlatform, digest: bytes
+) -> None:
+    """The guest endpoints need no token and each request writes (a challenge, a claim,
+    an event): by default 2 requests per second per VM pass (bursts of 4), more are 429
+    with Retry-After and write nothing. Before, every request wrote, as fast as sent."""
+    default = Settings().attest_vm_rate
+    assert default == 2
+    app = create_app(snp_settings.replace(attest_vm_rate=default), clock=clock)
+    try:
+        client = app.test_client()
+        owner = make_owner(app, "alice")
+        register(client, owner, snp_registration(digest))
+        register(client, owner, snp_registration(digest), OTHER_VM)
+        guest = Guest()
+        answers = [client.post(f"/v1/vm/{SNP_VM}/attest/challenge") for _ in range(2)]
+        bad = attest_body(snp_platform, guest, "B" * 43 + "=", digest)  # an unknown nonce
+        answers += [client.post(f"/v1/vm/{SNP_VM}/attest", json=bad) for _ in range(20)]
+        statuses = [a.status_code for a in answers]
+        assert statuses[:4] == [200, 200, 409, 409], statuses  # the burst of 4
+        assert set(statuses[4:]) == {429}, statuses  # refill is 2/s; the loop takes less
+        limited = answers[-1]
+        assert limited.json["errors"]["reasons"] == ["attest-vm-rate=2/s"]
+        assert int(limited.headers["Retry-After"]) >= 1
+        assert len(events(client, owner)) == 2  # only the two attests let through wrote
+        # another VM has its own bucket
+        assert client.post(f"/v1/vm/{OTHER_VM}/attest/challenge").status_code == 200
     finally:
         app.extensions["attestd"].services.store.dispose()
 

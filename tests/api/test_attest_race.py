@@ -49,6 +49,7 @@ def server(
             "ATTESTD_CONFIG": "",
             "ATTESTD_PUBLIC_URLS": ",".join(PUBLIC_URLS),
             "ATTESTD_GUEST_PIN": GUEST_PIN,
+            "ATTESTD_ATTEST_VM_RATE": "0",  # the race is on the nonce, not the rate
         }
     )
     (tmp_path / "data").mkdir(exist_ok=True)
