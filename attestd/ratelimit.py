@@ -44,3 +44,20 @@ class TokenBuckets:
         for key, (tokens, at) in list(self._buckets.items()):
             if tokens + (now - at) * self.rate >= self.burst:
                 del self._buckets[key]
+
+
+class PerKeyRate:
+    """A limit of ``rate`` per second per key with bursts of twice that, ``rate`` given on
+    each call from the current settings (a changed rate starts fresh buckets; 0: none).
+    The per-host launch limit and the per-VM limit of the SEV-SNP guest endpoints."""
+
+    def __init__(self) -> None:
+        self._buckets: TokenBuckets | None = None
+
+    def wait(self, rate: int, key: Hashable) -> float:
+        """Take one request of ``key``: 0.0 when within ``rate``, else the seconds to wait."""
+        if rate <= 0:
+            return 0.0
+        if self._buckets is None or self._buckets.rate != rate:
+            self._buckets = TokenBuckets(rate, 2 * rate)
+        return self._buckets.take(key)

@@ -62,7 +62,7 @@ from attestd.errors import (
     RegistrationChanged,
     TooManyRequests,
 )
-from attestd.ratelimit import TokenBuckets
+from attestd.ratelimit import PerKeyRate
 from attestd.service.acceptance import kernel_hashes
 from attestd.service.cache import Lru
 from attestd.service.clock import Clock
@@ -200,7 +200,7 @@ class Attestations:
         # SHA-256 of an initdata document's exact bytes -> its HOST_DATA (a pure function
         # of those bytes: another document, even of another VM, has another key)
         self._initdata_host_data: Lru[bytes, bytes] = Lru(HOST_DATA_MEMO_SIZE)
-        self._vm_rate: TokenBuckets | None = None
+        self._vm_rate = PerKeyRate()
 
     def crls(self) -> CrlStore:
         """The CRL store (next to the VCEKs; AMD KDS unless ``kds_offline``)."""
@@ -253,16 +253,13 @@ class Attestations:
         if not is_snp(vm.registration):
             raise _unknown_vm(uuid)
         rate = self.settings.attest_vm_rate
-        if rate > 0:
-            if self._vm_rate is None or self._vm_rate.rate != rate:
-                self._vm_rate = TokenBuckets(rate, 2 * rate)
-            wait = self._vm_rate.take(vm.id)
-            if wait > 0:
-                raise TooManyRequests(
-                    "too many attestation requests for this VM",
-                    reasons=[f"attest-vm-rate={rate}/s"],
-                    retry_after=int(wait) + 1,
-                )
+        wait = self._vm_rate.wait(rate, vm.id)
+        if wait > 0:
+            raise TooManyRequests(
+                "too many attestation requests for this VM",
+                reasons=[f"attest-vm-rate={rate}/s"],
+                retry_after=int(wait) + 1,
+            )
         return vm
 
     def challenge(self, uuid: str, owner_id: int | None = None) -> Challenge:

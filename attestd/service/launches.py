@@ -33,7 +33,7 @@ from attestd.errors import (
     TooManyRequests,
     Unsupported,
 )
-from attestd.ratelimit import TokenBuckets
+from attestd.ratelimit import PerKeyRate
 from attestd.service import acceptance
 from attestd.service.acceptance import HostClaims
 from attestd.service.cache import Lru
@@ -141,7 +141,7 @@ class Launches:
         #: AMD KDS behind single flight, a negative cache and a rate limit (per process)
         self.kds = KdsGate()
         #: /launch requests per host (per process), made when first needed
-        self._host_rate: TokenBuckets | None = None
+        self._host_rate = PerKeyRate()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -189,16 +189,13 @@ class Launches:
         """Refuse (429, Retry-After) a host over its launch rate or a VM with too many
         pending launches, before any cryptography or storage write."""
         rate = self.settings.host_launch_rate
-        if rate > 0:
-            if self._host_rate is None or self._host_rate.rate != rate:
-                self._host_rate = TokenBuckets(rate, 2 * rate)
-            wait = self._host_rate.take(None if host is None else host.id)
-            if wait > 0:
-                raise TooManyRequests(
-                    "this host starts launches too fast",
-                    reasons=[f"host-launch-rate={rate}/s"],
-                    retry_after=int(wait) + 1,
-                )
+        wait = self._host_rate.wait(rate, None if host is None else host.id)
+        if wait > 0:
+            raise TooManyRequests(
+                "this host starts launches too fast",
+                reasons=[f"host-launch-rate={rate}/s"],
+                retry_after=int(wait) + 1,
+            )
         bound = self.settings.max_pending_launches
         if bound > 0:
             now = self.clock()
