@@ -132,6 +132,13 @@ def _unknown_vm(uuid: str) -> NotFound:
     return NotFound(f"no VM {uuid}", reasons=["unknown_vm"])
 
 
+def _budget_exhausted(vm: VmRecord) -> Conflict:
+    """To a caller whose report met the registration: the VM's ``max-launches`` is spent."""
+    return Conflict(
+        "the VM's attestation budget is exhausted", reasons=[f"max-launches={vm.max_launches}"]
+    )
+
+
 def snp_inputs(reg: SnpRegistration) -> list[LaunchInputs]:
     """The launch inputs whose SNP digests the owner accepts (one per vCPU type)."""
     hashes = kernel_hashes(reg)
@@ -428,10 +435,7 @@ class Attestations:
             except PolicyViolation as exc:
                 raise NotAccepted(exc) from None
             if vm.max_launches is not None and vm.launches_used >= vm.max_launches:
-                raise Conflict(
-                    "the VM's attestation budget is exhausted",
-                    reasons=[f"max-launches={vm.max_launches}"],
-                )
+                raise _budget_exhausted(vm)
             stored = self.vms.stored_secrets(vm)
             document = payload_document(reg.user_id or vm.uuid, stored)
             plaintext = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
@@ -444,10 +448,7 @@ class Attestations:
                         "the registration changed during the attestation",
                         reasons=["registration_changed"],
                     )
-                raise Conflict(
-                    "the VM's attestation budget is exhausted",
-                    reasons=[f"max-launches={vm.max_launches}"],
-                )
+                raise _budget_exhausted(vm)
         except Exception as exc:
             if isinstance(exc, AttestdError):
                 why = exc.withheld if isinstance(exc, NotAccepted) else exc
